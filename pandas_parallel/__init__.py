@@ -1,0 +1,31 @@
+"""pandas_parallel: ``df.parallel.apply(fn)`` on all cores, pandas-identical.
+
+Importing the package registers the ``.parallel`` accessor on DataFrame,
+Series and GroupBy objects.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
+from pandas_parallel.errors import WorkerCrashedError
+from pandas_parallel.executor import shutdown_pool
+from pandas_parallel.options import Options, config, get_options
+from pandas_parallel.transport import sweep_stale_scratch as _sweep
+
+try:
+    __version__ = version("pandas-parallel-accessor")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Options",
+    "WorkerCrashedError",
+    "config",
+    "get_options",
+    "shutdown_pool",
+    "__version__",
+]
+
+_sweep()

@@ -1,0 +1,309 @@
+"""The ``.parallel`` accessor on DataFrame and Series.
+
+Each method mirrors the pandas method of the same name, for the installed
+pandas version: the call is bound against pandas' own signature, and what
+cannot be parallelized (string names, lists/dicts of functions, ufuncs, a
+dict or Series given to ``map``, another ``engine``, invalid arguments) is
+handed to pandas unchanged - so ``.parallel`` is always a drop-in.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pandas_parallel import combine
+from pandas_parallel.options import Options, get_options, validate
+from pandas_parallel.pipeline import Operation, Piece, execute
+from pandas_parallel.splitting import Units
+
+_MAP = combine.Inference(combine.reinfer_like_map, None)
+_APPLY_ROWS = combine.Inference(combine.reinfer_like_constructor,
+                                combine.reinfer_like_infer_objects)
+_APPLY_COLUMNS = combine.Inference(combine.reinfer_like_constructor, None)
+_STRICT = combine.Inference(None, None)
+_ROW_AXES = (1, "columns")
+_COLUMN_AXES = (0, "index", "rows")
+
+
+# --------------------------------------------------------------------------
+# Runners: the pandas call on one chunk (top-level so workers can import them)
+# --------------------------------------------------------------------------
+def call_method(name: str, chunk: Any, func: Callable[..., Any],
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``chunk.<name>(func, *args, **kwargs)``."""
+    return getattr(chunk, name)(func, *args, **kwargs)
+
+
+def call_on_partition(chunk: Any, func: Callable[..., Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> Any:
+    """``func(chunk, *args, **kwargs)`` for ``map_partitions``."""
+    return func(chunk, *args, **kwargs)
+
+
+def plain_callable(func: Any) -> bool:
+    """A function pandas would call once per row/element/group.
+
+    Strings, lists and dicts of functions are pandas' own dispatch; numpy
+    ufuncs are applied vectorized by pandas. Both stay with pandas.
+    """
+    return callable(func) and not isinstance(func, (str, np.ufunc, type))
+
+
+def _bind(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+          ) -> dict[str, Any]:
+    """Bind a call against pandas' own signature (TypeError as pandas)."""
+    signature = inspect.signature(getattr(type(obj), name))
+    bound = signature.bind(obj, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _split_func(name: str, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """Separate the function from the rest of the call's arguments."""
+    parameter = list(inspect.signature(getattr(type(obj), name)).parameters)[1]
+    if parameter in kwargs:
+        rest = dict(kwargs)
+        return rest.pop(parameter), args, rest
+    return args[0], args[1:], kwargs
+
+
+class _Base:
+    """Shared machinery of the DataFrame and Series accessors."""
+
+    def __init__(self, obj: Any, overrides: dict[str, Any] | None = None) -> None:
+        self._obj = obj
+        self._overrides = overrides or {}
+
+    def __call__(self, **options: Any) -> Any:
+        """Per-call options: ``df.parallel(n_jobs=4, progress=False).apply(...)``.
+
+        Accepts every option of :func:`pandas_parallel.config`; they are
+        validated now, before any work starts.
+        """
+        validate(options)
+        return type(self)(self._obj, {**self._overrides, **options})
+
+    @property
+    def options(self) -> Options:
+        """The options this accessor will use (global, scoped, per-call)."""
+        return get_options().replace(**self._overrides)
+
+    def _delegate(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> Callable[[], Any]:
+        obj = self._obj
+        return lambda: getattr(obj, name)(*args, **kwargs)
+
+    def _operation(self, name: str, label: str, units: Units, args: tuple[Any, ...],
+                   kwargs: dict[str, Any], combine_pieces: Callable[[list[Piece]], Any],
+                   unit: str = "rows", calls_per_unit: int = 1,
+                   runner: Callable[..., Any] | None = None) -> Any:
+        func, rest_args, rest_kwargs = _split_func(name, self._obj, args, kwargs)
+        operation = Operation(
+            label=label, unit=unit, units=units,
+            runner=runner or functools.partial(call_method, name),
+            func=func, args=rest_args, kwargs=rest_kwargs,
+            combine=combine_pieces, serial=self._delegate(name, args, kwargs),
+            options=self.options, calls_per_unit=calls_per_unit)
+        return execute(operation)
+
+    def _rows(self, name: str, label: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any], inference: combine.Inference,
+              calls_per_unit: int = 1) -> Any:
+        obj = self._obj
+        options = self.options
+        return self._operation(
+            name, label, Units.for_partition(obj, options.partition), args, kwargs,
+            lambda pieces: combine.combine_rows(
+                _ordered(pieces), obj, inference),
+            calls_per_unit=calls_per_unit)
+
+
+def _ordered(pieces: list[Piece]) -> list[Any]:
+    """Piece results in original row order (partitions may scatter rows)."""
+    if all(isinstance(p.rows, slice) for p in pieces):
+        return [p.result for p in pieces]
+    results = [p.result for p in pieces]
+    combined = combine.concat_rows(results, combine.Inference(
+        combine.reinfer_like_map, combine.reinfer_like_infer_objects))
+    positions = np.concatenate([np.asarray(p.rows) for p in pieces])
+    return [combine.restore_order(combined, positions)]
+
+
+@pd.api.extensions.register_dataframe_accessor("parallel")
+class DataFrameParallelAccessor(_Base):
+    """``df.parallel``: DataFrame methods run on all cores.
+
+    Examples
+    --------
+    >>> import pandas as pd, pandas_parallel
+    >>> df = pd.DataFrame({"a": [1, 2], "b": [3, 4]})
+    >>> df.parallel.apply(lambda row: row.a + row.b, axis=1)
+    0    4
+    1    6
+    dtype: int64
+    """
+
+    _obj: pd.DataFrame
+
+    def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
+        """Parallel :meth:`pandas.DataFrame.apply`, same parameters and result.
+
+        ``axis=1`` spreads rows over the workers, ``axis=0`` columns.
+        """
+        call_args = (func, *args)
+        params = _bind(self._obj, "apply", call_args, kwargs)
+        axis, engine = params["axis"], params.get("engine")
+        if (not plain_callable(func) or engine not in (None, "python")
+                or params["result_type"] not in (None, "reduce", "broadcast", "expand")
+                or axis not in _ROW_AXES + _COLUMN_AXES or self._obj.shape[1] == 0):
+            return self._delegate("apply", call_args, kwargs)()
+        raw = bool(params["raw"])
+        if axis in _ROW_AXES:
+            return self._rows("apply", "apply(axis=1)", call_args, kwargs,
+                              _STRICT if raw else _APPLY_ROWS)
+        return self._columns("apply", "apply(axis=0)", call_args, kwargs,
+                             _STRICT if raw else _APPLY_COLUMNS)
+
+    def map(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        """Parallel :meth:`pandas.DataFrame.map` (elementwise), same parameters."""
+        call_args = (func, *args)
+        params = _bind(self._obj, "map", call_args, kwargs)
+        if (not plain_callable(func) or params["na_action"] not in (None, "ignore")
+                or self._obj.shape[1] == 0):
+            return self._delegate("map", call_args, kwargs)()
+        return self._rows("map", "map", call_args, kwargs, _MAP,
+                          calls_per_unit=self._obj.shape[1])
+
+    def transform(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        """Parallel :meth:`pandas.DataFrame.transform`, same parameters.
+
+        ``axis=0`` (default) transforms columns in parallel, ``axis=1`` rows.
+        """
+        call_args = (func, *args)
+        params = _bind(self._obj, "transform", call_args, kwargs)
+        axis = params["axis"]
+        if (not plain_callable(func) or axis not in _ROW_AXES + _COLUMN_AXES
+                or self._obj.shape[1] == 0):
+            return self._delegate("transform", call_args, kwargs)()
+        if axis in _ROW_AXES:
+            return self._rows("transform", "transform(axis=1)", call_args, kwargs,
+                              _STRICT)
+        return self._columns("transform", "transform", call_args, kwargs, _STRICT)
+
+    def map_partitions(self, func: Callable[..., Any], *args: Any,
+                       **kwargs: Any) -> pd.DataFrame | pd.Series:
+        """Call ``func(chunk, *args, **kwargs)`` on chunks of rows in parallel.
+
+        For vectorized steps that work on any subset of rows. The chunks'
+        results (DataFrames or Series) are concatenated in row order, as
+        ``pd.concat([func(part) for part in partitions])``. With
+        ``partition="index"`` rows sharing an index label are in the same
+        chunk; with a frequency such as ``"1D"``, whole periods are.
+
+        Parameters
+        ----------
+        func : callable
+            ``func(DataFrame, *args, **kwargs) -> DataFrame | Series``.
+        *args, **kwargs
+            Passed to ``func``.
+        """
+        if not callable(func):
+            raise TypeError(f"map_partitions needs a callable, got {func!r}")
+        return _map_partitions(self, func, args, kwargs)
+
+    def _columns(self, name: str, label: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any], inference: combine.Inference) -> Any:
+        frame = self._obj
+        units = Units.of_columns(frame)
+        return self._operation(
+            name, label, units, args, kwargs,
+            lambda pieces: combine.combine_columns(
+                [p.result for p in pieces], frame, inference),
+            unit="columns")
+
+
+@pd.api.extensions.register_series_accessor("parallel")
+class SeriesParallelAccessor(_Base):
+    """``s.parallel``: Series methods run on all cores.
+
+    Examples
+    --------
+    >>> import pandas as pd, pandas_parallel
+    >>> pd.Series([1, 2, 3]).parallel.map(lambda x: x * 10)
+    0    10
+    1    20
+    2    30
+    dtype: int64
+    """
+
+    _obj: pd.Series
+
+    def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
+        """Parallel :meth:`pandas.Series.apply`, same parameters and result."""
+        call_args = (func, *args)
+        params = _bind(self._obj, "apply", call_args, kwargs)
+        if (not plain_callable(func) or params.get("by_row", "compat") is False
+                or isinstance(self._obj.dtype, pd.CategoricalDtype)):
+            return self._delegate("apply", call_args, kwargs)()
+        return self._rows("apply", "apply", call_args, kwargs,
+                          combine.Inference(combine.reinfer_like_map, None))
+
+    def map(self, *args: Any, **kwargs: Any) -> pd.Series:
+        """Parallel :meth:`pandas.Series.map`, same parameters and result.
+
+        A dict or Series mapping goes to pandas unchanged.
+        """
+        params = _bind(self._obj, "map", args, kwargs)
+        func = params.get("func", params.get("arg"))
+        if (not plain_callable(func) or params.get("engine") is not None
+                or params["na_action"] not in (None, "ignore")
+                or isinstance(self._obj.dtype, pd.CategoricalDtype)):
+            return self._delegate("map", args, kwargs)()
+        return self._rows("map", "map", args, kwargs, _MAP)
+
+    def transform(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
+        """Parallel :meth:`pandas.Series.transform`, same parameters and result."""
+        call_args = (func, *args)
+        params = _bind(self._obj, "transform", call_args, kwargs)
+        if (not plain_callable(func) or params["axis"] not in (0, "index", "rows")
+                or isinstance(self._obj.dtype, pd.CategoricalDtype)):
+            return self._delegate("transform", call_args, kwargs)()
+        return self._rows("transform", "transform", call_args, kwargs, _STRICT)
+
+    def map_partitions(self, func: Callable[..., Any], *args: Any,
+                       **kwargs: Any) -> pd.DataFrame | pd.Series:
+        """Call ``func(chunk, *args, **kwargs)`` on chunks of the Series in
+        parallel and concatenate the results in order (see
+        :meth:`DataFrameParallelAccessor.map_partitions`)."""
+        if not callable(func):
+            raise TypeError(f"map_partitions needs a callable, got {func!r}")
+        return _map_partitions(self, func, args, kwargs)
+
+
+def _map_partitions(accessor: _Base, func: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+    obj = accessor._obj
+    options = accessor.options
+
+    def combine_partitions(pieces: list[Piece]) -> Any:
+        results = [p.result for p in pieces]
+        for i, result in enumerate(results):
+            if not isinstance(result, (pd.DataFrame, pd.Series)):
+                raise TypeError(
+                    f"map_partitions: the function returned {type(result).__name__} "
+                    f"for partition {i}; it must return a DataFrame or Series")
+        return pd.concat(results) if len(results) > 1 else results[0]
+
+    operation = Operation(
+        label="map_partitions", unit="rows", units=Units.for_partition(obj, options.partition),
+        runner=call_on_partition, func=func, args=args, kwargs=kwargs,
+        combine=combine_partitions, serial=lambda: func(obj, *args, **kwargs),
+        options=options, calls_per_unit=0)
+    return execute(operation)

@@ -1,0 +1,163 @@
+"""Combine: put per-chunk results back together as pandas would have.
+
+Each chunk's result is what pandas returned for that chunk. Concatenating
+them is not enough: pandas infers a result's dtype over *all* values, so a
+chunk of ints and a chunk holding a ``None`` must combine to what pandas
+infers over the whole (float64), not to ``concat``'s object. Where chunk
+dtypes disagree and concat falls back to object, the column is re-inferred
+with the same pandas routine the operation uses (a :data:`Reinfer`).
+Where chunk results disagree in *kind* (one chunk gave a Series, another a
+DataFrame) no merge can be trusted: :class:`CannotCombine` is raised and the
+caller hands the whole call to pandas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Reinfer = Callable[[pd.Series], pd.Series]
+
+
+class CannotCombine(Exception):
+    """Chunk results cannot be merged into exactly what pandas returns."""
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def reinfer_like_map(column: pd.Series) -> pd.Series:
+    """Inference of ``Series.map``/``apply``/``DataFrame.map`` (map_infer)."""
+    return column.map(_identity)
+
+
+def reinfer_like_constructor(column: pd.Series) -> pd.Series:
+    """Inference of ``pd.Series(list_of_values)`` (apply's scalar results)."""
+    return pd.Series(column.tolist(), index=column.index, name=column.name)
+
+
+def reinfer_like_infer_objects(column: pd.Series) -> pd.Series:
+    """Inference of ``infer_objects`` (apply's expanded results)."""
+    return column.infer_objects()
+
+
+def _kind(pieces: Sequence[Any]) -> type:
+    kinds = {type(p) for p in pieces}
+    if kinds <= {pd.Series}:
+        return pd.Series
+    if kinds <= {pd.DataFrame}:
+        return pd.DataFrame
+    raise CannotCombine(
+        "chunks returned different kinds of result: "
+        + ", ".join(sorted(k.__name__ for k in kinds))
+    )
+
+
+def union_labels(indexes: Sequence[pd.Index]) -> pd.Index:
+    """Union of labels as pandas forms it when aligning Series into a frame:
+    unchanged if all equal, otherwise sorted where the labels compare."""
+    first = indexes[0]
+    if all(first.equals(other) for other in indexes[1:]):
+        return first
+    result = first
+    for other in indexes[1:]:
+        result = result.union(other, sort=None)
+    return result
+
+
+def _reinfer_mixed(result: pd.DataFrame | pd.Series, pieces: Sequence[Any],
+                   reinfer: Reinfer | None) -> pd.DataFrame | pd.Series:
+    """Re-infer columns whose chunks had different dtypes.
+
+    With ``reinfer=None`` the operation's inference cannot be replayed
+    (e.g. ``raw=True``, where numpy fixes the dtype from the first row), so
+    disagreeing dtypes raise :class:`CannotCombine`.
+    """
+    if isinstance(result, pd.Series):
+        if len({str(p.dtype) for p in pieces if len(p)}) > 1:
+            if reinfer is None:
+                raise CannotCombine("chunk results have different dtypes")
+            if result.dtype == object:
+                return reinfer(result)
+        return result
+    for i in range(result.shape[1]):
+        dtypes = {str(p.dtypes.iloc[i]) for p in pieces if len(p)}
+        if len(dtypes) > 1:
+            if reinfer is None:
+                raise CannotCombine("chunk results have different dtypes")
+            if result.dtypes.iloc[i] == object:
+                result.isetitem(i, reinfer(result.iloc[:, i]))
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+    """How the operation infers dtypes: one :data:`Reinfer` for Series
+    results and one for DataFrame results (``None``: cannot be replayed)."""
+
+    series: Reinfer | None
+    frame: Reinfer | None
+
+    def for_result(self, result: Any) -> Reinfer | None:
+        return self.series if isinstance(result, pd.Series) else self.frame
+
+
+def _nonempty(pieces: Sequence[Any]) -> list[Any]:
+    kept = [p for p in pieces if len(p)]
+    return kept or list(pieces[:1])
+
+
+def concat_rows(pieces: Sequence[Any], inference: Inference) -> pd.DataFrame | pd.Series:
+    """Stack chunk results vertically, columns aligned as pandas aligns them."""
+    kind = _kind(pieces)
+    if kind is pd.DataFrame:
+        columns = union_labels([p.columns for p in pieces])
+        pieces = [p if p.columns.equals(columns) else p.reindex(columns=columns)
+                  for p in pieces]
+    pieces = _nonempty(pieces)
+    result = pd.concat(pieces, axis=0) if len(pieces) > 1 else pieces[0].copy()
+    return _reinfer_mixed(result, pieces, inference.for_result(result))
+
+
+def combine_rows(pieces: Sequence[Any], original: pd.DataFrame | pd.Series,
+                 inference: Inference) -> pd.DataFrame | pd.Series:
+    """Results of an operation that keeps one result row per input row."""
+    result = concat_rows(pieces, inference)
+    if len(result) != len(original):
+        raise CannotCombine(f"{len(result)} result rows for {len(original)} input rows")
+    result.index = original.index
+    result.attrs = dict(original.attrs)
+    return result
+
+
+def combine_columns(pieces: Sequence[Any], original: pd.DataFrame,
+                    inference: Inference) -> pd.DataFrame | pd.Series:
+    """Results of a column-wise operation (``apply(axis=0)``, ``transform``)."""
+    kind = _kind(pieces)
+    if kind is pd.Series:
+        result: pd.DataFrame | pd.Series = concat_rows(pieces, inference)
+        if len(result) != original.shape[1]:
+            raise CannotCombine("column results do not match the columns")
+        result.index = original.columns
+    else:
+        index = union_labels([p.index for p in pieces])
+        aligned = [p if p.index.equals(index) else p.reindex(index) for p in pieces]
+        result = pd.concat(aligned, axis=1)
+        if result.shape[1] != original.shape[1]:
+            raise CannotCombine("column results do not match the columns")
+        result.columns = original.columns
+    result.attrs = dict(original.attrs)
+    return result
+
+
+def restore_order(result: pd.DataFrame | pd.Series,
+                  positions: np.ndarray) -> pd.DataFrame | pd.Series:
+    """Reorder rows that came back in chunk order to original row order."""
+    if len(positions) < 2 or bool(np.all(positions[1:] > positions[:-1])):
+        return result
+    return result.take(np.argsort(positions, kind="stable"))

@@ -1,0 +1,218 @@
+"""Options: global configuration, scoped overrides and per-call validation.
+
+Every option is validated the moment it is given (``config(...)`` or
+``df.parallel(...)``), so a typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Literal, Union
+
+import joblib
+
+__all__ = ["Options", "config", "get_options"]
+
+ProgressOption = Union[bool, Literal["auto"]]
+
+_TRANSPORTS = ("auto", "arrow", "pickle")
+_BUILTIN_BACKENDS = ("loky", "threading", "sequential")
+_PARTITIONS = ("rows", "index")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The settings that shape one parallel call.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+        Worker count. ``None`` or ``-1`` uses every CPU this process may run
+        on (CPU affinity and cgroup quotas respected); ``-2`` all but one, as
+        in joblib.
+    backend : str
+        ``"loky"`` (processes, the default), ``"threading"``, ``"sequential"``
+        or the name of any backend registered with joblib.
+    chunk_size : int or None
+        Rows (columns for ``apply(axis=0)``, groups for groupby) per chunk.
+        ``None`` sizes chunks automatically.
+    partition : str
+        ``"rows"`` splits by row count; ``"index"`` keeps rows that share an
+        index label in one chunk; a pandas frequency such as ``"1D"`` splits
+        a sorted DatetimeIndex into whole periods.
+    serial_fallback : bool
+        Run serially in-process when an estimate says parallel cannot win.
+    progress : bool or "auto"
+        Show one progress bar per call; ``"auto"`` shows it in interactive
+        sessions for work expected to take more than a couple of seconds.
+    transport : {"auto", "arrow", "pickle"}
+        How chunks travel to workers and back. ``"auto"`` uses Arrow IPC in
+        shared memory when a frame round-trips exactly, pickle otherwise.
+    """
+
+    n_jobs: int | None = None
+    backend: str = "loky"
+    chunk_size: int | None = None
+    partition: str = "rows"
+    serial_fallback: bool = True
+    progress: ProgressOption = "auto"
+    transport: str = "auto"
+
+    def replace(self, **changes: Any) -> Options:
+        """Return a copy with ``changes`` applied, after validating them."""
+        validate(changes)
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Options)}
+
+
+def _joblib_backends() -> tuple[str, ...]:
+    from joblib.parallel import BACKENDS
+
+    return tuple(sorted(set(BACKENDS) | set(_BUILTIN_BACKENDS)))
+
+
+def validate(changes: dict[str, Any]) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the first bad option."""
+    for name, value in changes.items():
+        if name not in _FIELDS:
+            raise TypeError(
+                f"unknown pandas_parallel option {name!r}; "
+                f"valid options are: {', '.join(sorted(_FIELDS))}"
+            )
+        _CHECKS[name](value)
+
+
+def _check_n_jobs(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"n_jobs must be an int or None, got {value!r}")
+    if value == 0:
+        raise ValueError(
+            "n_jobs=0 is not valid: use a positive worker count, "
+            "or -1 (or None) for all CPUs"
+        )
+
+
+def _check_backend(value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"backend must be a string, got {value!r}")
+    known = _joblib_backends()
+    if value not in known:
+        hint = ""
+        if value in ("dask", "ray"):
+            hint = f" (install and register it first, e.g. `pip install {value}`)"
+        raise ValueError(
+            f"unknown backend {value!r}{hint}; available backends: {', '.join(known)}"
+        )
+
+
+def _check_chunk_size(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"chunk_size must be a positive int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {value}")
+
+
+def _check_partition(value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"partition must be a string, got {value!r}")
+    if value in _PARTITIONS:
+        return
+    from pandas.tseries.frequencies import to_offset
+
+    try:
+        to_offset(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown partition {value!r}: use 'rows', 'index' or a pandas "
+            "frequency string such as '1D' (for a sorted DatetimeIndex)"
+        ) from None
+
+
+def _check_bool(name: str) -> Any:
+    def check(value: Any) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+
+    return check
+
+
+def _check_progress(value: Any) -> None:
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"progress must be True, False or 'auto', got {value!r}")
+
+
+def _check_transport(value: Any) -> None:
+    if value not in _TRANSPORTS:
+        raise ValueError(
+            f"unknown transport {value!r}; use one of: {', '.join(_TRANSPORTS)}"
+        )
+
+
+_CHECKS = {
+    "n_jobs": _check_n_jobs,
+    "backend": _check_backend,
+    "chunk_size": _check_chunk_size,
+    "partition": _check_partition,
+    "serial_fallback": _check_bool("serial_fallback"),
+    "progress": _check_progress,
+    "transport": _check_transport,
+}
+
+_lock = threading.Lock()
+_current = Options()
+
+
+def get_options() -> Options:
+    """Return the options in force now (global settings and active scopes)."""
+    return _current
+
+
+class config:
+    """Set options globally, or for a ``with`` block.
+
+    ``pandas_parallel.config(n_jobs=2)`` changes the settings for the rest of
+    the session; used as a context manager it restores the previous settings
+    on exit.
+
+    Examples
+    --------
+    >>> import pandas_parallel
+    >>> with pandas_parallel.config(n_jobs=2, progress=False):
+    ...     pandas_parallel.get_options().n_jobs
+    2
+    """
+
+    def __init__(self, **options: Any) -> None:
+        global _current
+        with _lock:
+            self._previous = _current
+            _current = _current.replace(**options)
+
+    def __enter__(self) -> Options:
+        return _current
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _current
+        with _lock:
+            _current = self._previous
+
+
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """The number of workers ``n_jobs`` means on this machine, at least 1.
+
+    Counts only the CPUs this process may use (affinity mask, cgroup quota),
+    as joblib/loky do, not the host's total.
+    """
+    cpus = joblib.cpu_count()
+    if n_jobs is None:
+        return max(1, cpus)
+    if n_jobs < 0:
+        return max(1, cpus + 1 + n_jobs)
+    return n_jobs

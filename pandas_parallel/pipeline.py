@@ -1,0 +1,266 @@
+"""The pipeline every operation runs through: plan, split, ship, run,
+gather, combine.
+
+An :class:`Operation` is data: which pandas call runs on each chunk
+(``runner``), over which units the input splits (:class:`Units`), how the
+pieces combine, and the plain pandas call to hand over to when the work is
+not worth parallelizing. ``accessor.py`` and ``groupby.py`` only build
+operations; this module runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pandas_parallel import executor, planning, transport
+from pandas_parallel.combine import CannotCombine
+from pandas_parallel.options import Options, resolve_n_jobs
+from pandas_parallel.splitting import Units
+from pandas_parallel.worker import Program, Task, encode_program, in_worker
+
+logger = logging.getLogger("pandas_parallel")
+
+_warm_workers = 0  # size of the loky pool known to be up, 0 if unknown
+
+
+@dataclasses.dataclass
+class Piece:
+    """The result for a range of units, with the original rows it covers."""
+
+    result: Any
+    units: tuple[int, int]
+    rows: np.ndarray | slice
+
+
+@dataclasses.dataclass
+class Operation:
+    """One parallel pandas call, described as data.
+
+    Parameters
+    ----------
+    label : str
+        Shown in the progress bar, logs and errors, e.g. ``"apply(axis=1)"``.
+    unit : str
+        What a unit of progress is: ``"rows"``, ``"columns"``, ``"groups"``.
+    units : Units
+        How the input splits.
+    runner : callable
+        Top-level function ``runner(chunk, func, args, kwargs)``: the pandas
+        call on one chunk. Runs in workers, so it must be importable.
+    func, args, kwargs
+        The user's function and its extra arguments.
+    combine : callable
+        ``combine(pieces) -> result`` in the order of units.
+    serial : callable
+        The plain pandas call on the whole input.
+    options : Options
+    calls_per_unit : int
+        Calls of ``func`` per unit, for the progress bar.
+    """
+
+    label: str
+    unit: str
+    units: Units
+    runner: Callable[..., Any]
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    combine: Callable[[list[Piece]], Any]
+    serial: Callable[[], Any]
+    options: Options
+    calls_per_unit: int = 1
+
+    def run_here(self, start: int, stop: int) -> Piece:
+        chunk = self.units.local(start, stop)
+        result = self.runner(chunk, self.func, self.args, self.kwargs)
+        return Piece(result, (start, stop), self.units.rows_of(start, stop))
+
+    def describe(self, start: int, stop: int) -> str:
+        """Name units ``[start, stop)`` for a person: rows with labels, etc."""
+        units = self.units
+        if units.columns:
+            labels = units.obj.columns[start:stop]
+            return f"columns {_labels(labels)}"
+        rows = units.rows_of(start, stop)
+        index = units.obj.index[rows]
+        if self.unit == "groups":
+            return f"groups {start}-{stop - 1} (rows with index {_labels(index)})"
+        return f"rows {_labels(index)}"
+
+
+def _labels(index: pd.Index) -> str:
+    if len(index) == 0:
+        return "(none)"
+    if len(index) == 1:
+        return f"[{index[0]!r}]"
+    return f"[{index[0]!r} ... {index[-1]!r}] ({len(index)} labels)"
+
+
+def _serial_reason(op: Operation, n_workers: int) -> str | None:
+    if len(op.units) == 0:
+        return "the input is empty"
+    if in_worker():
+        return "already inside a pandas_parallel worker (nested call)"
+    if op.options.backend == "sequential":
+        return "backend='sequential'"
+    if n_workers == 1 and op.options.backend != "sequential":
+        return "only one worker is available (n_jobs resolves to 1)"
+    if len(op.units) == 1 and op.options.serial_fallback:
+        return "there is a single unit of work"
+    return None
+
+
+def _show_progress(options: Options, expected_seconds: float | None) -> bool:
+    if options.progress == "auto":
+        long = expected_seconds is None or expected_seconds > 2.0
+        return long and executor.interactive()
+    return bool(options.progress)
+
+
+def execute(op: Operation) -> Any:
+    """Run ``op``: serially in this process, or on the pool."""
+    global _warm_workers
+    options = op.options
+    n_workers = resolve_n_jobs(options.n_jobs)
+    reason = _serial_reason(op, n_workers)
+    if reason is not None:
+        logger.debug("%s: serial (%s)", op.label, reason)
+        return op.serial()
+
+    n_units = len(op.units)
+    pieces: list[Piece] = []
+    start = 0
+    per_unit: float | None = None
+    expected: float | None = None
+    n_bytes = op.units.nbytes()
+    if options.serial_fallback and options.chunk_size is None:
+        spent = 0.0
+        for size in planning.probe_sizes(n_units):
+            began = time.perf_counter()
+            pieces.append(op.run_here(start, start + size))
+            spent += time.perf_counter() - began
+            start += size
+            if spent >= planning.PROBE_SECONDS:
+                break
+        per_unit = spent / max(start, 1)
+        remaining = n_units - start
+        pool_warm = _warm_workers == n_workers or options.backend != "loky"
+        guess = planning.estimate(per_unit, remaining,
+                                  n_workers, n_bytes * remaining // n_units, pool_warm)
+        expected = guess.serial
+        logger.debug("%s: sampled %d %s in %.4fs (%.2e s/unit); remaining %d: "
+                     "serial %.3fs, parallel %.3fs (pool %s)", op.label, start,
+                     op.unit, spent, per_unit, remaining, guess.serial,
+                     guess.parallel, "warm" if pool_warm else "cold")
+        if not guess.parallel_wins:
+            logger.debug("%s: serial (parallel would not be faster)", op.label)
+            if start < n_units:
+                pieces.append(op.run_here(start, n_units))
+            return _combine_or_serial(op, pieces)
+
+    if options.chunk_size is not None:
+        ranges = op.units.cut(start, None, options.chunk_size)
+    else:
+        remaining = n_units - start
+        count = planning.chunk_count(per_unit, remaining, n_workers,
+                                     n_bytes * remaining // n_units)
+        ranges = op.units.cut(start, count, None)
+    logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
+                 op.label, n_workers, options.backend, len(ranges),
+                 _sizes_text([b - a for a, b in ranges]), op.unit)
+    pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected))
+    if options.backend == "loky":
+        _warm_workers = n_workers
+    return _combine_or_serial(op, pieces)
+
+
+def _sizes_text(sizes: list[int]) -> str:
+    return str(sizes[0]) if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+
+
+def _combine_or_serial(op: Operation, pieces: list[Piece]) -> Any:
+    try:
+        return op.combine(pieces)
+    except CannotCombine as exc:
+        logger.warning(
+            "%s: chunk results cannot be combined into exactly what pandas "
+            "returns (%s); recomputing serially with pandas", op.label, exc)
+        return op.serial()
+
+
+def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
+                  n_bytes: int, expected: float | None) -> list[Piece]:
+    global _warm_workers
+    options = op.options
+    backend = options.backend
+    local_processes = backend in ("loky", "multiprocessing")
+    in_process = backend in ("threading", "sequential")
+    call_id = uuid.uuid4().hex
+    program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
+    blob: bytes | Program = program if in_process else encode_program(program)
+
+    def describe(chunk: int) -> str:
+        a, b = ranges[chunk]
+        return f"chunk {chunk + 1} of {len(ranges)}: " + op.describe(a, b)
+
+    sizes = [int(op.units.weights[a:b].sum()) if op.unit == "rows" else b - a
+             for a, b in ranges]
+    calls = [size * op.calls_per_unit for size in sizes]
+    with transport.scratch_directory(n_bytes if local_processes else 0) as directory:
+        if in_process or not local_processes:
+            payloads: list[transport.Payload] = [
+                transport.Inline(op.units.local(a, b)) for a, b in ranges]
+            directory_for_results = None
+        else:
+            payloads = op.units.ship(ranges, directory, options.transport)
+            directory_for_results = directory
+        counters: Any = None
+        counter_array = None
+        if in_process:
+            counter_array = counters = np.zeros(2 * len(ranges), dtype=np.int64)
+        elif local_processes and directory is not None:
+            path = os.path.join(directory, "progress.bin")
+            counter_array = np.memmap(path, dtype=np.int64, mode="w+",
+                                      shape=(2 * len(ranges),))
+            counters = path
+        tasks = [Task(call_id, i, payload, blob, sizes[i], directory_for_results,
+                      options.transport, counters)
+                 for i, payload in enumerate(payloads)]
+        # Longest first, so the biggest chunk does not start last.
+        tasks.sort(key=lambda t: -calls[t.chunk])
+        progress = executor.Progress(
+            _show_progress(options, expected), sum(sizes), op.label, op.unit,
+            sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None)
+        states = counter_array[len(ranges):] if counter_array is not None else None
+        results: dict[int, Any] = {}
+        ok = False
+        try:
+            if backend == "loky":
+                outcomes = executor.run_local(tasks, n_workers, progress, describe,
+                                              op.label, states)
+            elif backend == "sequential":
+                outcomes = executor.run_inline(tasks, progress, describe, op.label)
+            else:
+                outcomes = executor.run_joblib(tasks, n_workers, backend, progress,
+                                               describe, op.label)
+            for outcome in outcomes:
+                assert outcome.payload is not None
+                results[outcome.chunk] = transport.fetch_result(outcome.payload)
+            ok = True
+        except (KeyboardInterrupt, executor.WorkerCrashedError):
+            _warm_workers = 0  # the pool was stopped or replaced
+            raise
+        finally:
+            progress.close(ok)
+            del counter_array, states
+    return [Piece(results[i], (a, b), op.units.rows_of(a, b))
+            for i, (a, b) in enumerate(ranges)]

@@ -1,0 +1,173 @@
+"""Split: see the input as a sequence of *units* and cut it into chunks.
+
+A unit is the smallest piece of work that must stay whole: a row, a run of
+rows sharing an index label, a period of a DatetimeIndex, a group, or a
+column. A chunk is any contiguous range of units; chunks are balanced by
+row count. Scattered units (groups, labels of an unsorted index) keep their
+rows in original relative order inside a chunk, which is what lets pandas,
+run on a chunk, produce groups in the same relative order as on the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from pandas_parallel import transport
+
+
+def even_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Ranges of at most ``chunk_size`` covering ``range(n)``, sizes within one."""
+    if n <= 0:
+        return []
+    n_chunks = -(-n // chunk_size)
+    edges = np.linspace(0, n, n_chunks + 1).round().astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def balanced_cuts(weights: np.ndarray, n_chunks: int) -> list[tuple[int, int]]:
+    """Cut ``weights`` (in order) into about ``n_chunks`` contiguous ranges of
+    similar total weight. An item heavier than a fair share gets a range of
+    its own; the others balance around it."""
+    n = len(weights)
+    if n == 0:
+        return []
+    n_chunks = max(1, min(n_chunks, n))
+    cumulative = np.cumsum(weights, dtype=np.float64)
+    total = cumulative[-1]
+    if total <= 0:
+        return even_bounds(n, -(-n // n_chunks))
+    targets = total * np.arange(1, n_chunks) / n_chunks
+    cuts = np.searchsorted(cumulative, targets, side="left") + 1
+    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, n), [n]]))
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+class Units:
+    """The input as a sequence of units; a chunk is a range of units.
+
+    Parameters
+    ----------
+    obj : DataFrame or Series
+        The input.
+    weights : ndarray
+        Rows per unit, the balance criterion.
+    codes : ndarray, optional
+        The unit of each row (-1 for rows in no unit, e.g. dropped NaN
+        groups) when units are scattered; ``None`` when unit ``i`` is the
+        contiguous block of rows following unit ``i - 1``.
+    columns : bool
+        Units are the columns of ``obj`` (``apply(axis=0)``, ``transform``).
+    """
+
+    def __init__(self, obj: pd.DataFrame | pd.Series, weights: np.ndarray,
+                 codes: np.ndarray | None = None, columns: bool = False) -> None:
+        self.obj = obj
+        self.weights = np.asarray(weights, dtype=np.int64)
+        self.codes = codes
+        self.columns = columns
+        self.starts = np.concatenate([[0], np.cumsum(self.weights)])
+
+    # -- constructors for each way of splitting -----------------------------
+    @classmethod
+    def rows(cls, obj: pd.DataFrame | pd.Series) -> Units:
+        """One unit per row."""
+        return cls(obj, np.ones(len(obj), dtype=np.int64))
+
+    @classmethod
+    def of_columns(cls, frame: pd.DataFrame) -> Units:
+        """One unit per column."""
+        return cls(frame, np.ones(frame.shape[1], dtype=np.int64), columns=True)
+
+    @classmethod
+    def index_labels(cls, obj: pd.DataFrame | pd.Series) -> Units:
+        """One unit per index label: rows sharing a label stay together."""
+        index = obj.index
+        if index.is_monotonic_increasing or index.is_monotonic_decreasing:
+            starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+            return cls(obj, np.diff(np.r_[starts, len(index)]))
+        codes, uniques = pd.factorize(index, use_na_sentinel=False)
+        codes = np.asarray(codes, dtype=np.int64)
+        return cls(obj, np.bincount(codes, minlength=len(uniques)), codes=codes)
+
+    @classmethod
+    def periods(cls, obj: pd.DataFrame | pd.Series, freq: str) -> Units:
+        """One unit per period (``"1D"``, ``"1h"``...) of a sorted DatetimeIndex."""
+        index = obj.index
+        if not isinstance(index, pd.DatetimeIndex) or not index.is_monotonic_increasing:
+            kind = ("an unsorted DatetimeIndex" if isinstance(index, pd.DatetimeIndex)
+                    else f"a {type(index).__name__}")
+            raise ValueError(
+                f"partition={freq!r} needs a sorted DatetimeIndex, but the input "
+                f"has {kind}. Sort it (df.sort_index()) or use partition='rows' "
+                "or 'index'.")
+        ones = pd.Series(np.ones(len(index), dtype=np.int64), index=index)
+        return cls(obj, ones.resample(freq).sum().to_numpy())
+
+    @classmethod
+    def groups(cls, obj: pd.DataFrame | pd.Series, codes: np.ndarray,
+               n_groups: int) -> Units:
+        """One unit per group, numbered in pandas' group order."""
+        valid = codes >= 0
+        return cls(obj, np.bincount(codes[valid], minlength=n_groups), codes=codes)
+
+    @classmethod
+    def for_partition(cls, obj: pd.DataFrame | pd.Series, partition: str) -> Units:
+        """Units for row-wise work under the ``partition`` option."""
+        if partition == "rows":
+            return cls.rows(obj)
+        if partition == "index":
+            return cls.index_labels(obj)
+        return cls.periods(obj, partition)
+
+    # -- queries --------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def rows_of(self, start: int, stop: int) -> np.ndarray | slice:
+        """Original row positions of units ``[start, stop)``."""
+        if self.columns:
+            return slice(0, len(self.obj))
+        if self.codes is None:
+            return slice(int(self.starts[start]), int(self.starts[stop]))
+        return np.flatnonzero((self.codes >= start) & (self.codes < stop))
+
+    def local(self, start: int, stop: int) -> pd.DataFrame | pd.Series:
+        """The input restricted to units ``[start, stop)``."""
+        if self.columns:
+            return self.obj.iloc[:, start:stop]
+        return self.obj.iloc[self.rows_of(start, stop)]
+
+    def cut(self, start: int, n_chunks: int | None, chunk_size: int | None
+            ) -> list[tuple[int, int]]:
+        """Unit ranges covering ``[start, len)``: ``chunk_size`` units each,
+        or ``n_chunks`` ranges balanced by rows."""
+        if chunk_size is not None:
+            ranges = even_bounds(len(self) - start, chunk_size)
+        else:
+            ranges = balanced_cuts(self.weights[start:], n_chunks or 1)
+        return [(a + start, b + start) for a, b in ranges]
+
+    def nbytes(self) -> int:
+        """Bytes of column data (what transport moves)."""
+        usage = self.obj.memory_usage(index=False, deep=False)
+        return int(np.sum(usage))
+
+    def ship(self, ranges: Sequence[tuple[int, int]], directory: str | None,
+             mode: str) -> list[transport.Payload]:
+        """Payloads for the chunks ``ranges`` (see :mod:`transport`)."""
+        if self.columns:
+            groups = [list(range(a, b)) for a, b in ranges]
+            return transport.ship_columns(self.obj, groups, directory, mode)
+        if self.codes is None:
+            first = int(self.starts[ranges[0][0]])
+            bounds = [(int(self.starts[a]) - first, int(self.starts[b]) - first)
+                      for a, b in ranges]
+            return transport.ship_rows(self.obj.iloc[first:], bounds, directory, mode)
+        rows = [np.asarray(self.rows_of(a, b)) for a, b in ranges]
+        edges = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+        bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+        reordered = self.obj.take(np.concatenate(rows))
+        return transport.ship_rows(reordered, bounds, directory, mode)

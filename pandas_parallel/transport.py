@@ -1,0 +1,327 @@
+"""Transport: how chunks reach workers and how results come back.
+
+A frame travels as an uncompressed Arrow IPC file in a per-call scratch
+directory (``/dev/shm`` when it has room, else the temp directory) and is
+memory-mapped by the reader, so only column data is copied, once. Arrow
+carries column *values* only, under positional names; labels (index,
+columns, Series name) and ``attrs`` travel pickled beside it, which keeps
+labels exact whatever their type. A frame goes by Arrow only when every
+column round-trips exactly (see :func:`arrow_exact`); otherwise the whole
+frame is pickled (protocol 5, by joblib/loky). Every call's files live in
+one directory that is removed when the call ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+logger = logging.getLogger("pandas_parallel")
+
+SCRATCH_PREFIX = "pandas_parallel-"
+_SHM_DIR = "/dev/shm"
+_SPACE_MARGIN = 64 * 2**20
+
+_MASKED_DTYPES = (
+    pd.Int8Dtype, pd.Int16Dtype, pd.Int32Dtype, pd.Int64Dtype,
+    pd.UInt8Dtype, pd.UInt16Dtype, pd.UInt32Dtype, pd.UInt64Dtype,
+    pd.Float32Dtype, pd.Float64Dtype, pd.BooleanDtype,
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------
+# Exactness check
+# --------------------------------------------------------------------------
+def _all_str(values: Any) -> bool:
+    return bool(pd.api.types.infer_dtype(values, skipna=False) == "string")
+
+
+def _dtype_arrow_exact(dtype: Any, values: Any) -> bool:
+    if isinstance(dtype, np.dtype):
+        if dtype.kind in "biufmM":
+            return True
+        # Object strings come back as `str` under pandas 3; casting back to
+        # object is exact only when no value is missing.
+        return dtype.kind == "O" and _all_str(values)
+    if isinstance(dtype, pd.CategoricalDtype):
+        cats = dtype.categories
+        return _dtype_arrow_exact(cats.dtype, cats)
+    if isinstance(
+        dtype,
+        (pd.DatetimeTZDtype, pd.PeriodDtype, pd.ArrowDtype, pd.StringDtype)
+        + _MASKED_DTYPES,
+    ):
+        return True
+    if isinstance(dtype, pd.IntervalDtype):
+        return dtype.subtype is not None and dtype.subtype.kind in "iufmM"
+    return False
+
+
+def arrow_exact(frame: pd.DataFrame) -> bool:
+    """Whether every column of ``frame`` survives an Arrow round trip exactly.
+
+    Labels are not checked: they never travel through Arrow.
+    """
+    return all(
+        _dtype_arrow_exact(frame.dtypes.iloc[i], frame.iloc[:, i])
+        for i in range(frame.shape[1])
+    )
+
+
+# --------------------------------------------------------------------------
+# Scratch directory, one per call
+# --------------------------------------------------------------------------
+def _free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return -1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_scratch() -> None:
+    """Remove scratch directories left by processes that no longer exist.
+
+    A parent killed with SIGKILL cannot clean up after itself; the next
+    process to use the library does it.
+    """
+    for base in {_SHM_DIR, tempfile.gettempdir()}:
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            if not name.startswith(SCRATCH_PREFIX):
+                continue
+            try:
+                pid = int(name[len(SCRATCH_PREFIX) :].split("-", 1)[0])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_directory(nbytes: int) -> Iterator[str | None]:
+    """A private directory for one call's files, removed on exit.
+
+    Prefers ``/dev/shm`` (memory-backed, so memory-mapped reads are free);
+    uses the temp directory when shared memory is absent or has less than
+    ``nbytes`` free (Docker gives it 64 MB). Yields ``None`` when neither
+    has room: the caller then pickles.
+    """
+    needed = 2 * nbytes + _SPACE_MARGIN
+    base = None
+    for candidate in (_SHM_DIR, tempfile.gettempdir()):
+        if os.path.isdir(candidate) and _free_bytes(candidate) >= needed:
+            base = candidate
+            break
+        logger.debug(
+            "scratch: %s has less than %d MB free, not using it",
+            candidate,
+            needed >> 20,
+        )
+    if base is None:
+        logger.debug("scratch: no directory has room; chunks will be pickled")
+        yield None
+        return
+    path = os.path.join(base, f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    os.mkdir(path, 0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Payloads
+# --------------------------------------------------------------------------
+@dataclasses.dataclass
+class Labels:
+    """What Arrow does not carry: labels, names, attrs and exact dtypes."""
+
+    index: pd.Index
+    columns: pd.Index | None  # None for a Series
+    name: Any = None
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dtypes: list[Any] | None = None
+
+    @classmethod
+    def of(cls, obj: pd.DataFrame | pd.Series) -> Labels:
+        if isinstance(obj, pd.Series):
+            return cls(obj.index, None, obj.name, dict(obj.attrs), [obj.dtype])
+        return cls(obj.index, obj.columns, None, dict(obj.attrs), list(obj.dtypes))
+
+    def apply_to(self, frame: pd.DataFrame) -> pd.DataFrame | pd.Series:
+        if self.dtypes is not None:
+            for i, dtype in enumerate(self.dtypes):
+                if frame.dtypes.iloc[i] != dtype:
+                    frame.isetitem(i, frame.iloc[:, i].astype(dtype))
+        frame.index = self.index
+        if self.columns is None:
+            result: pd.DataFrame | pd.Series = frame.iloc[:, 0]
+            result.name = self.name
+        else:
+            frame.columns = self.columns
+            result = frame
+        result.attrs = dict(self.attrs)
+        return result
+
+    def with_index(self, index: pd.Index) -> Labels:
+        return dataclasses.replace(self, index=index)
+
+
+@dataclasses.dataclass
+class ArrowSlice:
+    """A reference to rows (one record batch) and columns of an IPC file."""
+
+    path: str
+    batch: int
+    labels: Labels
+    columns: Sequence[int] | None = None
+
+    def load(self) -> pd.DataFrame | pd.Series:
+        with pa.memory_map(self.path) as source:
+            batch = pa.ipc.open_file(source).get_batch(self.batch)
+            if self.columns is not None:
+                batch = batch.select(list(self.columns))
+            frame = pa.Table.from_batches([batch]).to_pandas()
+        return self.labels.apply_to(frame)
+
+
+@dataclasses.dataclass
+class Inline:
+    """An object handed over as is: pickled by the backend, or not at all."""
+
+    obj: Any
+
+    def load(self) -> Any:
+        return self.obj
+
+
+Payload = ArrowSlice | Inline
+
+
+def _positional(obj: pd.DataFrame | pd.Series) -> pd.DataFrame:
+    frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
+    frame = frame.copy(deep=False)
+    frame.columns = [f"c{i}" for i in range(frame.shape[1])]
+    frame.index = pd.RangeIndex(len(frame))
+    return frame
+
+
+def _write_ipc(table: pa.Table, path: str, bounds: Sequence[tuple[int, int]]) -> None:
+    with pa.OSFile(path, "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            for start, stop in bounds:
+                # One batch per chunk, so a reader fetches chunk i as batch i.
+                batches = table.slice(start, stop - start).combine_chunks().to_batches()
+                if len(batches) != 1:
+                    raise ValueError("an Arrow chunk must hold at least one row")
+                writer.write_batch(batches[0])
+
+
+def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:
+    frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
+    if not arrow_exact(frame):
+        return None
+    try:
+        return pa.Table.from_pandas(_positional(obj), preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        logger.debug("transport: Arrow refused the frame (%s); pickling", exc)
+        return None
+
+
+def use_arrow(obj: pd.DataFrame | pd.Series, transport: str) -> bool:
+    """Decide, for one frame, whether it travels by Arrow."""
+    if transport == "pickle":
+        return False
+    frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
+    exact = arrow_exact(frame)
+    if transport == "arrow" and not exact:
+        logger.debug("transport: transport='arrow' but a column does not "
+                     "round-trip exactly; pickling this frame")
+    return exact
+
+
+def ship_rows(
+    obj: pd.DataFrame | pd.Series,
+    bounds: Sequence[tuple[int, int]],
+    directory: str | None,
+    transport: str,
+) -> list[Payload]:
+    """Payloads for the row ranges ``bounds`` of ``obj``, one per chunk."""
+    table = _to_table(obj) if directory and use_arrow(obj, transport) else None
+    if table is None:
+        logger.debug("transport: %d chunks by pickle", len(bounds))
+        return [Inline(obj.iloc[a:b]) for a, b in bounds]
+    path = os.path.join(directory, "input.arrow")  # type: ignore[arg-type]
+    _write_ipc(table, path, bounds)
+    logger.debug("transport: %d chunks by Arrow IPC in %s", len(bounds), directory)
+    return [
+        ArrowSlice(path, i, Labels.of(obj.iloc[a:b])) for i, (a, b) in enumerate(bounds)
+    ]
+
+
+def ship_columns(
+    frame: pd.DataFrame,
+    column_groups: Sequence[Sequence[int]],
+    directory: str | None,
+    transport: str,
+) -> list[Payload]:
+    """Payloads for groups of column positions of ``frame``, one per chunk."""
+    table = _to_table(frame) if directory and use_arrow(frame, transport) else None
+    if table is None:
+        return [Inline(frame.iloc[:, list(cols)]) for cols in column_groups]
+    path = os.path.join(directory, "input.arrow")  # type: ignore[arg-type]
+    _write_ipc(table, path, [(0, len(frame))])
+    return [
+        ArrowSlice(path, 0, Labels.of(frame.iloc[:0, list(cols)]).with_index(frame.index),
+                   list(cols))
+        for cols in column_groups
+    ]
+
+
+def ship_result(
+    result: Any, directory: str | None, name: str, transport: str
+) -> Payload:
+    """Called in a worker: hand a chunk's result back to the parent."""
+    if directory is None or not isinstance(result, (pd.DataFrame, pd.Series)):
+        return Inline(result)
+    if len(result) == 0 or not use_arrow(result, transport):
+        return Inline(result)
+    table = _to_table(result)
+    if table is None or not os.path.isdir(directory):
+        return Inline(result)
+    path = os.path.join(directory, name)
+    _write_ipc(table, path, [(0, len(result))])
+    return ArrowSlice(path, 0, Labels.of(result.iloc[:0]).with_index(result.index))
+
+
+def fetch_result(payload: Payload) -> Any:
+    """Called in the parent: load a result and delete its file."""
+    value = payload.load()
+    if isinstance(payload, ArrowSlice):
+        with contextlib.suppress(OSError):
+            os.unlink(payload.path)
+    return value

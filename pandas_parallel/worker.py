@@ -1,0 +1,194 @@
+"""Run: what a worker does with one chunk.
+
+Everything here executes inside a worker (a loky process, a thread, or a
+remote dask/ray worker). The user's function arrives serialized once per
+call and is decoded once per worker; each chunk then runs the pandas
+operation itself. A failure in the user's function is caught and returned
+as data, so the pool survives it and stays warm for the next call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+
+from pandas_parallel.transport import Payload, ship_result
+
+_local = threading.local()
+_in_worker_process = False
+_programs: OrderedDict[str, Program] = OrderedDict()
+_programs_lock = threading.Lock()
+_PROGRAM_CACHE_SIZE = 4
+_PROGRESS_EVERY = 16  # calls between writes to the shared progress counter
+
+
+def in_worker() -> bool:
+    """True inside a pandas_parallel worker: nested calls then run serially."""
+    return _in_worker_process or getattr(_local, "active", False)
+
+
+def initialize_worker() -> None:
+    """loky initializer: mark the process as a worker.
+
+    Importing this module has already imported pandas and pyarrow, so the
+    first chunk does not pay for them.
+    """
+    global _in_worker_process
+    _in_worker_process = True
+
+
+@dataclasses.dataclass
+class Program:
+    """What every chunk of one call runs: ``runner(chunk, func, args, kwargs)``."""
+
+    runner: Callable[..., Any]
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    calls_per_unit: int = 1
+
+
+def encode_program(program: Program) -> bytes:
+    """Serialize a program once per call (cloudpickle: lambdas, closures and
+    functions defined in ``__main__`` or a notebook work)."""
+    return cloudpickle.dumps(program, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode_program(call_id: str, blob: bytes | Program) -> Program:
+    if isinstance(blob, Program):
+        return blob
+    with _programs_lock:
+        program = _programs.get(call_id)
+        if program is None:
+            program = pickle.loads(blob)
+            _programs[call_id] = program
+            while len(_programs) > _PROGRAM_CACHE_SIZE:
+                _programs.popitem(last=False)
+        return program
+
+
+@dataclasses.dataclass
+class Task:
+    """One chunk of one call, as sent to a worker."""
+
+    call_id: str
+    chunk: int
+    payload: Payload
+    program: bytes | Program
+    units: int
+    result_dir: str | None = None
+    transport: str = "auto"
+    counters: str | np.ndarray | None = None  # progress: file path or array
+
+
+@dataclasses.dataclass
+class Failure:
+    """A user-function exception, carried back to the parent."""
+
+    exception: BaseException
+    traceback: str
+    argument: str  # what the function was called with when it raised
+
+
+@dataclasses.dataclass
+class Outcome:
+    chunk: int
+    payload: Payload | None = None
+    failure: Failure | None = None
+    seconds: float = 0.0
+
+
+class _Counters:
+    """Shared per-chunk counters: ``[0:n]`` calls done, ``[n:2n]`` state
+    (1 running, 2 finished). A memory-mapped file for processes, a plain
+    array for threads."""
+
+    def __init__(self, source: str | np.ndarray | None) -> None:
+        self.array: np.ndarray | None
+        if source is None or isinstance(source, np.ndarray):
+            self.array = source
+        else:
+            try:
+                self.array = np.memmap(source, dtype=np.int64, mode="r+")
+            except OSError:  # the call already ended (e.g. cancelled)
+                self.array = None
+
+    def set(self, position: int, value: int) -> None:
+        if self.array is not None:
+            self.array[position] = value
+
+
+def _describe_argument(value: Any) -> str:
+    if isinstance(value, (pd.Series, pd.DataFrame)):
+        kind = type(value).__name__
+        return f"{kind} named {value.name!r}" if value.name is not None else kind
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _tracked(func: Callable[..., Any], state: dict[str, Any], counters: _Counters,
+             slot: int) -> Callable[..., Any]:
+    """Wrap ``func`` to remember its last argument and count calls."""
+
+    @functools.wraps(func)
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        state["calls"] += 1
+        state["argument"] = args[0] if args else None
+        if state["calls"] % _PROGRESS_EVERY == 0:
+            counters.set(slot, state["calls"])
+        return func(*args, **kwargs)
+
+    return tracked
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc} (the original exception "
+                            "could not be pickled back from the worker)")
+
+
+def run_chunk(task: Task) -> Outcome:
+    """Run the call's program on one chunk."""
+    started = time.perf_counter()
+    outer = getattr(_local, "active", False)
+    _local.active = True
+    counters = _Counters(task.counters)
+    n_chunks = len(counters.array) // 2 if counters.array is not None else 0
+    counters.set(n_chunks + task.chunk, 1)
+    state: dict[str, Any] = {"calls": 0, "argument": None}
+    try:
+        program = _decode_program(task.call_id, task.program)
+        data = task.payload.load()
+        func = _tracked(program.func, state, counters, task.chunk)
+        try:
+            result = program.runner(data, func, program.args, program.kwargs)
+        except Exception as exc:
+            failure = Failure(
+                _picklable(exc),
+                traceback.format_exc(),
+                _describe_argument(state["argument"]),
+            )
+            return Outcome(task.chunk, failure=failure,
+                           seconds=time.perf_counter() - started)
+        payload = ship_result(result, task.result_dir,
+                              f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
+        return Outcome(task.chunk, payload, seconds=time.perf_counter() - started)
+    finally:
+        counters.set(task.chunk, state["calls"])
+        counters.set(n_chunks + task.chunk, 2)
+        _local.active = outer

@@ -22,7 +22,7 @@ from pandas_parallel.options import Options, get_options, validate
 from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Units
 
-_MAP = combine.Inference(combine.reinfer_like_map, None)
+_MAP = combine.Inference(combine.reinfer_like_map, combine.reinfer_like_map)
 _APPLY_ROWS = combine.Inference(combine.reinfer_like_constructor,
                                 combine.reinfer_like_infer_objects)
 _APPLY_COLUMNS = combine.Inference(combine.reinfer_like_constructor, None)
@@ -165,6 +165,11 @@ class DataFrameParallelAccessor(_Base):
                 or axis not in _ROW_AXES + _COLUMN_AXES or self._obj.shape[1] == 0):
             return self._delegate("apply", call_args, kwargs)()
         raw = bool(params["raw"])
+        labels = self._obj.index if axis in _ROW_AXES else self._obj.columns
+        if params["result_type"] == "broadcast" and not labels.is_unique:
+            # pandas broadcasts by label here; duplicate labels make that
+            # depend on which duplicates share a chunk.
+            return self._delegate("apply", call_args, kwargs)()
         if axis in _ROW_AXES:
             return self._rows("apply", "apply(axis=1)", call_args, kwargs,
                               _STRICT if raw else _APPLY_ROWS)
@@ -176,7 +181,8 @@ class DataFrameParallelAccessor(_Base):
         call_args = (func, *args)
         params = _bind(self._obj, "map", call_args, kwargs)
         if (not plain_callable(func) or params["na_action"] not in (None, "ignore")
-                or self._obj.shape[1] == 0):
+                or self._obj.shape[1] == 0
+                or not all(map(combine.map_is_chunk_stable, self._obj.dtypes))):
             return self._delegate("map", call_args, kwargs)()
         return self._rows("map", "map", call_args, kwargs, _MAP,
                           calls_per_unit=self._obj.shape[1])
@@ -250,7 +256,7 @@ class SeriesParallelAccessor(_Base):
         call_args = (func, *args)
         params = _bind(self._obj, "apply", call_args, kwargs)
         if (not plain_callable(func) or params.get("by_row", "compat") is False
-                or isinstance(self._obj.dtype, pd.CategoricalDtype)):
+                or not _elementwise_parallel(self._obj.dtype)):
             return self._delegate("apply", call_args, kwargs)()
         return self._rows("apply", "apply", call_args, kwargs,
                           combine.Inference(combine.reinfer_like_map, None))
@@ -264,7 +270,7 @@ class SeriesParallelAccessor(_Base):
         func = params.get("func", params.get("arg"))
         if (not plain_callable(func) or params.get("engine") is not None
                 or params["na_action"] not in (None, "ignore")
-                or isinstance(self._obj.dtype, pd.CategoricalDtype)):
+                or not _elementwise_parallel(self._obj.dtype)):
             return self._delegate("map", args, kwargs)()
         return self._rows("map", "map", args, kwargs, _MAP)
 
@@ -273,7 +279,7 @@ class SeriesParallelAccessor(_Base):
         call_args = (func, *args)
         params = _bind(self._obj, "transform", call_args, kwargs)
         if (not plain_callable(func) or params["axis"] not in (0, "index", "rows")
-                or isinstance(self._obj.dtype, pd.CategoricalDtype)):
+                or not _elementwise_parallel(self._obj.dtype)):
             return self._delegate("transform", call_args, kwargs)()
         return self._rows("transform", "transform", call_args, kwargs, _STRICT)
 
@@ -285,6 +291,15 @@ class SeriesParallelAccessor(_Base):
         if not callable(func):
             raise TypeError(f"map_partitions needs a callable, got {func!r}")
         return _map_partitions(self, func, args, kwargs)
+
+
+def _elementwise_parallel(dtype: Any) -> bool:
+    """Whether an elementwise call over a Series of ``dtype`` can be split:
+    not categoricals (pandas maps their categories, not their rows) and not
+    dtypes whose map inference needs all values (see
+    :func:`combine.map_is_chunk_stable`)."""
+    return (not isinstance(dtype, pd.CategoricalDtype)
+            and combine.map_is_chunk_stable(dtype))
 
 
 def _map_partitions(accessor: _Base, func: Callable[..., Any], args: tuple[Any, ...],

@@ -46,6 +46,21 @@ def reinfer_like_infer_objects(column: pd.Series) -> pd.Series:
     return column.infer_objects()
 
 
+def map_is_chunk_stable(dtype: Any) -> bool:
+    """Whether an elementwise ``map`` over values of ``dtype`` infers its
+    result dtype the same way on chunks as on the whole.
+
+    Nullable and Arrow-backed arrays cast the mapped values back with rules
+    that look at all of them at once (all-missing results keep the input
+    dtype, ints with ``None`` become Float64) and lose, per chunk, the
+    difference between ``None``, ``NaN`` and ``NA``; those maps stay with
+    pandas.
+    """
+    from pandas_parallel.transport import MASKED_DTYPES
+
+    return not isinstance(dtype, (*MASKED_DTYPES, pd.ArrowDtype))
+
+
 def _kind(pieces: Sequence[Any]) -> type:
     kinds = {type(p) for p in pieces}
     if kinds <= {pd.Series}:
@@ -70,28 +85,45 @@ def union_labels(indexes: Sequence[pd.Index]) -> pd.Index:
     return result
 
 
+def _replayable(dtype: Any) -> bool:
+    """Whether values of ``dtype``, turned to objects, re-infer as pandas
+    inferred them in the first place (numpy dtypes and strings do; nullable
+    and Arrow dtypes come from inference paths of their own)."""
+    return isinstance(dtype, (np.dtype, pd.StringDtype))
+
+
+def _reconcile(columns: Sequence[pd.Series], reinfer: Reinfer | None) -> pd.Series:
+    """One result column whose chunks came back with different dtypes.
+
+    pandas inferred the dtype over all values at once; replay that on the
+    values as objects. ``concat`` cannot be trusted here: its common-type
+    rules differ from inference (bool with float, all-NA pieces).
+    """
+    dtypes = sorted({str(c.dtype) for c in columns})
+    if reinfer is None or not all(_replayable(c.dtype) for c in columns):
+        raise CannotCombine(f"chunk results have different dtypes: {dtypes}")
+    return reinfer(pd.concat([c.astype(object) for c in columns]))
+
+
 def _reinfer_mixed(result: pd.DataFrame | pd.Series, pieces: Sequence[Any],
                    reinfer: Reinfer | None) -> pd.DataFrame | pd.Series:
-    """Re-infer columns whose chunks had different dtypes.
+    """Reconcile columns whose chunks had different dtypes (see :func:`_reconcile`).
 
-    With ``reinfer=None`` the operation's inference cannot be replayed
-    (e.g. ``raw=True``, where numpy fixes the dtype from the first row), so
-    disagreeing dtypes raise :class:`CannotCombine`.
+    ``reinfer=None`` means the operation's inference cannot be replayed at
+    all (e.g. ``raw=True``, where numpy fixes the dtype from the first row).
     """
+    nonempty = [p for p in pieces if len(p)]
     if isinstance(result, pd.Series):
-        if len({str(p.dtype) for p in pieces if len(p)}) > 1:
-            if reinfer is None:
-                raise CannotCombine("chunk results have different dtypes")
-            if result.dtype == object:
-                return reinfer(result)
+        if len({p.dtype for p in nonempty}) > 1:
+            column = _reconcile(nonempty, reinfer)
+            column.index, column.name = result.index, result.name
+            return column
         return result
     for i in range(result.shape[1]):
-        dtypes = {str(p.dtypes.iloc[i]) for p in pieces if len(p)}
-        if len(dtypes) > 1:
-            if reinfer is None:
-                raise CannotCombine("chunk results have different dtypes")
-            if result.dtypes.iloc[i] == object:
-                result.isetitem(i, reinfer(result.iloc[:, i]))
+        if len({p.dtypes.iloc[i] for p in nonempty}) > 1:
+            column = _reconcile([p.iloc[:, i] for p in nonempty], reinfer)
+            column.index = result.index
+            result.isetitem(i, column)
     return result
 
 

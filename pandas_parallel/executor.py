@@ -29,22 +29,28 @@ _POLL_SECONDS = 0.25
 _IDLE_WORKER_TIMEOUT = 300
 
 
+_executor: Any = None
+
+
 def loky_executor(n_workers: int) -> Any:
-    """The warm process pool (created or resized on demand)."""
+    """The warm process pool (created, resized or replaced on demand)."""
+    global _executor
     from joblib.externals.loky import get_reusable_executor
 
-    return get_reusable_executor(
+    _executor = get_reusable_executor(
         max_workers=n_workers,
         timeout=_IDLE_WORKER_TIMEOUT,
         initializer=initialize_worker,
     )
+    return _executor
 
 
 def shutdown_pool() -> None:
-    """Stop the worker processes now (they restart on the next call)."""
-    from joblib.externals.loky import get_reusable_executor
-
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    """Stop the worker processes now; the next parallel call starts new ones."""
+    global _executor
+    if _executor is not None:
+        _executor.shutdown(wait=True, kill_workers=True)
+        _executor = None
 
 
 class Progress:

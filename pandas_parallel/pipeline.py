@@ -106,7 +106,7 @@ def _labels(index: pd.Index) -> str:
 
 
 def _serial_reason(op: Operation, n_workers: int) -> str | None:
-    if len(op.units) == 0:
+    if len(op.units) == 0 or len(op.units.obj) == 0:
         return "the input is empty"
     if in_worker():
         return "already inside a pandas_parallel worker (nested call)"

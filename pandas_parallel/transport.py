@@ -33,7 +33,7 @@ SCRATCH_PREFIX = "pandas_parallel-"
 _SHM_DIR = "/dev/shm"
 _SPACE_MARGIN = 64 * 2**20
 
-_MASKED_DTYPES = (
+MASKED_DTYPES = (
     pd.Int8Dtype, pd.Int16Dtype, pd.Int32Dtype, pd.Int64Dtype,
     pd.UInt8Dtype, pd.UInt16Dtype, pd.UInt32Dtype, pd.UInt64Dtype,
     pd.Float32Dtype, pd.Float64Dtype, pd.BooleanDtype,
@@ -60,7 +60,7 @@ def _dtype_arrow_exact(dtype: Any, values: Any) -> bool:
     if isinstance(
         dtype,
         (pd.DatetimeTZDtype, pd.PeriodDtype, pd.ArrowDtype, pd.StringDtype)
-        + _MASKED_DTYPES,
+        + MASKED_DTYPES,
     ):
         return True
     if isinstance(dtype, pd.IntervalDtype):

@@ -133,7 +133,8 @@ class _Counters:
 def _describe_argument(value: Any) -> str:
     if isinstance(value, (pd.Series, pd.DataFrame)):
         kind = type(value).__name__
-        return f"{kind} named {value.name!r}" if value.name is not None else kind
+        name = getattr(value, "name", None)
+        return f"{kind} named {name!r}" if name is not None else kind
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -1,0 +1,50 @@
+"""Comparison helpers: the parallel result must be exactly pandas'."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pytest
+
+
+def assert_same(expected: Any, actual: Any) -> None:
+    """``pandas.testing`` at default strictness, plus ``attrs``."""
+    assert type(actual) is type(expected), (type(actual), type(expected))
+    if isinstance(expected, pd.Series) and _holds_pandas_objects(expected):
+        # pandas.testing cannot compare Series of Series: compare the shell,
+        # then each element.
+        pd.testing.assert_series_equal(actual.map(type), expected.map(type))
+        for left, right in zip(actual, expected):
+            assert_same(right, left)
+    elif isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(actual, expected)
+    elif isinstance(expected, pd.Series):
+        pd.testing.assert_series_equal(actual, expected)
+    else:
+        assert actual == expected
+    if isinstance(expected, (pd.DataFrame, pd.Series)):
+        assert actual.attrs == expected.attrs
+        if hasattr(expected.index, "freq"):
+            assert actual.index.freq == expected.index.freq
+
+
+def check_like_pandas(serial: Callable[[], Any], parallel: Callable[[], Any]) -> None:
+    """``parallel()`` returns what ``serial()`` returns, or raises the same type."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expected = serial()
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                parallel()
+            return
+        actual = parallel()
+    assert_same(expected, actual)
+
+
+def _holds_pandas_objects(series: pd.Series) -> bool:
+    return series.dtype == object and any(
+        isinstance(v, (pd.Series, pd.DataFrame)) for v in series)

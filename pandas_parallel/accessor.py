@@ -23,8 +23,9 @@ from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Units
 
 _MAP = combine.Inference(combine.reinfer_like_map, combine.reinfer_like_map)
-_APPLY_ROWS = combine.Inference(combine.reinfer_like_constructor,
-                                combine.reinfer_like_infer_objects)
+# Expanded apply results are inferred by pandas after a transpose, over
+# whole blocks rather than per column: not replayable from chunk results.
+_APPLY_ROWS = combine.Inference(combine.reinfer_like_constructor, None)
 _APPLY_COLUMNS = combine.Inference(combine.reinfer_like_constructor, None)
 _STRICT = combine.Inference(None, None)
 _ROW_AXES = (1, "columns")

@@ -57,11 +57,13 @@ def _dtype_arrow_exact(dtype: Any, values: Any) -> bool:
     if isinstance(dtype, pd.CategoricalDtype):
         cats = dtype.categories
         return _dtype_arrow_exact(cats.dtype, cats)
-    if isinstance(
-        dtype,
-        (pd.DatetimeTZDtype, pd.PeriodDtype, pd.ArrowDtype, pd.StringDtype)
-        + MASKED_DTYPES,
-    ):
+    if isinstance(dtype, pd.ArrowDtype):
+        # Nested Arrow types (list, struct) have no pandas dtype string that
+        # to_pandas can parse back.
+        arrow_type = dtype.pyarrow_dtype
+        return not pa.types.is_nested(arrow_type) and not pa.types.is_dictionary(arrow_type)
+    if isinstance(dtype, (pd.DatetimeTZDtype, pd.PeriodDtype, pd.StringDtype)
+                  + MASKED_DTYPES):
         return True
     if isinstance(dtype, pd.IntervalDtype):
         return dtype.subtype is not None and dtype.subtype.kind in "iufmM"

@@ -167,9 +167,12 @@ class DataFrameParallelAccessor(_Base):
             return self._delegate("apply", call_args, kwargs)()
         raw = bool(params["raw"])
         labels = self._obj.index if axis in _ROW_AXES else self._obj.columns
-        if params["result_type"] == "broadcast" and not labels.is_unique:
-            # pandas broadcasts by label here; duplicate labels make that
-            # depend on which duplicates share a chunk.
+        if params["result_type"] == "broadcast" and not (
+                labels.is_unique
+                and all(isinstance(d, np.dtype) for d in self._obj.dtypes)):
+            # pandas broadcasts into a buffer shaped like `frame.T.values` and
+            # selects by label: with duplicate labels or extension dtypes, the
+            # result depends on which rows share a chunk.
             return self._delegate("apply", call_args, kwargs)()
         if axis in _ROW_AXES:
             return self._rows("apply", "apply(axis=1)", call_args, kwargs,

@@ -1,0 +1,78 @@
+"""Options: validation before any work, scoping, per-call overrides."""
+
+from __future__ import annotations
+
+import joblib
+import pandas as pd
+import pytest
+
+import pandas_parallel
+from pandas_parallel.options import resolve_n_jobs
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"n_jobs": 0}, ValueError, "n_jobs=0"),
+    ({"n_jobs": 1.5}, TypeError, "n_jobs"),
+    ({"n_jobs": True}, TypeError, "n_jobs"),
+    ({"chunk_size": -1}, ValueError, "chunk_size"),
+    ({"chunk_size": 0}, ValueError, "chunk_size"),
+    ({"chunk_size": "big"}, TypeError, "chunk_size"),
+    ({"backend": "fork-bomb"}, ValueError, "backend"),
+    ({"backend": "dask"}, ValueError, "pip install dask"),
+    ({"transport": "zip"}, ValueError, "transport"),
+    ({"partition": "diagonal"}, ValueError, "partition"),
+    ({"progress": "sometimes"}, ValueError, "progress"),
+    ({"serial_fallback": "no"}, TypeError, "serial_fallback"),
+    ({"n_job": 2}, TypeError, "unknown pandas_parallel option 'n_job'"),
+])
+def test_bad_options_fail_before_any_work(options, error, match):
+    calls = []
+    df = pd.DataFrame({"a": [1, 2]})
+    with pytest.raises(error, match=match):
+        df.parallel(**options).apply(lambda r: calls.append(r), axis=1)
+    with pytest.raises(error, match=match):
+        pandas_parallel.config(**options)
+    assert calls == []
+    assert pandas_parallel.get_options() == pandas_parallel.Options()
+
+
+def test_config_scopes_and_restores():
+    before = pandas_parallel.get_options()
+    with pandas_parallel.config(n_jobs=2, chunk_size=5) as inside:
+        assert inside.n_jobs == 2 and inside.chunk_size == 5
+        with pandas_parallel.config(chunk_size=7):
+            assert pandas_parallel.get_options().chunk_size == 7
+            assert pandas_parallel.get_options().n_jobs == 2
+        assert pandas_parallel.get_options().chunk_size == 5
+    assert pandas_parallel.get_options() == before
+
+
+def test_config_without_with_sets_globally():
+    try:
+        pandas_parallel.config(progress=False)
+        assert pandas_parallel.get_options().progress is False
+    finally:
+        pandas_parallel.config(progress="auto")
+
+
+def test_per_call_options_override_config():
+    df = pd.DataFrame({"a": [1]})
+    with pandas_parallel.config(n_jobs=3):
+        assert df.parallel(n_jobs=1).options.n_jobs == 1
+        assert df.parallel.options.n_jobs == 3
+        assert df.a.parallel(chunk_size=2)(n_jobs=4).options.chunk_size == 2
+
+
+def test_default_n_jobs_is_the_usable_cpu_count():
+    assert resolve_n_jobs(None) == joblib.cpu_count()
+    assert resolve_n_jobs(-1) == joblib.cpu_count()
+    assert resolve_n_jobs(-2) == max(1, joblib.cpu_count() - 1)
+    assert resolve_n_jobs(3) == 3
+
+
+def test_accessor_signatures_bind_like_pandas():
+    df = pd.DataFrame({"a": [1, 2]})
+    with pytest.raises(TypeError):
+        df.parallel.apply()  # pandas: missing 'func'
+    with pytest.raises(TypeError):
+        df.parallel.map(str, "ignore", "extra-positional")

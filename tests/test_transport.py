@@ -1,0 +1,106 @@
+"""Transport: Arrow round trips are exact, fallbacks happen, nothing leaks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pandas_parallel
+from pandas_parallel import transport
+from tests.conftest import scratch_dirs
+from tests.strategies import DTYPES, PANDAS_3, make_column
+
+# Under pandas 2.2 "str" columns are object dtype and hold None: not exact.
+ARROW_EXACT = [k for k in DTYPES if k != "object_mixed" and (PANDAS_3 or k != "str")]
+
+
+@pytest.mark.parametrize("kind", DTYPES)
+def test_round_trip_is_exact_or_pickled(tmp_path, kind):
+    column = make_column(kind, [3, -1, 0, 7, 2], [False, True, False, False, True])
+    frame = pd.DataFrame({"x": column.array, 0: np.arange(5)},
+                         index=pd.date_range("2020", periods=5, freq="D", name="t"))
+    frame.attrs = {"unit": "kg"}
+    payloads = transport.ship_rows(frame, [(0, 1), (1, 4), (4, 5)], str(tmp_path), "auto")
+    assert isinstance(payloads[0], transport.ArrowSlice) == (kind in ARROW_EXACT)
+    for payload, (a, b) in zip(payloads, [(0, 1), (1, 4), (4, 5)]):
+        loaded = payload.load()
+        pd.testing.assert_frame_equal(loaded, frame.iloc[a:b])
+        assert loaded.attrs == frame.attrs
+        assert loaded.index.freq == frame.index.freq
+
+
+@pytest.mark.parametrize("kind", ARROW_EXACT)
+def test_results_come_back_exactly(tmp_path, kind):
+    column = make_column(kind, [1, 2, 3], [False, True, False]).rename("r")
+    payload = transport.ship_result(column, str(tmp_path), "result.arrow", "auto")
+    assert isinstance(payload, transport.ArrowSlice)
+    pd.testing.assert_series_equal(transport.fetch_result(payload), column)
+    assert os.listdir(tmp_path) == []  # the parent deletes what it has read
+
+
+@pytest.mark.parametrize("frame", [
+    pd.DataFrame({"c": [1 + 2j, 3j]}),
+    pd.DataFrame({"o": [1, "a"]}),
+    pd.DataFrame({"o": ["a", None]}, dtype=object),
+    pd.DataFrame({"s": pd.arrays.SparseArray([0, 1])}),
+], ids=["complex", "mixed-object", "object-with-none", "sparse"])
+def test_frames_arrow_cannot_carry_are_pickled(tmp_path, frame):
+    assert not transport.arrow_exact(frame)
+    payloads = transport.ship_rows(frame, [(0, 2)], str(tmp_path), "arrow")
+    assert isinstance(payloads[0], transport.Inline)
+    pd.testing.assert_frame_equal(payloads[0].load(), frame)
+
+
+def test_column_labels_of_any_kind_survive(tmp_path):
+    frame = pd.DataFrame([[1, 2, 3]], columns=pd.Index(["a", 0, ("t", 1)], name="lbl"))
+    frame = pd.concat([frame, frame.rename(columns={"a": 0})], axis=1)  # duplicates
+    payloads = transport.ship_columns(frame, [[0, 1], [2, 3, 4, 5]], str(tmp_path), "auto")
+    assert all(isinstance(p, transport.ArrowSlice) for p in payloads)
+    pd.testing.assert_frame_equal(payloads[1].load(), frame.iloc[:, 2:])
+
+
+def test_scratch_falls_back_when_shared_memory_is_short(monkeypatch):
+    real = transport._free_bytes
+    monkeypatch.setattr(transport, "_free_bytes",
+                        lambda path: 0 if path == "/dev/shm" else real(path))
+    with transport.scratch_directory(1000) as directory:
+        assert directory is not None and not directory.startswith("/dev/shm")
+    monkeypatch.setattr(transport, "_free_bytes", lambda path: 0)
+    with transport.scratch_directory(1000) as directory:
+        assert directory is None  # nowhere to write: chunks get pickled
+
+
+def test_calls_work_and_leave_nothing_when_shared_memory_is_short(monkeypatch, forced):
+    monkeypatch.setattr(transport, "_free_bytes", lambda path: 0)
+    s = pd.Series(np.arange(6.0))
+    pd.testing.assert_series_equal(s.parallel.map(lambda v: v / 2), s.map(lambda v: v / 2))
+
+
+def test_no_scratch_survives_success_or_failure(forced):
+    s = pd.Series(np.arange(10))
+    s.parallel.map(lambda v: v + 1)
+    assert scratch_dirs() == []
+    with pytest.raises(ZeroDivisionError):
+        s.parallel.map(lambda v: 1 // (v - 5))
+    assert scratch_dirs() == []
+
+
+def test_stale_scratch_of_dead_process_is_swept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = f"/dev/shm/{transport.SCRATCH_PREFIX}{dead.stdout.strip()}-abc"
+    os.makedirs(stale)
+    open(os.path.join(stale, "input.arrow"), "wb").close()
+    transport.sweep_stale_scratch()
+    assert not os.path.exists(stale)
+
+
+def test_transport_option_is_validated():
+    with pytest.raises(ValueError, match="transport"):
+        pandas_parallel.config(transport="carrier-pigeon")

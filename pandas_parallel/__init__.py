@@ -22,10 +22,10 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "Options",
     "WorkerCrashedError",
+    "__version__",
     "config",
     "get_options",
     "shutdown_pool",
-    "__version__",
 ]
 
 _sweep()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["WorkerCrashedError", "RemoteTraceback"]
+__all__ = ["RemoteTraceback", "WorkerCrashedError"]
 
 
 class WorkerCrashedError(RuntimeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -62,18 +63,19 @@ class Progress:
 
     def __init__(self, show: bool, total: int, desc: str, unit: str,
                  sizes: Sequence[int], calls_per_chunk: Sequence[int],
-                 counters: np.ndarray | None) -> None:
+                 counters: np.ndarray | None, initial: int = 0) -> None:
         self.bar = None
         self.sizes = sizes
         self.calls = calls_per_chunk
         self.counters = counters
         self.finished = np.zeros(len(sizes), dtype=bool)
-        self.shown = 0.0
+        self.initial = initial
+        self.shown = 0
         if show:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
-                            mininterval=0.2)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
+                            dynamic_ncols=True, mininterval=0.2)
 
     def done(self, chunk: int) -> None:
         self.finished[chunk] = True
@@ -84,7 +86,7 @@ class Progress:
             return
         position = float(sum(s for s, f in zip(self.sizes, self.finished) if f))
         if self.counters is not None:
-            for i in np.flatnonzero(~self.finished):
+            for i in map(int, np.flatnonzero(~self.finished)):
                 if self.calls[i]:
                     fraction = min(1.0, self.counters[i] / self.calls[i])
                     position += fraction * self.sizes[i]
@@ -125,12 +127,15 @@ def _crash_error(exc: BaseException, running: list[int],
 
 def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
               describe: Callable[[int], str], label: str,
-              states: np.ndarray | None) -> Iterator[Outcome]:
+              states: np.ndarray | None, pool_warm: bool) -> Iterator[Outcome]:
     """Run ``tasks`` on the warm loky pool, yielding outcomes as they finish.
 
-    The first failure cancels the chunks not yet started and is raised at
-    once; a worker death raises :class:`WorkerCrashedError`; Ctrl-C kills the
-    workers so nothing keeps running.
+    While a cold pool starts (workers importing pandas take about half a
+    second), this process runs not-yet-started chunks itself, smallest
+    first, so start-up time is not lost. The first failure cancels the
+    chunks not yet started and is raised at once; a worker death raises
+    :class:`WorkerCrashedError`; Ctrl-C kills the workers so nothing keeps
+    running.
     """
     from joblib.externals.loky.process_executor import (
         BrokenProcessPool,
@@ -138,17 +143,28 @@ def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
     )
 
     executor = loky_executor(n_workers)
-    futures: dict[concurrent.futures.Future[Outcome], int] = {}
+    futures: dict[concurrent.futures.Future[Outcome], Task] = {}
     finished = False
     try:
         for task in tasks:
-            futures[executor.submit(run_chunk, task)] = task.chunk
+            futures[executor.submit(run_chunk, task)] = task
         pending = set(futures)
+        stealable = list(futures)  # longest first: steal from the end
         while pending:
+            if not pool_warm:
+                stolen = _steal(stealable, pending)
+                if stolen is not None:
+                    outcome = run_chunk(dataclasses.replace(futures[stolen], result_dir=None))
+                    if outcome.failure is not None:
+                        _raise_failure(outcome, describe, label)
+                    progress.done(outcome.chunk)
+                    yield outcome
+                    continue
             done, pending = concurrent.futures.wait(
                 pending, timeout=_POLL_SECONDS,
                 return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
+                pool_warm = True
                 try:
                     outcome = future.result()
                 except (TerminatedWorkerError, BrokenProcessPool) as exc:
@@ -170,13 +186,23 @@ def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
                 future.cancel()
 
 
-def _running_chunks(states: np.ndarray | None, futures: dict[Any, int],
+def _steal(stealable: list[Any], pending: set[Any]) -> Any:
+    """Take back the smallest chunk no worker has started, if any."""
+    while stealable:
+        future = stealable.pop()
+        if future in pending and future.cancel():
+            pending.discard(future)
+            return future
+    return None
+
+
+def _running_chunks(states: np.ndarray | None, futures: dict[Any, Task],
                     failed: Any) -> list[int]:
     if states is not None:
         running = [int(i) for i in np.flatnonzero(states == 1)]
         if running:
             return running
-    return [futures[failed]]
+    return [futures[failed].chunk]
 
 
 def run_joblib(tasks: Sequence[Task], n_workers: int, backend: str,
@@ -216,5 +242,12 @@ def interactive() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-__all__ = ["run_local", "run_joblib", "run_inline", "Progress", "shutdown_pool",
-           "interactive", "WorkerCrashedError"]
+__all__ = [
+    "Progress",
+    "WorkerCrashedError",
+    "interactive",
+    "run_inline",
+    "run_joblib",
+    "run_local",
+    "shutdown_pool",
+]

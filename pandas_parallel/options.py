@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import joblib
 
 __all__ = ["Options", "config", "get_options"]
 
-ProgressOption = Union[bool, Literal["auto"]]
+ProgressOption = bool | Literal["auto"]
 
 _TRANSPORTS = ("auto", "arrow", "pickle")
 _BUILTIN_BACKENDS = ("loky", "threading", "sequential")

@@ -177,7 +177,8 @@ def execute(op: Operation) -> Any:
     logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
                  op.label, n_workers, options.backend, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)
-    pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected))
+    done_here = (int(op.units.weights[:start].sum()) if op.unit == "rows" else start)
+    pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here))
     if options.backend == "loky":
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces)
@@ -198,7 +199,7 @@ def _combine_or_serial(op: Operation, pieces: list[Piece]) -> Any:
 
 
 def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
-                  n_bytes: int, expected: float | None) -> list[Piece]:
+                  n_bytes: int, expected: float | None, done_here: int) -> list[Piece]:
     global _warm_workers
     options = op.options
     backend = options.backend
@@ -238,15 +239,17 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         # Longest first, so the biggest chunk does not start last.
         tasks.sort(key=lambda t: -calls[t.chunk])
         progress = executor.Progress(
-            _show_progress(options, expected), sum(sizes), op.label, op.unit,
-            sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None)
+            _show_progress(options, expected), done_here + sum(sizes), op.label, op.unit,
+            sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None,
+            initial=done_here)
         states = counter_array[len(ranges):] if counter_array is not None else None
         results: dict[int, Any] = {}
         ok = False
         try:
             if backend == "loky":
                 outcomes = executor.run_local(tasks, n_workers, progress, describe,
-                                              op.label, states)
+                                              op.label, states,
+                                              pool_warm=_warm_workers == n_workers)
             elif backend == "sequential":
                 outcomes = executor.run_inline(tasks, progress, describe, op.label)
             else:

@@ -10,6 +10,7 @@ run on a chunk, produce groups in the same relative order as on the whole.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ def even_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
         return []
     n_chunks = -(-n // chunk_size)
     edges = np.linspace(0, n, n_chunks + 1).round().astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def balanced_cuts(weights: np.ndarray, n_chunks: int) -> list[tuple[int, int]]:
@@ -42,7 +43,7 @@ def balanced_cuts(weights: np.ndarray, n_chunks: int) -> list[tuple[int, int]]:
     targets = total * np.arange(1, n_chunks) / n_chunks
     cuts = np.searchsorted(cumulative, targets, side="left") + 1
     edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, n), [n]]))
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 class Units:
@@ -168,6 +169,6 @@ class Units:
             return transport.ship_rows(self.obj.iloc[first:], bounds, directory, mode)
         rows = [np.asarray(self.rows_of(a, b)) for a, b in ranges]
         edges = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
-        bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+        bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
         reordered = self.obj.take(np.concatenate(rows))
         return transport.ship_rows(reordered, bounds, directory, mode)

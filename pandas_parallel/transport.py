@@ -62,8 +62,7 @@ def _dtype_arrow_exact(dtype: Any, values: Any) -> bool:
         # to_pandas can parse back.
         arrow_type = dtype.pyarrow_dtype
         return not pa.types.is_nested(arrow_type) and not pa.types.is_dictionary(arrow_type)
-    if isinstance(dtype, (pd.DatetimeTZDtype, pd.PeriodDtype, pd.StringDtype)
-                  + MASKED_DTYPES):
+    if isinstance(dtype, (pd.DatetimeTZDtype, pd.PeriodDtype, pd.StringDtype, *MASKED_DTYPES)):
         return True
     if isinstance(dtype, pd.IntervalDtype):
         return dtype.subtype is not None and dtype.subtype.kind in "iufmM"
@@ -233,14 +232,13 @@ def _positional(obj: pd.DataFrame | pd.Series) -> pd.DataFrame:
 
 
 def _write_ipc(table: pa.Table, path: str, bounds: Sequence[tuple[int, int]]) -> None:
-    with pa.OSFile(path, "wb") as sink:
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            for start, stop in bounds:
-                # One batch per chunk, so a reader fetches chunk i as batch i.
-                batches = table.slice(start, stop - start).combine_chunks().to_batches()
-                if len(batches) != 1:
-                    raise ValueError("an Arrow chunk must hold at least one row")
-                writer.write_batch(batches[0])
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for start, stop in bounds:
+            # One batch per chunk, so a reader fetches chunk i as batch i.
+            batches = table.slice(start, stop - start).combine_chunks().to_batches()
+            if len(batches) != 1:
+                raise ValueError("an Arrow chunk must hold at least one row")
+            writer.write_batch(batches[0])
 
 
 def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:

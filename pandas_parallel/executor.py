@@ -46,6 +46,18 @@ def loky_executor(n_workers: int) -> Any:
     return _executor
 
 
+def _ready() -> None:
+    """A no-op task: running it means a worker has started and imported us."""
+
+
+def start_pool(n_workers: int) -> None:
+    """Start the workers without waiting for them (they import pandas and
+    pyarrow in the background)."""
+    executor = loky_executor(n_workers)
+    for _ in range(n_workers):
+        executor.submit(_ready)
+
+
 def shutdown_pool() -> None:
     """Stop the worker processes now; the next parallel call starts new ones."""
     global _executor
@@ -106,8 +118,9 @@ def _raise_failure(outcome: Outcome, describe: Callable[[int], str], label: str)
     failure = outcome.failure
     assert failure is not None
     exc = failure.exception
-    note = (f"pandas_parallel: {label} failed on {describe(outcome.chunk)}, "
-            f"while calling the function with {failure.argument}")
+    note = f"pandas_parallel: {label} failed on {describe(outcome.chunk)}"
+    if failure.argument:
+        note += f", when the function was called with {failure.argument}"
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     exc.__cause__ = RemoteTraceback(failure.traceback)

@@ -165,7 +165,19 @@ def execute(op: Operation) -> Any:
             logger.debug("%s: serial (parallel would not be faster)", op.label)
             if start < n_units:
                 pieces.append(op.run_here(start, n_units))
-            return _combine_or_serial(op, pieces)
+            result = _combine_or_serial(op, pieces)
+            if (not pool_warm and options.backend == "loky"
+                    and planning.estimate(per_unit, remaining, n_workers,
+                                          n_bytes * remaining // n_units,
+                                          pool_warm=True).parallel_wins):
+                # Only the start-up cost stood in the way. Start the workers
+                # now that this call's work is done (so it is not slowed), and
+                # the next call like it finds them warm.
+                logger.debug("%s: starting %d workers in the background for next time",
+                             op.label, n_workers)
+                executor.start_pool(n_workers)
+                _warm_workers = n_workers
+            return result
 
     if options.chunk_size is not None:
         ranges = op.units.cut(start, None, options.chunk_size)
@@ -190,7 +202,11 @@ def _sizes_text(sizes: list[int]) -> str:
 
 def _combine_or_serial(op: Operation, pieces: list[Piece]) -> Any:
     try:
-        return op.combine(pieces)
+        began = time.perf_counter()
+        result = op.combine(pieces)
+        logger.debug("%s: combined %d pieces in %.3fs", op.label, len(pieces),
+                     time.perf_counter() - began)
+        return result
     except CannotCombine as exc:
         logger.warning(
             "%s: chunk results cannot be combined into exactly what pandas "
@@ -216,6 +232,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
     sizes = [int(op.units.weights[a:b].sum()) if op.unit == "rows" else b - a
              for a, b in ranges]
     calls = [size * op.calls_per_unit for size in sizes]
+    began = time.perf_counter()
     with transport.scratch_directory(n_bytes if local_processes else 0) as directory:
         if in_process or not local_processes:
             payloads: list[transport.Payload] = [
@@ -224,9 +241,13 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         else:
             payloads = op.units.ship(ranges, directory, options.transport)
             directory_for_results = directory
+        shipped = time.perf_counter()
         counters: Any = None
         counter_array = None
-        if in_process:
+        show = _show_progress(options, expected)
+        if not show:
+            pass  # no bar: workers need not count (that costs a call per row)
+        elif in_process:
             counter_array = counters = np.zeros(2 * len(ranges), dtype=np.int64)
         elif local_processes and directory is not None:
             path = os.path.join(directory, "progress.bin")
@@ -239,7 +260,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         # Longest first, so the biggest chunk does not start last.
         tasks.sort(key=lambda t: -calls[t.chunk])
         progress = executor.Progress(
-            _show_progress(options, expected), done_here + sum(sizes), op.label, op.unit,
+            show, done_here + sum(sizes), op.label, op.unit,
             sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None,
             initial=done_here)
         states = counter_array[len(ranges):] if counter_array is not None else None
@@ -255,10 +276,15 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
             else:
                 outcomes = executor.run_joblib(tasks, n_workers, backend, progress,
                                                describe, op.label)
+            worker_seconds = 0.0
             for outcome in outcomes:
                 assert outcome.payload is not None
                 results[outcome.chunk] = transport.fetch_result(outcome.payload)
+                worker_seconds += outcome.seconds
             ok = True
+            logger.debug("%s: shipped in %.3fs; chunks ran %.3fs in total; all "
+                         "results back after %.3fs", op.label, shipped - began,
+                         worker_seconds, time.perf_counter() - shipped)
         except (KeyboardInterrupt, executor.WorkerCrashedError):
             _warm_workers = 0  # the pool was stopped or replaced
             raise

@@ -130,28 +130,67 @@ class _Counters:
             self.array[position] = value
 
 
-def _describe_argument(value: Any) -> str:
+def _describe_argument(value: Any, chunk: Any) -> str:
+    """Say, for a person, what the function was called with."""
     if isinstance(value, (pd.Series, pd.DataFrame)):
-        kind = type(value).__name__
+        kind = "row" if isinstance(value, pd.Series) else "group"
         name = getattr(value, "name", None)
-        return f"{kind} named {name!r}" if name is not None else kind
+        return f"the {kind} labelled {name!r}" if name is not None else f"a {kind}"
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    text = text if len(text) <= 80 else text[:77] + "..."
+    label = _label_of_value(chunk, value)
+    return f"value {text}" + (f" (at index label {label!r})" if label is not None else "")
 
 
-def _tracked(func: Callable[..., Any], state: dict[str, Any], counters: _Counters,
-             slot: int) -> Callable[..., Any]:
-    """Wrap ``func`` to remember its last argument and count calls."""
+def _label_of_value(chunk: Any, value: Any) -> Any:
+    """The index label of the first element equal to ``value`` in a Series."""
+    if not isinstance(chunk, pd.Series):
+        return None
+    try:
+        matches = chunk.isna() if pd.isna(value) else (chunk == value)
+        position = int(np.argmax(np.asarray(matches, dtype=bool)))
+        return chunk.index[position] if bool(matches.iloc[position]) else None
+    except Exception:  # comparisons of arbitrary objects may fail
+        return None
+
+
+def _failing_argument(func: Callable[..., Any], tb: Any) -> tuple[bool, Any]:
+    """The first argument of the user's function in the frame that raised.
+
+    Read from the traceback after the fact, so successful calls pay nothing.
+    """
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    code = getattr(getattr(target, "__func__", target), "__code__", None)
+    found: tuple[bool, Any] = (False, None)
+    while tb is not None and code is not None:
+        frame = tb.tb_frame
+        if frame.f_code is code and code.co_argcount:
+            first = code.co_varnames[0]
+            if first == "self" and code.co_argcount > 1:
+                first = code.co_varnames[1]
+            if first in frame.f_locals:
+                found = (True, frame.f_locals[first])
+                break
+        tb = tb.tb_next
+    return found
+
+
+def _counting(func: Callable[..., Any], counters: _Counters, slot: int
+              ) -> Callable[..., Any]:
+    """Wrap ``func`` to publish its call count (only while a bar is shown)."""
+    calls = 0
 
     @functools.wraps(func)
-    def tracked(*args: Any, **kwargs: Any) -> Any:
-        state["calls"] += 1
-        state["argument"] = args[0] if args else None
-        if state["calls"] % _PROGRESS_EVERY == 0:
-            counters.set(slot, state["calls"])
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % _PROGRESS_EVERY == 0:
+            counters.set(slot, calls)
         return func(*args, **kwargs)
 
-    return tracked
+    return counted
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -171,18 +210,20 @@ def run_chunk(task: Task) -> Outcome:
     counters = _Counters(task.counters)
     n_chunks = len(counters.array) // 2 if counters.array is not None else 0
     counters.set(n_chunks + task.chunk, 1)
-    state: dict[str, Any] = {"calls": 0, "argument": None}
     try:
         program = _decode_program(task.call_id, task.program)
         data = task.payload.load()
-        func = _tracked(program.func, state, counters, task.chunk)
+        func = program.func
+        if counters.array is not None and program.calls_per_unit:
+            func = _counting(func, counters, task.chunk)
         try:
             result = program.runner(data, func, program.args, program.kwargs)
         except Exception as exc:
+            found, argument = _failing_argument(program.func, exc.__traceback__)
             failure = Failure(
                 _picklable(exc),
                 traceback.format_exc(),
-                _describe_argument(state["argument"]),
+                _describe_argument(argument, data) if found else "",
             )
             return Outcome(task.chunk, failure=failure,
                            seconds=time.perf_counter() - started)
@@ -190,6 +231,5 @@ def run_chunk(task: Task) -> Outcome:
                               f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
         return Outcome(task.chunk, payload, seconds=time.perf_counter() - started)
     finally:
-        counters.set(task.chunk, state["calls"])
         counters.set(n_chunks + task.chunk, 2)
         _local.active = outer

@@ -1,0 +1,106 @@
+"""Benchmark: plain pandas vs pandas_parallel, side by side in one run.
+
+Usage::
+
+    python benchmarks/run.py                     # all workloads
+    python benchmarks/run.py --workloads rowwise_heavy --repeat 5
+
+For each workload it reports the median of ``--repeat`` warm runs (workers
+already started) of serial pandas and of ``.parallel``, interleaved so both
+see the same machine load, and the median of ``--cold-repeat`` cold first
+calls, each in a fresh Python process. Results are checked for equality.
+Writes a Markdown table (``--output``) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workloads import WORKLOADS  # noqa: E402
+
+import pandas_parallel  # noqa: E402, F401
+
+
+def _timed(func, data):
+    began = time.perf_counter()
+    result = func(data)
+    return time.perf_counter() - began, result
+
+
+def warm(name: str, repeat: int) -> dict:
+    workload = WORKLOADS[name]
+    data = workload.make(workload.size)
+    with pandas_parallel.config(serial_fallback=False):
+        workload.parallel(data)  # start the workers
+    serial, parallel = [], []
+    for _ in range(repeat):
+        seconds, expected = _timed(workload.serial, data)
+        serial.append(seconds)
+        seconds, actual = _timed(workload.parallel, data)
+        parallel.append(seconds)
+        if isinstance(expected, pd.Series):
+            pd.testing.assert_series_equal(actual, expected)
+        else:
+            pd.testing.assert_frame_equal(actual, expected)
+    return {"serial": statistics.median(serial), "parallel": statistics.median(parallel)}
+
+
+def cold_once(name: str) -> dict:
+    """In a fresh process: the first .parallel call, then serial for scale."""
+    workload = WORKLOADS[name]
+    data = workload.make(workload.size)
+    parallel, _ = _timed(workload.parallel, data)
+    serial, _ = _timed(workload.serial, data)
+    return {"serial": serial, "parallel": parallel}
+
+
+def cold(name: str, repeat: int) -> dict:
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, __file__, "--cold-once", name],
+                             capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {k: statistics.median(r[k] for r in runs) for k in ("serial", "parallel")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--cold-repeat", type=int, default=3)
+    parser.add_argument("--output", default=None, help="write the Markdown table here")
+    parser.add_argument("--cold-once", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    pandas_parallel.config(progress=False)
+    if args.cold_once:
+        print(json.dumps(cold_once(args.cold_once)))
+        return
+    rows = ["| workload | serial pandas (s) | parallel warm (s) | speed-up warm | "
+            "parallel cold (s) | speed-up cold |", "|---|---|---|---|---|---|"]
+    for name in args.workloads:
+        w = warm(name, args.repeat)
+        c = cold(name, args.cold_repeat)
+        rows.append(f"| {WORKLOADS[name].description} | {w['serial']:.2f} | "
+                    f"{w['parallel']:.2f} | {w['serial'] / w['parallel']:.2f}x | "
+                    f"{c['parallel']:.2f} | {c['serial'] / c['parallel']:.2f}x |")
+        print(rows[-1], flush=True)
+    header = (f"pandas {pd.__version__}, {os.cpu_count()} CPUs; medians of "
+              f"{args.repeat} warm and {args.cold_repeat} cold runs\n\n")
+    table = header + "\n".join(rows) + "\n"
+    print("\n" + table)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,9 +25,9 @@ import time
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS  # noqa: E402
+from workloads import WORKLOADS
 
-import pandas_parallel  # noqa: E402, F401
+import pandas_parallel
 
 
 def _timed(func, data):

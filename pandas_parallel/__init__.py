@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
+from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
 from pandas_parallel.errors import WorkerCrashedError
 from pandas_parallel.executor import shutdown_pool
 from pandas_parallel.options import Options, config, get_options

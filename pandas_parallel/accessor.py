@@ -131,8 +131,7 @@ def _ordered(pieces: list[Piece]) -> list[Any]:
     if all(isinstance(p.rows, slice) for p in pieces):
         return [p.result for p in pieces]
     results = [p.result for p in pieces]
-    combined = combine.concat_rows(results, combine.Inference(
-        combine.reinfer_like_map, combine.reinfer_like_infer_objects))
+    combined = combine.concat_rows(results, _MAP)
     positions = np.concatenate([np.asarray(p.rows) for p in pieces])
     return [combine.restore_order(combined, positions)]
 

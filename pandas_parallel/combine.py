@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-Reinfer = Callable[[pd.Series], pd.Series]
+Reinfer = Callable[[Sequence[pd.Series]], pd.Series]
+"""Combine one result column from its chunks' pieces, whose dtypes differ."""
 
 
 class CannotCombine(Exception):
@@ -31,19 +32,36 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def reinfer_like_map(column: pd.Series) -> pd.Series:
+def _as_objects(columns: Sequence[pd.Series]) -> pd.Series:
+    """The pieces' values as objects, ready for pandas to infer again."""
+    if not all(_replayable(c.dtype) for c in columns):
+        raise CannotCombine("chunk results have different dtypes: "
+                            f"{sorted({str(c.dtype) for c in columns})}")
+    return pd.concat([c.astype(object) for c in columns])
+
+
+def reinfer_like_map(columns: Sequence[pd.Series]) -> pd.Series:
     """Inference of ``Series.map``/``apply``/``DataFrame.map`` (map_infer)."""
-    return column.map(_identity)
+    return _as_objects(columns).map(_identity)
 
 
-def reinfer_like_constructor(column: pd.Series) -> pd.Series:
+def reinfer_like_constructor(columns: Sequence[pd.Series]) -> pd.Series:
     """Inference of ``pd.Series(list_of_values)`` (apply's scalar results)."""
-    return pd.Series(column.tolist(), index=column.index, name=column.name)
+    values = _as_objects(columns)
+    return pd.Series(values.tolist(), index=values.index, name=values.name)
 
 
-def reinfer_like_infer_objects(column: pd.Series) -> pd.Series:
-    """Inference of ``infer_objects`` (apply's expanded results)."""
-    return column.infer_objects()
+def trust_concat(columns: Sequence[pd.Series]) -> pd.Series:
+    """For results pandas itself concatenates: concat's dtype is its dtype."""
+    return pd.concat(columns)
+
+
+def numeric_concat(columns: Sequence[pd.Series]) -> pd.Series:
+    """Numbers combine by concat's common type; anything else cannot be
+    replayed (e.g. aggregation casts results back to the input dtype)."""
+    if all(isinstance(c.dtype, np.dtype) and c.dtype.kind in "iuf" for c in columns):
+        return pd.concat(columns)
+    raise CannotCombine("group results of different types")
 
 
 def map_is_chunk_stable(dtype: Any) -> bool:
@@ -99,10 +117,10 @@ def _reconcile(columns: Sequence[pd.Series], reinfer: Reinfer | None) -> pd.Seri
     values as objects. ``concat`` cannot be trusted here: its common-type
     rules differ from inference (bool with float, all-NA pieces).
     """
-    dtypes = sorted({str(c.dtype) for c in columns})
-    if reinfer is None or not all(_replayable(c.dtype) for c in columns):
-        raise CannotCombine(f"chunk results have different dtypes: {dtypes}")
-    return reinfer(pd.concat([c.astype(object) for c in columns]))
+    if reinfer is None:
+        raise CannotCombine("chunk results have different dtypes: "
+                            f"{sorted({str(c.dtype) for c in columns})}")
+    return reinfer(columns)
 
 
 def _reinfer_mixed(result: pd.DataFrame | pd.Series, pieces: Sequence[Any],

@@ -42,7 +42,10 @@ def balanced_cuts(weights: np.ndarray, n_chunks: int) -> list[tuple[int, int]]:
         return even_bounds(n, -(-n // n_chunks))
     targets = total * np.arange(1, n_chunks) / n_chunks
     cuts = np.searchsorted(cumulative, targets, side="left") + 1
-    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, n), [n]]))
+    # An item of a fair share or more stands alone: cut before and after it.
+    heavy = np.flatnonzero(weights >= total / n_chunks)
+    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, n), heavy, heavy + 1, [n]]))
+    edges = edges[(edges >= 0) & (edges <= n)]
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 

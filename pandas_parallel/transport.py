@@ -220,7 +220,22 @@ class Inline:
         return self.obj
 
 
-Payload = ArrowSlice | Inline
+@dataclasses.dataclass
+class Tagged:
+    """A result with facts about how it was made (e.g. the kinds of values
+    the user's function returned), which the combine step needs."""
+
+    value: Any
+    tag: Any
+
+    def load(self) -> Tagged:
+        value = self.value
+        if isinstance(value, (ArrowSlice, Inline)):
+            value = fetch_result(value)
+        return Tagged(value, self.tag)
+
+
+Payload = ArrowSlice | Inline | Tagged
 
 
 def _positional(obj: pd.DataFrame | pd.Series) -> pd.DataFrame:
@@ -306,6 +321,8 @@ def ship_result(
     result: Any, directory: str | None, name: str, transport: str
 ) -> Payload:
     """Called in a worker: hand a chunk's result back to the parent."""
+    if isinstance(result, Tagged):
+        return Tagged(ship_result(result.value, directory, name, transport), result.tag)
     if directory is None or not isinstance(result, (pd.DataFrame, pd.Series)):
         return Inline(result)
     if len(result) == 0 or not use_arrow(result, transport):

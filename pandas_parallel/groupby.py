@@ -1,0 +1,434 @@
+"""``df.groupby(...).parallel`` and ``s.groupby(...).parallel``.
+
+Whole groups go to workers in a few chunks of many groups each, balanced by
+row count (never one task per group). Each chunk holds a contiguous range
+of groups in pandas' group order, with its rows in their original relative
+order, so pandas' own groupby on a chunk yields those groups in the same
+order as on the whole frame. The pieces then concatenate in group order;
+``transform``/``filter`` (and ``apply`` returning same-indexed results) are
+put back in original row order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pandas_parallel import _compat, combine
+from pandas_parallel.accessor import plain_callable
+from pandas_parallel.options import Options, get_options, validate
+from pandas_parallel.pipeline import Operation, Piece, execute
+from pandas_parallel.splitting import Units
+from pandas_parallel.transport import Tagged
+
+logger = logging.getLogger("pandas_parallel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Regroup:
+    """Recreates a GroupBy on a chunk. Sent to workers once per call.
+
+    A chunk is a *carrier* frame: the data columns (positions
+    ``0..n_data-1``), then one column per key that is not a column of the
+    data (arrays, Series, functions, Groupers, index levels by name), holding
+    each row's key value. Column keys are grouped by label, so pandas
+    excludes them from groups exactly as it does on the whole frame.
+    """
+
+    n_data: int
+    columns: pd.Index | None  # data column labels; None when the data is a Series
+    series_name: Any
+    keys: tuple[tuple[str, Any], ...]  # ("column", label) or ("carried", name)
+    level: Any
+    sort: bool
+    dropna: bool
+    as_index: bool
+    group_keys: bool
+    selection: Any
+
+    def data(self, carrier: pd.DataFrame) -> pd.DataFrame | pd.Series:
+        if self.columns is None:
+            return carrier.iloc[:, 0].rename(self.series_name)
+        data = carrier.iloc[:, : self.n_data]
+        data.columns = self.columns
+        return data
+
+    def groupby(self, carrier: pd.DataFrame) -> Any:
+        data = self.data(carrier)
+        options = dict(sort=self.sort, dropna=self.dropna, as_index=self.as_index,
+                       group_keys=self.group_keys, observed=True)
+        if self.level is not None and not self.keys:
+            gb = data.groupby(level=self.level, **options)
+        else:
+            keys: list[Any] = []
+            carried = self.n_data
+            for kind, ref in self.keys:
+                if kind == "column":
+                    keys.append(ref)
+                else:
+                    keys.append(carrier.iloc[:, carried].rename(ref))
+                    carried += 1
+            gb = data.groupby(keys if len(keys) > 1 else keys[0], **options)
+        return gb if self.selection is None else gb[self.selection]
+
+
+def call_grouped(method: str, regroup: Regroup, chunk: pd.DataFrame,
+                 func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``regroup(chunk).<method>(func, *args, **kwargs)`` (runs in workers)."""
+    return getattr(regroup.groupby(chunk), method)(func, *args, **kwargs)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (pd.DataFrame, pd.Series)):
+        return type(value).__name__
+    return "None" if value is None else "scalar"
+
+
+def call_grouped_apply(regroup: Regroup, chunk: pd.DataFrame, func: Any,
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tagged:
+    """``apply`` on a chunk, noting what kinds of value ``func`` returned.
+
+    pandas shapes apply's output from what *all* groups returned (scalars or
+    pandas objects); the combine step needs to know it for every chunk.
+    Built-in functions are passed unwrapped (pandas may swap them for its
+    own implementations), so their kinds are unknown (``None``).
+    """
+    if not hasattr(func, "__code__") and not hasattr(func, "__wrapped__"):
+        return Tagged(regroup.groupby(chunk).apply(func, *args, **kwargs), None)
+    kinds: set[str] = set()
+
+    @functools.wraps(func)
+    def noting(*a: Any, **k: Any) -> Any:
+        value = func(*a, **k)
+        kinds.add(_kind(value))
+        return value
+
+    return Tagged(regroup.groupby(chunk).apply(noting, *args, **kwargs), frozenset(kinds))
+
+
+def _as_list(keys: Any) -> list[Any]:
+    return list(keys) if isinstance(keys, list) else [keys]
+
+
+def _is_column_key(obj: Any, key: Any) -> bool:
+    if not isinstance(obj, pd.DataFrame):
+        return False
+    try:
+        return key in obj.columns and obj.columns.is_unique
+    except TypeError:  # unhashable: an array or list of values
+        return False
+
+
+class _Plan:
+    """Everything a parallel groupby call needs, computed once per call."""
+
+    def __init__(self, gb: Any) -> None:
+        spec = _compat.groupby_spec(gb)
+        self.spec = spec
+        obj = spec.obj
+        codes = gb.ngroup().to_numpy()
+        if codes.dtype.kind == "f":
+            codes = np.where(np.isnan(codes), -1, codes)
+        self.codes = codes.astype(np.int64)
+        self.n_groups = len(spec.result_index)
+        counts = np.bincount(self.codes[self.codes >= 0], minlength=self.n_groups)
+        # Groups with no rows (unobserved categories, empty time bins) are
+        # numbered differently by ngroup, and pandas calls the function on
+        # them: such groupbys stay with pandas.
+        self.has_empty_groups = len(counts) != self.n_groups or bool((counts == 0).any())
+
+        keys: list[tuple[str, Any]] = []
+        carried: list[np.ndarray | pd.api.extensions.ExtensionArray] = []
+        if spec.keys is not None:
+            index = spec.result_index
+            for position, key in enumerate(_as_list(spec.keys)):
+                if _is_column_key(obj, key):
+                    keys.append(("column", key))
+                else:
+                    level_values = index.get_level_values(position)
+                    keys.append(("carried", index.names[position]))
+                    carried.append(level_values.take(np.maximum(self.codes, 0)).array)
+        frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
+        carrier = frame.set_axis(range(frame.shape[1]), axis=1)
+        for i, values in enumerate(carried):
+            carrier[frame.shape[1] + i] = values
+        self.carrier = carrier
+        self.regroup = Regroup(
+            n_data=frame.shape[1],
+            columns=None if isinstance(obj, pd.Series) else obj.columns,
+            series_name=obj.name if isinstance(obj, pd.Series) else None,
+            keys=tuple(keys), level=spec.level, sort=spec.sort, dropna=spec.dropna,
+            as_index=spec.as_index, group_keys=spec.group_keys,
+            # A SeriesGroupBy's obj is already the selected column.
+            selection=spec.selection if isinstance(obj, pd.DataFrame) else None)
+
+    def positions(self, piece: Piece) -> np.ndarray:
+        return np.asarray(piece.rows)
+
+
+def _bind(gb: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+          ) -> dict[str, Any]:
+    signature = inspect.signature(getattr(type(gb), name))
+    bound = signature.bind(gb, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+class GroupByParallelAccessor:
+    """``gb.parallel``: GroupBy methods with groups spread over all cores.
+
+    Examples
+    --------
+    >>> import pandas as pd, pandas_parallel
+    >>> df = pd.DataFrame({"k": ["a", "b", "a"], "v": [1, 2, 3]})
+    >>> df.groupby("k")["v"].parallel.agg(lambda s: s.max() - s.min())
+    k
+    a    2
+    b    0
+    Name: v, dtype: int64
+    """
+
+    def __init__(self, gb: Any, overrides: dict[str, Any] | None = None) -> None:
+        self._gb = gb
+        self._overrides = overrides or {}
+
+    def __call__(self, **options: Any) -> GroupByParallelAccessor:
+        """Per-call options, as ``df.parallel(...)``; validated now."""
+        validate(options)
+        return type(self)(self._gb, {**self._overrides, **options})
+
+    @property
+    def options(self) -> Options:
+        return get_options().replace(**self._overrides)
+
+    # -- public methods, mirroring pandas ---------------------------------------
+    def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.apply``: same parameters (including pandas 3's
+        ``include_groups``), same result."""
+        call_args = (func, *args)
+        _bind(self._gb, "apply", call_args, kwargs)
+        return self._run("apply", call_args, kwargs, func, self._combine_apply)
+
+    def transform(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.transform`` with a callable; string names go to pandas."""
+        call_args = (func, *args)
+        params = _bind(self._gb, "transform", call_args, kwargs)
+        if params.get("engine") is not None:
+            return self._serial("transform", call_args, kwargs)
+        return self._run("transform", call_args, kwargs, func, self._combine_transform)
+
+    def aggregate(self, func: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.aggregate`` with a callable; names, lists and
+        dicts of functions, and named aggregation go to pandas."""
+        call_args = (func, *args)
+        params = _bind(self._gb, "aggregate", call_args, kwargs)
+        if func is None or params.get("engine") is not None:
+            return self._serial("aggregate", call_args, kwargs)
+        return self._run("aggregate", call_args, kwargs, func, self._combine_agg)
+
+    agg = aggregate
+
+    def filter(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.filter``: same parameters, same result."""
+        call_args = (func, *args)
+        params = _bind(self._gb, "filter", call_args, kwargs)
+        self._filter_dropna = bool(params.get("dropna", True))
+        return self._run("filter", call_args, kwargs, func, self._combine_filter)
+
+    # -- machinery ----------------------------------------------------------------
+    def _serial(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return getattr(self._gb, name)(*args, **kwargs)
+
+    def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], func: Any,
+             combine_with: Any) -> Any:
+        gb = self._gb
+        if not plain_callable(func) or len(gb.obj) == 0:
+            return self._serial(name, args, kwargs)
+        if isinstance(gb.obj, pd.Series) and not gb.as_index:
+            # df.groupby(k, as_index=False)[col]: pandas inserts the key
+            # columns of the parent frame, which a SeriesGroupBy does not hold.
+            return self._serial(name, args, kwargs)
+        if name == "filter" and not gb.dropna and not _compat.PANDAS_3:
+            # pandas 2.2 drops a NaN-key group from filter when it is the only
+            # group of a frame, as it would be in some chunk.
+            return self._serial(name, args, kwargs)
+        plan = _Plan(gb)
+        if not _compat.PANDAS_3 and not plan.spec.sort and any(
+                isinstance(plan.spec.result_index.get_level_values(i).dtype,
+                           pd.CategoricalDtype)
+                for i in range(plan.spec.result_index.nlevels)):
+            # pandas 2.2 with sort=False gives categorical group keys
+            # categories of their own, not those of its grouper.
+            return self._serial(name, args, kwargs)
+        if plan.has_empty_groups:
+            logger.debug("groupby.%s: serial (some groups have no rows: unobserved "
+                         "categories or empty time bins)", name)
+            return self._serial(name, args, kwargs)
+        self._plan = plan
+        label = f"groupby.{'agg' if name == 'aggregate' else name}"
+        operation = Operation(
+            label=label, unit="groups",
+            units=Units.groups(plan.carrier, plan.codes, plan.n_groups),
+            runner=(functools.partial(call_grouped_apply, plan.regroup) if name == "apply"
+                    else functools.partial(call_grouped, name, plan.regroup)),
+            func=func, args=args[1:], kwargs=kwargs,
+            combine=combine_with,
+            serial=functools.partial(self._serial, name, args, kwargs),
+            options=self.options)
+        return execute(operation)
+
+    def _chunk_index(self, piece: Piece) -> pd.Index:
+        return self._plan.spec.obj.index[np.asarray(piece.rows)]
+
+    def _in_row_order(self, results: list[Any], pieces: list[Piece], fill_dropped: bool
+                      ) -> Any:
+        """Concatenate row-aligned results and restore original row order;
+        rows in no group (NaN keys with dropna) come back as missing when
+        ``fill_dropped`` (as pandas' transform does)."""
+        obj = self._plan.spec.obj
+        combined = combine.concat_rows(results, _TRUST_CONCAT)
+        positions = np.concatenate([np.asarray(p.rows) for p in pieces])
+        combined = combine.restore_order(combined, positions)
+        if fill_dropped and len(combined) != len(obj):
+            combined.index = pd.RangeIndex(len(obj))[np.sort(positions)]
+            combined = combined.reindex(pd.RangeIndex(len(obj)))
+            combined.index = obj.index
+        return combined
+
+    def _combine_transform(self, pieces: list[Piece]) -> Any:
+        results = [p.result for p in pieces]
+        for piece, result in zip(pieces, results):
+            if len(result) != len(np.asarray(piece.rows)):
+                raise combine.CannotCombine("transform returned a different length")
+        return self._in_row_order(results, pieces, fill_dropped=True)
+
+    def _combine_filter(self, pieces: list[Piece]) -> Any:
+        results = [p.result for p in pieces]
+        if not self._filter_dropna:
+            return self._in_row_order(results, pieces, fill_dropped=True)
+        kept: list[np.ndarray] = []
+        for piece, result in zip(pieces, results):
+            chunk_index = self._chunk_index(piece)
+            if not chunk_index.is_unique:
+                raise combine.CannotCombine("filter on a non-unique index")
+            kept.append(np.asarray(piece.rows)[chunk_index.get_indexer(result.index)])
+        combined = combine.concat_rows(results, _TRUST_CONCAT)
+        return combine.restore_order(combined, np.concatenate(kept))
+
+    def _combine_agg(self, pieces: list[Piece]) -> Any:
+        result = combine.concat_rows([p.result for p in pieces], _NUMERIC)
+        return self._group_index(result)
+
+    def _group_index(self, result: Any) -> Any:
+        """Give a one-row-per-group result pandas' exact group index."""
+        spec = self._plan.spec
+        if not spec.as_index:
+            result.index = pd.RangeIndex(len(result))
+        elif len(result) == len(spec.result_index):
+            if not result.index.equals(spec.result_index):
+                raise combine.CannotCombine("groups came back out of order")
+            result.index = spec.result_index
+        return result
+
+    def _combine_apply(self, pieces: list[Piece]) -> Any:
+        tags = [p.result.tag for p in pieces]
+        results = [p.result.value for p in pieces]
+        spec = self._plan.spec
+        kinds = set().union(*tags) if all(t is not None for t in tags) else None
+        if kinds is not None and "None" in kinds:
+            # pandas skips None results when it concatenates pandas objects,
+            # but a chunk whose groups all returned None has no shape to skip.
+            if not (kinds - {"None"}) or "scalar" in kinds:
+                if any(tag == {"None"} for tag in tags):
+                    raise combine.CannotCombine("all groups of a chunk returned None")
+            else:
+                keep = [tag != {"None"} for tag in tags]
+                pieces = [p for p, k in zip(pieces, keep) if k]
+                results = [r for r, k in zip(results, keep) if k]
+        if kinds is not None and kinds <= {"scalar", "None"}:
+            return self._scalar_results(results)
+        if not all(isinstance(r, (pd.Series, pd.DataFrame)) for r in results):
+            raise combine.CannotCombine("apply returned something other than pandas objects")
+        if not spec.group_keys:
+            # Like-indexed results (every group returned its own rows) come
+            # back in original row order; any others in group order.
+            aligned = [r.index.equals(self._chunk_index(p)) for p, r in zip(pieces, results)]
+            if all(aligned):
+                if spec.obj.index.has_duplicates:
+                    # pandas then orders rows by label, then by group.
+                    raise combine.CannotCombine("like-indexed results on duplicate labels")
+                return self._in_row_order(results, pieces, fill_dropped=False)
+            if any(aligned):
+                raise combine.CannotCombine("some chunks returned like-indexed results")
+        if kinds is None:
+            raise combine.CannotCombine("the kinds of values returned are unknown")
+        if "scalar" in kinds:
+            raise combine.CannotCombine("groups returned both scalars and pandas objects")
+        if kinds <= {"Series", "None"}:
+            # pandas stacks Series into rows when *all* groups return the
+            # same index; chunks that disagree cannot tell what the whole
+            # frame would have done.
+            stacked = [isinstance(r, pd.DataFrame) for r in results]
+            if any(stacked):
+                if not (all(stacked) and all(
+                        r.columns.equals(results[0].columns) for r in results)):
+                    raise combine.CannotCombine("Series results with different indexes")
+                return self._group_index(combine.concat_rows(results, _TRUST_CONCAT))
+        if not spec.as_index and spec.group_keys and not _compat.PANDAS_3:
+            # pandas 2.2 labels each group's rows with the group's number.
+            results = [_renumber_groups(r, p.units[0]) for p, r in zip(pieces, results)]
+        return self._key_levels(combine.concat_rows(results, _TRUST_CONCAT))
+
+    def _key_levels(self, result: Any) -> Any:
+        """Give the group-key levels of a concatenated result their dtype
+        back (concat turns a categorical level into a plain one)."""
+        spec = self._plan.spec
+        index = result.index
+        keys = spec.result_index
+        if not (spec.as_index and spec.group_keys and isinstance(index, pd.MultiIndex)
+                and index.nlevels > keys.nlevels):
+            return result
+        arrays = [index.get_level_values(i) for i in range(index.nlevels)]
+        changed = False
+        for i in range(keys.nlevels):
+            level = keys.get_level_values(i)
+            if isinstance(level, pd.CategoricalIndex) and not _compat.PANDAS_3:
+                level = level.remove_unused_categories()  # what pandas 2.2 keeps
+            dtype = level.dtype
+            if arrays[i].dtype != dtype:
+                arrays[i] = arrays[i].astype(dtype)
+                changed = True
+        if changed:
+            result.index = pd.MultiIndex.from_arrays(arrays, names=index.names)
+        return result
+
+    def _scalar_results(self, results: list[Any]) -> Any:
+        """One value per group: a Series on the group index (pandas'
+        inference over all values), or a frame with the keys as columns."""
+        spec = self._plan.spec
+        if spec.as_index:
+            return self._group_index(combine.concat_rows(results, _APPLY_SCALARS))
+        return self._group_index(combine.concat_rows(results, _TRUST_CONCAT))
+
+
+def _renumber_groups(result: Any, first_group: int) -> Any:
+    """Shift the group-number level of a chunk's result to global numbers."""
+    index = result.index
+    if not isinstance(index, pd.MultiIndex):
+        raise combine.CannotCombine("expected group numbers in the index")
+    result = result.copy(deep=False)
+    result.index = index.set_levels(index.levels[0] + first_group, level=0)
+    return result
+
+
+_TRUST_CONCAT = combine.Inference(combine.trust_concat, combine.trust_concat)
+_APPLY_SCALARS = combine.Inference(combine.reinfer_like_constructor, combine.trust_concat)
+_NUMERIC = combine.Inference(combine.numeric_concat, combine.numeric_concat)
+
+_compat.register_groupby_accessor("parallel", GroupByParallelAccessor)

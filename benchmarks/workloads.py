@@ -30,6 +30,22 @@ def parse_line(line: str) -> int:
     return sum(len(f) * (i + 1) for i, f in enumerate(fields)) + sum(map(ord, fields[1]))
 
 
+def weighted_median(group: pd.DataFrame) -> float:
+    """A weighted median: per-group work pandas cannot vectorize."""
+    values = group["price"].to_numpy()
+    weights = group["qty"].to_numpy()
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def weighted_demean(prices: pd.Series) -> pd.Series:
+    """Per-group transform pandas cannot vectorize as one call."""
+    values = prices.to_numpy()
+    ranks = values.argsort().argsort()
+    return pd.Series(values - np.median(values) + ranks / len(values), index=prices.index)
+
+
 def cheap(x: float) -> float:
     return x + 1
 
@@ -57,6 +73,13 @@ def _lines(n: int) -> pd.Series:
                       for i, u in enumerate(users)], name="line")
 
 
+def _sales(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    return pd.DataFrame({"store": rng.integers(0, 20_000, n),
+                         "price": rng.gamma(2.0, 10.0, n).round(2),
+                         "qty": rng.integers(1, 20, n)})
+
+
 WORKLOADS = {
     w.name: w for w in [
         Workload("rowwise_heavy", "df.apply(heavy_row, axis=1), 100k rows",
@@ -65,6 +88,16 @@ WORKLOADS = {
         Workload("string_map", "s.map(parse_line), 1M strings",
                  _lines, lambda s: s.map(parse_line),
                  lambda s: s.parallel.map(parse_line), 1_000_000),
+        Workload("groupby_apply", "df.groupby('store').apply(weighted_median), "
+                 "1M rows, 20k groups", _sales,
+                 lambda df: df.groupby("store")[["price", "qty"]].apply(weighted_median),
+                 lambda df: df.groupby("store")[["price", "qty"]].parallel.apply(
+                     weighted_median), 1_000_000),
+        Workload("groupby_transform", "df.groupby('store')['price'].transform(...), "
+                 "1M rows, 20k groups", _sales,
+                 lambda df: df.groupby("store")["price"].transform(weighted_demean),
+                 lambda df: df.groupby("store")["price"].parallel.transform(
+                     weighted_demean), 1_000_000),
         Workload("cheap_map", "s.map(lambda x: x + 1), 1M floats",
                  lambda n: pd.Series(np.arange(n, dtype=float)),
                  lambda s: s.map(cheap), lambda s: s.parallel.map(cheap), 1_000_000),

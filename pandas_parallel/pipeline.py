@@ -143,15 +143,18 @@ def execute(op: Operation) -> Any:
     expected: float | None = None
     n_bytes = op.units.nbytes()
     if options.serial_fallback and options.chunk_size is None:
-        spent = 0.0
+        spent = last = 0.0
+        size = 1
         for size in planning.probe_sizes(n_units):
             began = time.perf_counter()
             pieces.append(op.run_here(start, start + size))
-            spent += time.perf_counter() - began
+            last = time.perf_counter() - began
+            spent += last
             start += size
             if spent >= planning.PROBE_SECONDS:
                 break
-        per_unit = spent / max(start, 1)
+        # The largest sample amortizes pandas' fixed cost per call best.
+        per_unit = last / size
         remaining = n_units - start
         pool_warm = _warm_workers == n_workers or options.backend != "loky"
         guess = planning.estimate(per_unit, remaining,

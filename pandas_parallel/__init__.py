@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
 from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
-from pandas_parallel.errors import WorkerCrashedError
+from pandas_parallel.errors import UnpicklableFunctionError, WorkerCrashedError
 from pandas_parallel.executor import shutdown_pool
 from pandas_parallel.options import Options, config, get_options
 from pandas_parallel.transport import sweep_stale_scratch as _sweep
@@ -22,6 +22,7 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "Options",
+    "UnpicklableFunctionError",
     "WorkerCrashedError",
     "__version__",
     "config",

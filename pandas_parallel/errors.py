@@ -20,3 +20,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\nWorker traceback:\n" + self.text
+
+
+class UnpicklableFunctionError(TypeError):
+    """The function or its arguments cannot be sent to worker processes."""

@@ -10,11 +10,16 @@ dask, ray, ...) runs through ``joblib.Parallel(return_as="generator_unordered")`
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
+import linecache
 import logging
+import re
 import sys
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -114,17 +119,67 @@ class Progress:
             self.bar.close()
 
 
-def _raise_failure(outcome: Outcome, describe: Callable[[int], str], label: str) -> None:
-    failure = outcome.failure
-    assert failure is not None
-    exc = failure.exception
-    note = f"pandas_parallel: {label} failed on {describe(outcome.chunk)}"
-    if failure.argument:
-        note += f", when the function was called with {failure.argument}"
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    exc.__cause__ = RemoteTraceback(failure.traceback)
-    raise exc
+class Reporter:
+    """Turns a chunk's failure into the exception the user sees.
+
+    Parameters
+    ----------
+    label : str
+        The operation, e.g. ``"groupby.apply"``.
+    describe : callable
+        ``describe(chunk) -> str`` naming a chunk's rows, groups or columns.
+    func : callable
+        The user's function, whose source file restores the lines that
+        cloudpickle hides as ``<dynamic-code>`` in worker tracebacks.
+    """
+
+    def __init__(self, label: str, describe: Callable[[int], str],
+                 func: Callable[..., Any]) -> None:
+        self.label = label
+        self.describe = describe
+        self.func = func
+
+    def raise_failure(self, outcome: Outcome) -> None:
+        failure = outcome.failure
+        assert failure is not None
+        exc = failure.exception
+        note = f"pandas_parallel: {self.label} failed on {self.describe(outcome.chunk)}"
+        if failure.argument:
+            note += f", when the function was called with {failure.argument}"
+        if hasattr(exc, "add_note"):
+            exc.add_note(note)
+        exc.__cause__ = RemoteTraceback(self.restore_source(failure.traceback))
+        raise exc
+
+    def restore_source(self, text: str) -> str:
+        """Put file names and source lines back into a worker traceback."""
+        files = _code_files(self.func)
+        fallback = next(iter(files.values()), None)
+
+        def restore(match: re.Match[str]) -> str:
+            line, name = int(match.group(1)), match.group(2)
+            filename = files.get(name, fallback)
+            if filename is None:
+                return match.group(0)
+            source = linecache.getline(filename, line).strip()
+            restored = f'File "{filename}", line {line}, in {name}'
+            return restored + (f"\n    {source}" if source else "")
+
+        return re.sub(r'File "<dynamic-code>", line (\d+), in (\S+)', restore, text)
+
+
+def _code_files(func: Any) -> dict[str, str]:
+    """Function name -> source file for ``func`` and the code it contains."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(getattr(func, "__func__", func), "__code__", None)
+    found: dict[str, str] = {}
+    stack = [code] if code is not None else []
+    while stack:
+        current = stack.pop()
+        found.setdefault(current.co_name, current.co_filename)
+        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return found
 
 
 def _crash_error(exc: BaseException, running: list[int],
@@ -139,16 +194,16 @@ def _crash_error(exc: BaseException, running: list[int],
 
 
 def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
-              describe: Callable[[int], str], label: str,
-              states: np.ndarray | None, pool_warm: bool) -> Iterator[Outcome]:
+              reporter: Reporter, states: np.ndarray | None,
+              pool_warm: bool) -> Iterator[Outcome]:
     """Run ``tasks`` on the warm loky pool, yielding outcomes as they finish.
 
-    While a cold pool starts (workers importing pandas take about half a
-    second), this process runs not-yet-started chunks itself, smallest
-    first, so start-up time is not lost. The first failure cancels the
-    chunks not yet started and is raised at once; a worker death raises
-    :class:`WorkerCrashedError`; Ctrl-C kills the workers so nothing keeps
-    running.
+    Chunks are handed out as workers free up: at most two per worker are
+    submitted at a time, the rest wait here. While a cold pool starts
+    (workers importing pandas take about half a second), this process runs
+    waiting chunks itself, smallest first. The first failure is raised at
+    once and nothing more is submitted; a worker death raises
+    :class:`WorkerCrashedError`; Ctrl-C kills the workers.
     """
     from joblib.externals.loky.process_executor import (
         BrokenProcessPool,
@@ -156,71 +211,53 @@ def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
     )
 
     executor = loky_executor(n_workers)
-    futures: dict[concurrent.futures.Future[Outcome], Task] = {}
-    finished = False
+    waiting = collections.deque(tasks)  # longest first
+    in_flight: dict[concurrent.futures.Future[Outcome], Task] = {}
+    limit = 2 * n_workers
     try:
-        for task in tasks:
-            futures[executor.submit(run_chunk, task)] = task
-        pending = set(futures)
-        stealable = list(futures)  # longest first: steal from the end
-        while pending:
-            if not pool_warm:
-                stolen = _steal(stealable, pending)
-                if stolen is not None:
-                    outcome = run_chunk(dataclasses.replace(futures[stolen], result_dir=None))
-                    if outcome.failure is not None:
-                        _raise_failure(outcome, describe, label)
-                    progress.done(outcome.chunk)
-                    yield outcome
-                    continue
-            done, pending = concurrent.futures.wait(
-                pending, timeout=_POLL_SECONDS,
+        while waiting or in_flight:
+            while waiting and len(in_flight) < limit:
+                task = waiting.popleft()
+                in_flight[executor.submit(run_chunk, task)] = task
+            if not pool_warm and waiting:
+                task = waiting.pop()  # the smallest chunk, here
+                outcome = run_chunk(dataclasses.replace(task, result_dir=None))
+                if outcome.failure is not None:
+                    reporter.raise_failure(outcome)
+                progress.done(outcome.chunk)
+                yield outcome
+                continue
+            done, _ = concurrent.futures.wait(
+                in_flight, timeout=_POLL_SECONDS,
                 return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
+                in_flight.pop(future)
                 pool_warm = True
                 try:
                     outcome = future.result()
                 except (TerminatedWorkerError, BrokenProcessPool) as exc:
-                    running = _running_chunks(states, futures, future)
-                    raise _crash_error(exc, running, describe) from exc
+                    running = _running_chunks(states)
+                    raise _crash_error(exc, running, reporter.describe) from exc
                 if outcome.failure is not None:
-                    _raise_failure(outcome, describe, label)
+                    reporter.raise_failure(outcome)
                 progress.done(outcome.chunk)
                 yield outcome
             progress.refresh()
-        finished = True
     except KeyboardInterrupt:
         logger.debug("interrupted: stopping the worker processes")
         executor.shutdown(wait=False, kill_workers=True)
         raise
-    finally:
-        if not finished:
-            for future in futures:
-                future.cancel()
 
 
-def _steal(stealable: list[Any], pending: set[Any]) -> Any:
-    """Take back the smallest chunk no worker has started, if any."""
-    while stealable:
-        future = stealable.pop()
-        if future in pending and future.cancel():
-            pending.discard(future)
-            return future
-    return None
-
-
-def _running_chunks(states: np.ndarray | None, futures: dict[Any, Task],
-                    failed: Any) -> list[int]:
-    if states is not None:
-        running = [int(i) for i in np.flatnonzero(states == 1)]
-        if running:
-            return running
-    return [futures[failed].chunk]
+def _running_chunks(states: np.ndarray | None) -> list[int]:
+    """Chunks a worker had started and not finished (from shared state)."""
+    if states is None:
+        return []
+    return [int(i) for i in np.flatnonzero(states == 1)]
 
 
 def run_joblib(tasks: Sequence[Task], n_workers: int, backend: str,
-               progress: Progress, describe: Callable[[int], str],
-               label: str) -> Iterator[Outcome]:
+               progress: Progress, reporter: Reporter) -> Iterator[Outcome]:
     """Run ``tasks`` through ``joblib.Parallel`` on any registered backend."""
     parallel = joblib.Parallel(n_jobs=n_workers, backend=backend,
                                return_as="generator_unordered", batch_size=1)
@@ -228,7 +265,7 @@ def run_joblib(tasks: Sequence[Task], n_workers: int, backend: str,
     try:
         for outcome in generator:
             if outcome.failure is not None:
-                _raise_failure(outcome, describe, label)
+                reporter.raise_failure(outcome)
             progress.done(outcome.chunk)
             progress.refresh()
             yield outcome
@@ -238,12 +275,12 @@ def run_joblib(tasks: Sequence[Task], n_workers: int, backend: str,
 
 
 def run_inline(tasks: Sequence[Task], progress: Progress,
-               describe: Callable[[int], str], label: str) -> Iterator[Outcome]:
+               reporter: Reporter) -> Iterator[Outcome]:
     """Run ``tasks`` one after another in this process (backend="sequential")."""
     for task in tasks:
         outcome = run_chunk(task)
         if outcome.failure is not None:
-            _raise_failure(outcome, describe, label)
+            reporter.raise_failure(outcome)
         progress.done(outcome.chunk)
         yield outcome
 

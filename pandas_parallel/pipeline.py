@@ -25,11 +25,12 @@ from pandas_parallel import executor, planning, transport
 from pandas_parallel.combine import CannotCombine
 from pandas_parallel.options import Options, resolve_n_jobs
 from pandas_parallel.splitting import Units
-from pandas_parallel.worker import Program, Task, encode_program, in_worker
+from pandas_parallel.worker import Program, Task, encode_program, in_worker, show_label
 
 logger = logging.getLogger("pandas_parallel")
 
 _warm_workers = 0  # size of the loky pool known to be up, 0 if unknown
+_IN_PROCESS_BACKENDS = ("threading", "sequential")
 
 
 @dataclasses.dataclass
@@ -101,8 +102,8 @@ def _labels(index: pd.Index) -> str:
     if len(index) == 0:
         return "(none)"
     if len(index) == 1:
-        return f"[{index[0]!r}]"
-    return f"[{index[0]!r} ... {index[-1]!r}] ({len(index)} labels)"
+        return f"[{show_label(index[0])}]"
+    return f"[{show_label(index[0])} ... {show_label(index[-1])}] ({len(index)} labels)"
 
 
 def _serial_reason(op: Operation, n_workers: int) -> str | None:
@@ -136,6 +137,10 @@ def execute(op: Operation) -> Any:
         logger.debug("%s: serial (%s)", op.label, reason)
         return op.serial()
 
+    # Fail on an unpicklable function before any work, and pickle it once.
+    program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
+    blob: bytes | Program = (program if options.backend in _IN_PROCESS_BACKENDS
+                             else encode_program(program))
     n_units = len(op.units)
     pieces: list[Piece] = []
     start = 0
@@ -193,7 +198,7 @@ def execute(op: Operation) -> Any:
                  op.label, n_workers, options.backend, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)
     done_here = (int(op.units.weights[:start].sum()) if op.unit == "rows" else start)
-    pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here))
+    pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here, blob))
     if options.backend == "loky":
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces)
@@ -218,15 +223,14 @@ def _combine_or_serial(op: Operation, pieces: list[Piece]) -> Any:
 
 
 def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
-                  n_bytes: int, expected: float | None, done_here: int) -> list[Piece]:
+                  n_bytes: int, expected: float | None, done_here: int,
+                  blob: bytes | Program) -> list[Piece]:
     global _warm_workers
     options = op.options
     backend = options.backend
     local_processes = backend in ("loky", "multiprocessing")
-    in_process = backend in ("threading", "sequential")
+    in_process = backend in _IN_PROCESS_BACKENDS
     call_id = uuid.uuid4().hex
-    program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
-    blob: bytes | Program = program if in_process else encode_program(program)
 
     def describe(chunk: int) -> str:
         a, b = ranges[chunk]
@@ -248,17 +252,16 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         counters: Any = None
         counter_array = None
         show = _show_progress(options, expected)
-        if not show:
-            pass  # no bar: workers need not count (that costs a call per row)
-        elif in_process:
+        if in_process:
             counter_array = counters = np.zeros(2 * len(ranges), dtype=np.int64)
         elif local_processes and directory is not None:
             path = os.path.join(directory, "progress.bin")
             counter_array = np.memmap(path, dtype=np.int64, mode="w+",
                                       shape=(2 * len(ranges),))
             counters = path
+        # Counting calls costs a Python call per row: only for a visible bar.
         tasks = [Task(call_id, i, payload, blob, sizes[i], directory_for_results,
-                      options.transport, counters)
+                      options.transport, counters, count_calls=show)
                  for i, payload in enumerate(payloads)]
         # Longest first, so the biggest chunk does not start last.
         tasks.sort(key=lambda t: -calls[t.chunk])
@@ -270,15 +273,15 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         results: dict[int, Any] = {}
         ok = False
         try:
+            reporter = executor.Reporter(op.label, describe, op.func)
             if backend == "loky":
-                outcomes = executor.run_local(tasks, n_workers, progress, describe,
-                                              op.label, states,
-                                              pool_warm=_warm_workers == n_workers)
+                outcomes = executor.run_local(tasks, n_workers, progress, reporter,
+                                              states, pool_warm=_warm_workers == n_workers)
             elif backend == "sequential":
-                outcomes = executor.run_inline(tasks, progress, describe, op.label)
+                outcomes = executor.run_inline(tasks, progress, reporter)
             else:
                 outcomes = executor.run_joblib(tasks, n_workers, backend, progress,
-                                               describe, op.label)
+                                               reporter)
             worker_seconds = 0.0
             for outcome in outcomes:
                 assert outcome.payload is not None

@@ -24,6 +24,7 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 
+from pandas_parallel.errors import UnpicklableFunctionError
 from pandas_parallel.transport import Payload, ship_result
 
 _local = threading.local()
@@ -62,8 +63,36 @@ class Program:
 
 def encode_program(program: Program) -> bytes:
     """Serialize a program once per call (cloudpickle: lambdas, closures and
-    functions defined in ``__main__`` or a notebook work)."""
-    return cloudpickle.dumps(program, protocol=pickle.HIGHEST_PROTOCOL)
+    functions defined in ``__main__`` or a notebook work).
+
+    Raises
+    ------
+    UnpicklableFunctionError
+        Naming what could not be pickled and how to avoid pickling.
+    """
+    try:
+        return cloudpickle.dumps(program, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        culprit = _unpicklable_part(program)
+        raise UnpicklableFunctionError(
+            f"pandas_parallel cannot send {culprit} to the worker processes: {exc}. "
+            "Functions and their arguments are pickled (with cloudpickle) to reach "
+            "worker processes. Create the object inside the function instead of "
+            "capturing it, or use backend='threading', which does not pickle."
+        ) from exc
+
+
+def _unpicklable_part(program: Program) -> str:
+    """Name the first part of the call that does not pickle."""
+    parts: list[tuple[str, Any]] = [(f"the function {program.func!r}", program.func)]
+    parts += [(f"positional argument {i} ({a!r})", a) for i, a in enumerate(program.args)]
+    parts += [(f"keyword argument {k}={v!r}", v) for k, v in program.kwargs.items()]
+    for name, value in parts:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return name
+    return "the call"
 
 
 def _decode_program(call_id: str, blob: bytes | Program) -> Program:
@@ -91,6 +120,7 @@ class Task:
     result_dir: str | None = None
     transport: str = "auto"
     counters: str | np.ndarray | None = None  # progress: file path or array
+    count_calls: bool = False  # publish calls made within the chunk
 
 
 @dataclasses.dataclass
@@ -130,16 +160,27 @@ class _Counters:
             self.array[position] = value
 
 
+def show_label(label: Any) -> str:
+    """``repr`` of a label as a person wrote it (``20``, not ``np.int64(20)``)."""
+    if isinstance(label, np.generic):
+        label = label.item()
+    elif isinstance(label, tuple):
+        inner = ", ".join(show_label(part) for part in label)
+        return f"({inner},)" if len(label) == 1 else f"({inner})"
+    return repr(label)
+
+
 def _describe_argument(value: Any, chunk: Any) -> str:
     """Say, for a person, what the function was called with."""
     if isinstance(value, (pd.Series, pd.DataFrame)):
-        kind = "row" if isinstance(value, pd.Series) else "group"
         name = getattr(value, "name", None)
-        return f"the {kind} labelled {name!r}" if name is not None else f"a {kind}"
+        kind = type(value).__name__
+        return f"the {kind} labelled {show_label(name)}" if name is not None else f"a {kind}"
     text = repr(value)
     text = text if len(text) <= 80 else text[:77] + "..."
     label = _label_of_value(chunk, value)
-    return f"value {text}" + (f" (at index label {label!r})" if label is not None else "")
+    where = f" (at index label {show_label(label)})" if label is not None else ""
+    return f"value {text}{where}"
 
 
 def _label_of_value(chunk: Any, value: Any) -> Any:
@@ -214,7 +255,7 @@ def run_chunk(task: Task) -> Outcome:
         program = _decode_program(task.call_id, task.program)
         data = task.payload.load()
         func = program.func
-        if counters.array is not None and program.calls_per_unit:
+        if task.count_calls and counters.array is not None and program.calls_per_unit:
             func = _counting(func, counters, task.chunk)
         try:
             result = program.runner(data, func, program.args, program.kwargs)

@@ -1,0 +1,50 @@
+"""A real Jupyter kernel runs a notebook that defines functions in cells and
+uses ``.parallel`` with the progress bar (a notebook widget there)."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+CELLS = [
+    """import pandas as pd, numpy as np
+import pandas_parallel
+pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=500, progress=True)
+df = pd.DataFrame({"store": np.arange(4000) % 37, "x": np.arange(4000) * 0.5})""",
+    # Defined in the notebook: lambdas and functions in __main__ must travel.
+    """score = lambda row: row["x"] ** 2 - row["store"]
+
+def spread(group):
+    return group["x"].max() - group["x"].min() + len(group)""",
+    """rows = df.parallel.apply(score, axis=1)
+pd.testing.assert_series_equal(rows, df.apply(score, axis=1))
+groups = df.groupby("store")[["x"]].parallel.apply(spread)
+pd.testing.assert_series_equal(groups, df.groupby("store")[["x"]].apply(spread))
+print("RESULTS EQUAL")""",
+    "pandas_parallel.shutdown_pool()",
+]
+
+
+def test_notebook_with_real_kernel(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    env_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    client = nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                                     resources={"metadata": {"path": str(env_path)}})
+    client.execute()
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert not errors, errors
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "RESULTS EQUAL" in text
+    widgets = [o for o in outputs
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) >= 2, "the progress bar should be a notebook widget, one per call"
+    _, alive = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=15)
+    assert not [p for p in alive if "resource_tracker" not in " ".join(p.cmdline())]

@@ -10,7 +10,6 @@ dask, ray, ...) runs through ``joblib.Parallel(return_as="generator_unordered")`
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -20,7 +19,7 @@ import logging
 import re
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import joblib
@@ -193,7 +192,7 @@ def _crash_error(exc: BaseException, running: list[int],
     )
 
 
-def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
+def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
               reporter: Reporter, states: np.ndarray | None,
               pool_warm: bool) -> Iterator[Outcome]:
     """Run ``tasks`` on the warm loky pool, yielding outcomes as they finish.
@@ -201,7 +200,7 @@ def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
     Chunks are handed out as workers free up: at most two per worker are
     submitted at a time, the rest wait here. While a cold pool starts
     (workers importing pandas take about half a second), this process runs
-    waiting chunks itself, smallest first. The first failure is raised at
+    waiting chunks itself. The first failure is raised at
     once and nothing more is submitted; a worker death raises
     :class:`WorkerCrashedError`; Ctrl-C kills the workers.
     """
@@ -211,16 +210,23 @@ def run_local(tasks: Sequence[Task], n_workers: int, progress: Progress,
     )
 
     executor = loky_executor(n_workers)
-    waiting = collections.deque(tasks)  # longest first
+    waiting = iter(tasks)  # made (and shipped) one at a time, when handed out
     in_flight: dict[concurrent.futures.Future[Outcome], Task] = {}
     limit = 2 * n_workers
+    more = True
     try:
-        while waiting or in_flight:
-            while waiting and len(in_flight) < limit:
-                task = waiting.popleft()
+        while more or in_flight:
+            while more and len(in_flight) < limit:
+                task = next(waiting, None)
+                if task is None:
+                    more = False
+                    break
                 in_flight[executor.submit(run_chunk, task)] = task
-            if not pool_warm and waiting:
-                task = waiting.pop()  # the smallest chunk, here
+            if not pool_warm and more:
+                task = next(waiting, None)
+                if task is None:
+                    more = False
+                    continue
                 outcome = run_chunk(dataclasses.replace(task, result_dir=None))
                 if outcome.failure is not None:
                     reporter.raise_failure(outcome)
@@ -256,7 +262,7 @@ def _running_chunks(states: np.ndarray | None) -> list[int]:
     return [int(i) for i in np.flatnonzero(states == 1)]
 
 
-def run_joblib(tasks: Sequence[Task], n_workers: int, backend: str,
+def run_joblib(tasks: Iterable[Task], n_workers: int, backend: str,
                progress: Progress, reporter: Reporter) -> Iterator[Outcome]:
     """Run ``tasks`` through ``joblib.Parallel`` on any registered backend."""
     parallel = joblib.Parallel(n_jobs=n_workers, backend=backend,
@@ -274,7 +280,7 @@ def run_joblib(tasks: Sequence[Task], n_workers: int, backend: str,
             generator.close()
 
 
-def run_inline(tasks: Sequence[Task], progress: Progress,
+def run_inline(tasks: Iterable[Task], progress: Progress,
                reporter: Reporter) -> Iterator[Outcome]:
     """Run ``tasks`` one after another in this process (backend="sequential")."""
     for task in tasks:

@@ -242,11 +242,11 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
     began = time.perf_counter()
     with transport.scratch_directory(n_bytes if local_processes else 0) as directory:
         if in_process or not local_processes:
-            payloads: list[transport.Payload] = [
-                transport.Inline(op.units.local(a, b)) for a, b in ranges]
+            def payload(i: int) -> transport.Payload:
+                return transport.Inline(op.units.local(*ranges[i]))
             directory_for_results = None
         else:
-            payloads = op.units.ship(ranges, directory, options.transport)
+            payload = op.units.ship(ranges, directory, options.transport).payload
             directory_for_results = directory
         shipped = time.perf_counter()
         counters: Any = None
@@ -259,12 +259,12 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
             counter_array = np.memmap(path, dtype=np.int64, mode="w+",
                                       shape=(2 * len(ranges),))
             counters = path
-        # Counting calls costs a Python call per row: only for a visible bar.
-        tasks = [Task(call_id, i, payload, blob, sizes[i], directory_for_results,
-                      options.transport, counters, count_calls=show)
-                 for i, payload in enumerate(payloads)]
-        # Longest first, so the biggest chunk does not start last.
-        tasks.sort(key=lambda t: -calls[t.chunk])
+        # Longest first, so the biggest chunk does not start last. Each chunk
+        # is shipped when it is handed out. Counting calls costs a Python call
+        # per row: only for a visible bar.
+        order = sorted(range(len(ranges)), key=lambda i: -calls[i])
+        tasks = (Task(call_id, i, payload(i), blob, sizes[i], directory_for_results,
+                      options.transport, counters, count_calls=show) for i in order)
         progress = executor.Progress(
             show, done_here + sum(sizes), op.label, op.unit,
             sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None,
@@ -288,7 +288,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                 results[outcome.chunk] = transport.fetch_result(outcome.payload)
                 worker_seconds += outcome.seconds
             ok = True
-            logger.debug("%s: shipped in %.3fs; chunks ran %.3fs in total; all "
+            logger.debug("%s: prepared in %.3fs; chunks ran %.3fs in total; all "
                          "results back after %.3fs", op.label, shipped - began,
                          worker_seconds, time.perf_counter() - shipped)
         except (KeyboardInterrupt, executor.WorkerCrashedError):

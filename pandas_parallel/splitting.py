@@ -160,18 +160,32 @@ class Units:
         return int(np.sum(usage))
 
     def ship(self, ranges: Sequence[tuple[int, int]], directory: str | None,
-             mode: str) -> list[transport.Payload]:
-        """Payloads for the chunks ``ranges`` (see :mod:`transport`)."""
+             mode: str) -> transport.Shipment:
+        """The chunks ``ranges``, ready to ship (see :mod:`transport`)."""
         if self.columns:
             groups = [list(range(a, b)) for a, b in ranges]
-            return transport.ship_columns(self.obj, groups, directory, mode)
+            return transport.Shipment(self.obj, [], directory, mode, columns=groups)
         if self.codes is None:
             first = int(self.starts[ranges[0][0]])
             bounds = [(int(self.starts[a]) - first, int(self.starts[b]) - first)
                       for a, b in ranges]
-            return transport.ship_rows(self.obj.iloc[first:], bounds, directory, mode)
-        rows = [np.asarray(self.rows_of(a, b)) for a, b in ranges]
-        edges = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+            return transport.Shipment(self.obj.iloc[first:], bounds, directory, mode)
+        order, bounds = self.chunk_order(ranges)
+        return transport.Shipment(self.obj.take(order), bounds, directory, mode)
+
+    def chunk_order(self, ranges: Sequence[tuple[int, int]]
+                    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Rows of scattered units, chunk after chunk (original order within
+        a chunk), and each chunk's bounds in that order."""
+        assert self.codes is not None
+        chunk_of_unit = np.full(len(self) + 1, len(ranges), dtype=np.int64)
+        for i, (a, b) in enumerate(ranges):
+            chunk_of_unit[a:b] = i
+        chunk_of_row = chunk_of_unit[self.codes]  # code -1: past the last chunk
+        # A stable sort of small integers is a radix sort: fast on many rows.
+        narrow = np.int8 if len(ranges) < 127 else np.int16 if len(ranges) < 32767 else np.int64
+        order = np.argsort(chunk_of_row.astype(narrow), kind="stable")
+        counts = np.bincount(chunk_of_row, minlength=len(ranges) + 1)[: len(ranges)]
+        edges = np.concatenate([[0], np.cumsum(counts)])
         bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
-        reordered = self.obj.take(np.concatenate(rows))
-        return transport.ship_rows(reordered, bounds, directory, mode)
+        return order[: edges[-1]], bounds

@@ -279,42 +279,52 @@ def use_arrow(obj: pd.DataFrame | pd.Series, transport: str) -> bool:
     return exact
 
 
-def ship_rows(
-    obj: pd.DataFrame | pd.Series,
-    bounds: Sequence[tuple[int, int]],
-    directory: str | None,
-    transport: str,
-) -> list[Payload]:
-    """Payloads for the row ranges ``bounds`` of ``obj``, one per chunk."""
-    table = _to_table(obj) if directory and use_arrow(obj, transport) else None
-    if table is None:
-        logger.debug("transport: %d chunks by pickle", len(bounds))
-        return [Inline(obj.iloc[a:b]) for a, b in bounds]
-    path = os.path.join(directory, "input.arrow")  # type: ignore[arg-type]
-    _write_ipc(table, path, bounds)
-    logger.debug("transport: %d chunks by Arrow IPC in %s", len(bounds), directory)
-    return [
-        ArrowSlice(path, i, Labels.of(obj.iloc[a:b])) for i, (a, b) in enumerate(bounds)
-    ]
+class Shipment:
+    """Payloads for the chunks of one call, made when first asked for.
 
+    Row chunks are written one file per chunk at the moment the chunk is
+    about to be handed out, so workers start on the first chunk while later
+    ones are still being written. The frame is converted to Arrow once.
+    """
 
-def ship_columns(
-    frame: pd.DataFrame,
-    column_groups: Sequence[Sequence[int]],
-    directory: str | None,
-    transport: str,
-) -> list[Payload]:
-    """Payloads for groups of column positions of ``frame``, one per chunk."""
-    table = _to_table(frame) if directory and use_arrow(frame, transport) else None
-    if table is None:
-        return [Inline(frame.iloc[:, list(cols)]) for cols in column_groups]
-    path = os.path.join(directory, "input.arrow")  # type: ignore[arg-type]
-    _write_ipc(table, path, [(0, len(frame))])
-    return [
-        ArrowSlice(path, 0, Labels.of(frame.iloc[:0, list(cols)]).with_index(frame.index),
-                   list(cols))
-        for cols in column_groups
-    ]
+    def __init__(self, obj: pd.DataFrame | pd.Series, bounds: Sequence[tuple[int, int]],
+                 directory: str | None, transport: str,
+                 columns: Sequence[Sequence[int]] | None = None) -> None:
+        self.obj = obj
+        self.bounds = list(bounds)
+        self.columns = columns
+        self.directory = directory
+        self.table = (_to_table(obj) if directory is not None and use_arrow(obj, transport)
+                      else None)
+        how = "Arrow IPC in " + str(directory) if self.table is not None else "pickle"
+        logger.debug("transport: %d chunks by %s", len(self), how)
+        self._whole: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.columns) if self.columns is not None else len(self.bounds)
+
+    def payload(self, i: int) -> Payload:
+        if self.columns is not None:
+            return self._columns(i)
+        start, stop = self.bounds[i]
+        piece = self.obj.iloc[start:stop]
+        if self.table is None:
+            return Inline(piece)
+        path = os.path.join(self.directory, f"input-{i}.arrow")  # type: ignore[arg-type]
+        _write_ipc(self.table.slice(start, stop - start), path, [(0, stop - start)])
+        return ArrowSlice(path, 0, Labels.of(piece))
+
+    def _columns(self, i: int) -> Payload:
+        assert self.columns is not None
+        frame = self.obj
+        positions = list(self.columns[i])
+        if self.table is None:
+            return Inline(frame.iloc[:, positions])
+        if self._whole is None:  # every column chunk reads the same file
+            self._whole = os.path.join(self.directory, "input.arrow")  # type: ignore[arg-type]
+            _write_ipc(self.table, self._whole, [(0, len(frame))])
+        labels = Labels.of(frame.iloc[:0, positions]).with_index(frame.index)
+        return ArrowSlice(self._whole, 0, labels, positions)
 
 
 def ship_result(

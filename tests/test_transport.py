@@ -23,7 +23,8 @@ def test_round_trip_is_exact_or_pickled(tmp_path, kind):
     frame = pd.DataFrame({"x": column.array, 0: np.arange(5)},
                          index=pd.date_range("2020", periods=5, freq="D", name="t"))
     frame.attrs = {"unit": "kg"}
-    payloads = transport.ship_rows(frame, [(0, 1), (1, 4), (4, 5)], str(tmp_path), "auto")
+    shipment = transport.Shipment(frame, [(0, 1), (1, 4), (4, 5)], str(tmp_path), "auto")
+    payloads = [shipment.payload(i) for i in range(len(shipment))]
     assert isinstance(payloads[0], transport.ArrowSlice) == (kind in ARROW_EXACT)
     for payload, (a, b) in zip(payloads, [(0, 1), (1, 4), (4, 5)]):
         loaded = payload.load()
@@ -49,7 +50,7 @@ def test_results_come_back_exactly(tmp_path, kind):
 ], ids=["complex", "mixed-object", "object-with-none", "sparse"])
 def test_frames_arrow_cannot_carry_are_pickled(tmp_path, frame):
     assert not transport.arrow_exact(frame)
-    payloads = transport.ship_rows(frame, [(0, 2)], str(tmp_path), "arrow")
+    payloads = [transport.Shipment(frame, [(0, 2)], str(tmp_path), "arrow").payload(0)]
     assert isinstance(payloads[0], transport.Inline)
     pd.testing.assert_frame_equal(payloads[0].load(), frame)
 
@@ -57,7 +58,9 @@ def test_frames_arrow_cannot_carry_are_pickled(tmp_path, frame):
 def test_column_labels_of_any_kind_survive(tmp_path):
     frame = pd.DataFrame([[1, 2, 3]], columns=pd.Index(["a", 0, ("t", 1)], name="lbl"))
     frame = pd.concat([frame, frame.rename(columns={"a": 0})], axis=1)  # duplicates
-    payloads = transport.ship_columns(frame, [[0, 1], [2, 3, 4, 5]], str(tmp_path), "auto")
+    shipment = transport.Shipment(frame, [], str(tmp_path), "auto",
+                                  columns=[[0, 1], [2, 3, 4, 5]])
+    payloads = [shipment.payload(0), shipment.payload(1)]
     assert all(isinstance(p, transport.ArrowSlice) for p in payloads)
     pd.testing.assert_frame_equal(payloads[1].load(), frame.iloc[:, 2:])
 

@@ -15,7 +15,6 @@ Writes a Markdown table (``--output``) and prints it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -54,22 +53,24 @@ def warm(name: str, repeat: int) -> dict:
     return {"serial": statistics.median(serial), "parallel": statistics.median(parallel)}
 
 
-def cold_once(name: str) -> dict:
-    """In a fresh process: the first .parallel call, then serial for scale."""
+def cold_once(name: str, kind: str) -> float:
+    """In a fresh process: the first call of one kind (serial or parallel)."""
     workload = WORKLOADS[name]
     data = workload.make(workload.size)
-    parallel, _ = _timed(workload.parallel, data)
-    serial, _ = _timed(workload.serial, data)
-    return {"serial": serial, "parallel": parallel}
+    seconds, _ = _timed(getattr(workload, kind), data)
+    return seconds
 
 
 def cold(name: str, repeat: int) -> dict:
-    runs = []
+    """Each first call in its own fresh process, so neither is measured
+    while the other's workers start or pandas warms up."""
+    runs: dict[str, list[float]] = {"serial": [], "parallel": []}
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, __file__, "--cold-once", name],
-                             capture_output=True, text=True, check=True)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return {k: statistics.median(r[k] for r in runs) for k in ("serial", "parallel")}
+        for kind in runs:
+            out = subprocess.run([sys.executable, __file__, "--cold-once", name, kind],
+                                 capture_output=True, text=True, check=True)
+            runs[kind].append(float(out.stdout.strip().splitlines()[-1]))
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def main() -> None:
@@ -78,11 +79,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cold-repeat", type=int, default=3)
     parser.add_argument("--output", default=None, help="write the Markdown table here")
-    parser.add_argument("--cold-once", help=argparse.SUPPRESS)
+    parser.add_argument("--cold-once", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     pandas_parallel.config(progress=False)
     if args.cold_once:
-        print(json.dumps(cold_once(args.cold_once)))
+        print(cold_once(*args.cold_once))
         return
     rows = ["| workload | serial pandas (s) | parallel warm (s) | speed-up warm | "
             "parallel cold (s) | speed-up cold |", "|---|---|---|---|---|---|"]

@@ -156,9 +156,10 @@ def execute(op: Operation) -> Any:
             last = time.perf_counter() - began
             spent += last
             start += size
-            if spent >= planning.PROBE_SECONDS:
+            # Stop once one sample alone is long enough that pandas' fixed
+            # cost per call (and its first-call warm-up) no longer dominates.
+            if last >= planning.PROBE_SECONDS:
                 break
-        # The largest sample amortizes pandas' fixed cost per call best.
         per_unit = last / size
         remaining = n_units - start
         pool_warm = _warm_workers == n_workers or options.backend != "loky"

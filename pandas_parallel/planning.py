@@ -20,7 +20,7 @@ import math
 COLD_START_SECONDS = 0.5
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
-PROBE_SECONDS = 0.01  # how long to sample before deciding
+PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
 PROBE_MAX_FRACTION = 0.1  # never sample more than this share of the work
 PARALLEL_GAIN_REQUIRED = 0.75  # parallel must take < 75% of the serial time
 TARGET_CHUNK_SECONDS = (0.05, 1.0)  # each chunk's duration lies in this range

@@ -32,12 +32,23 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _objects(column: pd.Series) -> pd.Series:
+    """A column's values as objects, as the function returned them: numpy
+    scalars stay numpy scalars (``astype(object)`` would make them Python
+    numbers, and pandas infers float32 from np.float32 but not from float)."""
+    if isinstance(column.dtype, np.dtype) and column.dtype.kind in "biuf":
+        values = np.empty(len(column), dtype=object)
+        values[:] = list(column.to_numpy())
+        return pd.Series(values, index=column.index, name=column.name, dtype=object)
+    return column.astype(object)
+
+
 def _as_objects(columns: Sequence[pd.Series]) -> pd.Series:
     """The pieces' values as objects, ready for pandas to infer again."""
     if not all(_replayable(c.dtype) for c in columns):
         raise CannotCombine("chunk results have different dtypes: "
                             f"{sorted({str(c.dtype) for c in columns})}")
-    return pd.concat([c.astype(object) for c in columns])
+    return pd.concat([_objects(c) for c in columns])
 
 
 def reinfer_like_map(columns: Sequence[pd.Series]) -> pd.Series:

@@ -18,6 +18,7 @@ import linecache
 import logging
 import re
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ _IDLE_WORKER_TIMEOUT = 300
 
 
 _executor: Any = None
+_executor_lock = threading.RLock()
 
 
 def loky_executor(n_workers: int) -> Any:
@@ -42,12 +44,13 @@ def loky_executor(n_workers: int) -> Any:
     global _executor
     from joblib.externals.loky import get_reusable_executor
 
-    _executor = get_reusable_executor(
-        max_workers=n_workers,
-        timeout=_IDLE_WORKER_TIMEOUT,
-        initializer=initialize_worker,
-    )
-    return _executor
+    with _executor_lock:
+        _executor = get_reusable_executor(
+            max_workers=n_workers,
+            timeout=_IDLE_WORKER_TIMEOUT,
+            initializer=initialize_worker,
+        )
+        return _executor
 
 
 def _ready() -> None:
@@ -55,19 +58,29 @@ def _ready() -> None:
 
 
 def start_pool(n_workers: int) -> None:
-    """Start the workers without waiting for them (they import pandas and
-    pyarrow in the background)."""
-    executor = loky_executor(n_workers)
-    for _ in range(n_workers):
-        executor.submit(_ready)
+    """Start the workers in the background and return at once: spawning
+    processes happens on a thread, and the workers import pandas and
+    pyarrow on their own."""
+
+    def start() -> None:
+        with _start_lock:
+            executor = loky_executor(n_workers)
+            for _ in range(n_workers):
+                executor.submit(_ready)
+
+    threading.Thread(target=start, name="pandas_parallel-start-pool", daemon=True).start()
+
+
+_start_lock = threading.Lock()
 
 
 def shutdown_pool() -> None:
     """Stop the worker processes now; the next parallel call starts new ones."""
     global _executor
-    if _executor is not None:
-        _executor.shutdown(wait=True, kill_workers=True)
-        _executor = None
+    with _start_lock, _executor_lock:
+        if _executor is not None:
+            _executor.shutdown(wait=True, kill_workers=True)
+            _executor = None
 
 
 class Progress:

@@ -248,7 +248,7 @@ class GroupByParallelAccessor:
     def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], func: Any,
              combine_with: Any) -> Any:
         gb = self._gb
-        if not plain_callable(func) or len(gb.obj) == 0:
+        if not plain_callable(func) or len(gb.obj) == 0 or gb.ngroups == 0:
             return self._serial(name, args, kwargs)
         if isinstance(gb.obj, pd.Series) and not gb.as_index:
             # df.groupby(k, as_index=False)[col]: pandas inserts the key

@@ -176,6 +176,7 @@ def execute(op: Operation) -> Any:
                 pieces.append(op.run_here(start, n_units))
             result = _combine_or_serial(op, pieces)
             if (not pool_warm and options.backend == "loky"
+                    and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
                     and planning.estimate(per_unit, remaining, n_workers,
                                           n_bytes * remaining // n_units,
                                           pool_warm=True).parallel_wins):
@@ -241,6 +242,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
              for a, b in ranges]
     calls = [size * op.calls_per_unit for size in sizes]
     began = time.perf_counter()
+    transport.sweep_stale_scratch()
     with transport.scratch_directory(n_bytes if local_processes else 0) as directory:
         if in_process or not local_processes:
             def payload(i: int) -> transport.Payload:
@@ -254,11 +256,11 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         counter_array = None
         show = _show_progress(options, expected)
         if in_process:
-            counter_array = counters = np.zeros(2 * len(ranges), dtype=np.int64)
+            counter_array = counters = np.zeros(2 * len(ranges) + 1, dtype=np.int64)
         elif local_processes and directory is not None:
             path = os.path.join(directory, "progress.bin")
             counter_array = np.memmap(path, dtype=np.int64, mode="w+",
-                                      shape=(2 * len(ranges),))
+                                      shape=(2 * len(ranges) + 1,))
             counters = path
         # Longest first, so the biggest chunk does not start last. Each chunk
         # is shipped when it is handed out. Counting calls costs a Python call
@@ -270,7 +272,8 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
             show, done_here + sum(sizes), op.label, op.unit,
             sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None,
             initial=done_here)
-        states = counter_array[len(ranges):] if counter_array is not None else None
+        states = (counter_array[len(ranges):2 * len(ranges)]
+                  if counter_array is not None else None)
         results: dict[int, Any] = {}
         ok = False
         try:
@@ -296,6 +299,8 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
             _warm_workers = 0  # the pool was stopped or replaced
             raise
         finally:
+            if counter_array is not None and not ok:
+                counter_array[-1] = 1  # workers still running write no more files
             progress.close(ok)
             del counter_array, states
     return [Piece(results[i], (a, b), op.units.rows_of(a, b))

@@ -15,9 +15,10 @@ import math
 
 # Measured on a 2-core machine; conservative so parallel is chosen only
 # when it clearly wins (see benchmarks/).
-# Spawning workers that import pandas + pyarrow takes ~0.45 s here; this
-# process runs chunks meanwhile, so the loss is smaller (executor.run_local).
-COLD_START_SECONDS = 0.5
+# Each starting worker spends ~0.4 CPU-seconds importing pandas and pyarrow,
+# on the same cores that do the work (this process works meanwhile: see
+# executor.run_local). Measured on a 2-core machine.
+WORKER_START_CPU_SECONDS = 0.4
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
@@ -26,6 +27,9 @@ PARALLEL_GAIN_REQUIRED = 0.75  # parallel must take < 75% of the serial time
 TARGET_CHUNK_SECONDS = (0.05, 1.0)  # each chunk's duration lies in this range
 CHUNKS_PER_WORKER = 4
 MAX_CHUNK_BYTES = 256 * 2**20
+# Start workers for next time only when a later call like this one would
+# save a meaningful amount (starting them costs CPU).
+MIN_SECONDS_TO_START_POOL = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +49,9 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
     """Serial vs parallel time for ``units`` more units of work."""
     serial = seconds_per_unit * units
     n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes)
-    # A cold pool takes COLD_START_SECONDS to start, during which this
-    # process works through chunks itself.
-    start = 0.0 if pool_warm else min(COLD_START_SECONDS, serial)
+    start_cpu = 0.0 if pool_warm else n_workers * WORKER_START_CPU_SECONDS
     parallel = (
-        start
-        + (serial - start) / n_workers
+        (serial + start_cpu) / n_workers
         + n_chunks * TASK_OVERHEAD_SECONDS / n_workers
         + 2 * n_bytes / TRANSFER_BYTES_PER_SECOND
     )
@@ -80,9 +81,14 @@ def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
 
 
 def probe_sizes(units: int) -> list[int]:
-    """Doubling sample sizes 1, 2, 4... within the sampling budget."""
+    """Doubling sample sizes within the sampling budget.
+
+    The first sample is 0.1% of the work (at least one unit): samples'
+    results are kept, so a larger first sample costs nothing, while each
+    sample pays pandas' fixed cost per call.
+    """
     limit = max(1, int(units * PROBE_MAX_FRACTION))
-    sizes, size, taken = [], 1, 0
+    sizes, size, taken = [], max(1, units // 1000), 0
     while taken + size <= limit:
         sizes.append(size)
         taken += size

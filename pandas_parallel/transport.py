@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -100,8 +101,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_active: set[str] = set()  # this process's scratch directories in use
+
+
 def sweep_stale_scratch() -> None:
-    """Remove scratch directories left by processes that no longer exist.
+    """Remove scratch directories left by processes that no longer exist,
+    and this process's own that no call is using.
 
     A parent killed with SIGKILL cannot clean up after itself; the next
     process to use the library does it.
@@ -118,8 +123,10 @@ def sweep_stale_scratch() -> None:
                 pid = int(name[len(SCRATCH_PREFIX) :].split("-", 1)[0])
             except ValueError:
                 continue
-            if pid != os.getpid() and not _pid_alive(pid):
-                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            path = os.path.join(base, name)
+            if (pid == os.getpid() and path not in _active) or (
+                    pid != os.getpid() and not _pid_alive(pid)):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -148,10 +155,23 @@ def scratch_directory(nbytes: int) -> Iterator[str | None]:
         return
     path = os.path.join(base, f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     os.mkdir(path, 0o700)
+    _active.add(path)
     try:
         yield path
     finally:
+        _remove(path)
+        _active.discard(path)
+
+
+def _remove(path: str) -> None:
+    """Remove a scratch directory. After a failure a worker may be writing
+    its last result into it: retry briefly; the next call sweeps what is left."""
+    for _ in range(50):
         shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            return
+        time.sleep(0.01)
+    logger.debug("scratch: %s still in use; the next call removes it", path)
 
 
 # --------------------------------------------------------------------------
@@ -330,7 +350,11 @@ class Shipment:
 def ship_result(
     result: Any, directory: str | None, name: str, transport: str
 ) -> Payload:
-    """Called in a worker: hand a chunk's result back to the parent."""
+    """Called in a worker: hand a chunk's result back to the parent.
+
+    ``directory`` is ``None`` when results must come back in-band (e.g. the
+    call is already over, or there is nowhere to write).
+    """
     if isinstance(result, Tagged):
         return Tagged(ship_result(result.value, directory, name, transport), result.tag)
     if directory is None or not isinstance(result, (pd.DataFrame, pd.Series)):

@@ -141,9 +141,10 @@ class Outcome:
 
 
 class _Counters:
-    """Shared per-chunk counters: ``[0:n]`` calls done, ``[n:2n]`` state
-    (1 running, 2 finished). A memory-mapped file for processes, a plain
-    array for threads."""
+    """Shared per-call state: ``[0:n]`` calls done per chunk, ``[n:2n]``
+    chunk state (1 running, 2 finished), ``[2n]`` 1 once the call is over
+    (failed or interrupted: write no more files). A memory-mapped file for
+    processes, a plain array for threads."""
 
     def __init__(self, source: str | np.ndarray | None) -> None:
         self.array: np.ndarray | None
@@ -158,6 +159,10 @@ class _Counters:
     def set(self, position: int, value: int) -> None:
         if self.array is not None:
             self.array[position] = value
+
+    @property
+    def call_over(self) -> bool:
+        return self.array is not None and bool(self.array[-1])
 
 
 def show_label(label: Any) -> str:
@@ -249,7 +254,7 @@ def run_chunk(task: Task) -> Outcome:
     outer = getattr(_local, "active", False)
     _local.active = True
     counters = _Counters(task.counters)
-    n_chunks = len(counters.array) // 2 if counters.array is not None else 0
+    n_chunks = (len(counters.array) - 1) // 2 if counters.array is not None else 0
     counters.set(n_chunks + task.chunk, 1)
     try:
         program = _decode_program(task.call_id, task.program)
@@ -268,7 +273,8 @@ def run_chunk(task: Task) -> Outcome:
             )
             return Outcome(task.chunk, failure=failure,
                            seconds=time.perf_counter() - started)
-        payload = ship_result(result, task.result_dir,
+        directory = None if counters.call_over else task.result_dir
+        payload = ship_result(result, directory,
                               f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
         return Outcome(task.chunk, payload, seconds=time.perf_counter() - started)
     finally:

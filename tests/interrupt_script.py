@@ -13,7 +13,9 @@ import pandas_parallel
 def slow(row):
     if not getattr(slow, "announced", False):
         slow.announced = True
-        print(f"worker {os.getpid()}", flush=True)
+        # One write of a short line to a pipe is atomic: lines from the two
+        # workers cannot interleave.
+        os.write(1, f"worker {os.getpid()}\n".encode())
     time.sleep(0.02)  # the work being interrupted
     return row["a"]
 

@@ -56,7 +56,7 @@ def plain_callable(func: Any) -> bool:
     return callable(func) and not isinstance(func, (str, np.ufunc, type))
 
 
-def _bind(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+def bind_like_pandas(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
           ) -> dict[str, Any]:
     """Bind a call against pandas' own signature (TypeError as pandas)."""
     signature = inspect.signature(getattr(type(obj), name))
@@ -158,7 +158,7 @@ class DataFrameParallelAccessor(_Base):
         ``axis=1`` spreads rows over the workers, ``axis=0`` columns.
         """
         call_args = (func, *args)
-        params = _bind(self._obj, "apply", call_args, kwargs)
+        params = bind_like_pandas(self._obj, "apply", call_args, kwargs)
         axis, engine = params["axis"], params.get("engine")
         if (not plain_callable(func) or engine not in (None, "python")
                 or params["result_type"] not in (None, "reduce", "broadcast", "expand")
@@ -182,7 +182,7 @@ class DataFrameParallelAccessor(_Base):
     def map(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """Parallel :meth:`pandas.DataFrame.map` (elementwise), same parameters."""
         call_args = (func, *args)
-        params = _bind(self._obj, "map", call_args, kwargs)
+        params = bind_like_pandas(self._obj, "map", call_args, kwargs)
         if (not plain_callable(func) or params["na_action"] not in (None, "ignore")
                 or self._obj.shape[1] == 0
                 or not all(map(combine.map_is_chunk_stable, self._obj.dtypes))):
@@ -196,7 +196,7 @@ class DataFrameParallelAccessor(_Base):
         ``axis=0`` (default) transforms columns in parallel, ``axis=1`` rows.
         """
         call_args = (func, *args)
-        params = _bind(self._obj, "transform", call_args, kwargs)
+        params = bind_like_pandas(self._obj, "transform", call_args, kwargs)
         axis = params["axis"]
         if (not plain_callable(func) or axis not in _ROW_AXES + _COLUMN_AXES
                 or self._obj.shape[1] == 0):
@@ -257,7 +257,7 @@ class SeriesParallelAccessor(_Base):
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Parallel :meth:`pandas.Series.apply`, same parameters and result."""
         call_args = (func, *args)
-        params = _bind(self._obj, "apply", call_args, kwargs)
+        params = bind_like_pandas(self._obj, "apply", call_args, kwargs)
         if (not plain_callable(func) or params.get("by_row", "compat") is False
                 or not _elementwise_parallel(self._obj.dtype)):
             return self._delegate("apply", call_args, kwargs)()
@@ -269,7 +269,7 @@ class SeriesParallelAccessor(_Base):
 
         A dict or Series mapping goes to pandas unchanged.
         """
-        params = _bind(self._obj, "map", args, kwargs)
+        params = bind_like_pandas(self._obj, "map", args, kwargs)
         func = params.get("func", params.get("arg"))
         if (not plain_callable(func) or params.get("engine") is not None
                 or params["na_action"] not in (None, "ignore")
@@ -280,7 +280,7 @@ class SeriesParallelAccessor(_Base):
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Parallel :meth:`pandas.Series.transform`, same parameters and result."""
         call_args = (func, *args)
-        params = _bind(self._obj, "transform", call_args, kwargs)
+        params = bind_like_pandas(self._obj, "transform", call_args, kwargs)
         if (not plain_callable(func) or params["axis"] not in (0, "index", "rows")
                 or not _elementwise_parallel(self._obj.dtype)):
             return self._delegate("transform", call_args, kwargs)()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pandas_parallel import _compat, combine
-from pandas_parallel.accessor import plain_callable
+from pandas_parallel.accessor import bind_like_pandas, plain_callable
 from pandas_parallel.options import Options, get_options, validate
 from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Units
@@ -168,17 +167,6 @@ class _Plan:
             # A SeriesGroupBy's obj is already the selected column.
             selection=spec.selection if isinstance(obj, pd.DataFrame) else None)
 
-    def positions(self, piece: Piece) -> np.ndarray:
-        return np.asarray(piece.rows)
-
-
-def _bind(gb: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-          ) -> dict[str, Any]:
-    signature = inspect.signature(getattr(type(gb), name))
-    bound = signature.bind(gb, *args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
 
 class GroupByParallelAccessor:
     """``gb.parallel``: GroupBy methods with groups spread over all cores.
@@ -212,13 +200,13 @@ class GroupByParallelAccessor:
         """Parallel ``GroupBy.apply``: same parameters (including pandas 3's
         ``include_groups``), same result."""
         call_args = (func, *args)
-        _bind(self._gb, "apply", call_args, kwargs)
+        bind_like_pandas(self._gb, "apply", call_args, kwargs)
         return self._run("apply", call_args, kwargs, func, self._combine_apply)
 
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.transform`` with a callable; string names go to pandas."""
         call_args = (func, *args)
-        params = _bind(self._gb, "transform", call_args, kwargs)
+        params = bind_like_pandas(self._gb, "transform", call_args, kwargs)
         if params.get("engine") is not None:
             return self._serial("transform", call_args, kwargs)
         return self._run("transform", call_args, kwargs, func, self._combine_transform)
@@ -227,7 +215,7 @@ class GroupByParallelAccessor:
         """Parallel ``GroupBy.aggregate`` with a callable; names, lists and
         dicts of functions, and named aggregation go to pandas."""
         call_args = (func, *args)
-        params = _bind(self._gb, "aggregate", call_args, kwargs)
+        params = bind_like_pandas(self._gb, "aggregate", call_args, kwargs)
         if func is None or params.get("engine") is not None:
             return self._serial("aggregate", call_args, kwargs)
         return self._run("aggregate", call_args, kwargs, func, self._combine_agg)
@@ -237,7 +225,7 @@ class GroupByParallelAccessor:
     def filter(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.filter``: same parameters, same result."""
         call_args = (func, *args)
-        params = _bind(self._gb, "filter", call_args, kwargs)
+        params = bind_like_pandas(self._gb, "filter", call_args, kwargs)
         self._filter_dropna = bool(params.get("dropna", True))
         return self._run("filter", call_args, kwargs, func, self._combine_filter)
 

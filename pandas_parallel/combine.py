@@ -87,6 +87,8 @@ def map_is_chunk_stable(dtype: Any) -> bool:
     """
     from pandas_parallel.transport import MASKED_DTYPES
 
+    if isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA:
+        return False  # "string" dtype: an all-missing chunk maps to NaN, not NA
     return not isinstance(dtype, (*MASKED_DTYPES, pd.ArrowDtype))
 
 

@@ -83,10 +83,12 @@ def call_grouped(method: str, regroup: Regroup, chunk: pd.DataFrame,
     return getattr(regroup.groupby(chunk), method)(func, *args, **kwargs)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, (pd.DataFrame, pd.Series)):
-        return type(value).__name__
-    return "None" if value is None else "scalar"
+def _kind_of_type(cls: type) -> str:
+    if issubclass(cls, pd.DataFrame):
+        return "DataFrame"
+    if issubclass(cls, pd.Series):
+        return "Series"
+    return "None" if cls is type(None) else "scalar"
 
 
 def call_grouped_apply(regroup: Regroup, chunk: pd.DataFrame, func: Any,
@@ -100,15 +102,17 @@ def call_grouped_apply(regroup: Regroup, chunk: pd.DataFrame, func: Any,
     """
     if not hasattr(func, "__code__") and not hasattr(func, "__wrapped__"):
         return Tagged(regroup.groupby(chunk).apply(func, *args, **kwargs), None)
-    kinds: set[str] = set()
+    types: set[type] = set()
+    note = types.add
 
     @functools.wraps(func)
     def noting(*a: Any, **k: Any) -> Any:
         value = func(*a, **k)
-        kinds.add(_kind(value))
+        note(value.__class__)  # cheap per group; classified once, below
         return value
 
-    return Tagged(regroup.groupby(chunk).apply(noting, *args, **kwargs), frozenset(kinds))
+    result = regroup.groupby(chunk).apply(noting, *args, **kwargs)
+    return Tagged(result, frozenset(_kind_of_type(t) for t in types))
 
 
 def _as_list(keys: Any) -> list[Any]:

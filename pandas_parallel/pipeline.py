@@ -173,7 +173,7 @@ def execute(op: Operation) -> Any:
         if not guess.parallel_wins:
             logger.debug("%s: serial (parallel would not be faster)", op.label)
             if start < n_units:
-                pieces.append(op.run_here(start, n_units))
+                pieces.extend(_run_here_with_progress(op, start, guess.serial))
             result = _combine_or_serial(op, pieces)
             if (not pool_warm and options.backend == "loky"
                     and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
@@ -204,6 +204,32 @@ def execute(op: Operation) -> Any:
     if options.backend == "loky":
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces)
+
+
+def _run_here_with_progress(op: Operation, start: int, expected: float) -> list[Piece]:
+    """Run units ``[start, len)`` in this process; in pieces under a
+    progress bar when one is wanted (each piece is one more pandas call, so
+    only then)."""
+    n_units = len(op.units)
+    if not _show_progress(op.options, expected):
+        return [op.run_here(start, n_units)]
+    n_pieces = max(1, min(100, int(expected / 0.25)))
+    ranges = op.units.cut(start, n_pieces, None)
+    weight = (lambda a, b: int(op.units.weights[a:b].sum())) if op.unit == "rows" else (
+        lambda a, b: b - a)
+    done_here = weight(0, start)
+    progress = executor.Progress(True, done_here + weight(start, n_units), op.label,
+                                 op.unit, [weight(a, b) for a, b in ranges],
+                                 [0] * len(ranges), None, initial=done_here)
+    pieces, ok = [], False
+    try:
+        for i, (a, b) in enumerate(ranges):
+            pieces.append(op.run_here(a, b))
+            progress.done(i)
+        ok = True
+    finally:
+        progress.close(ok)
+    return pieces
 
 
 def _sizes_text(sizes: list[int]) -> str:

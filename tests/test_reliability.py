@@ -209,6 +209,15 @@ def test_progress_bar_counts_rows_and_moves_inside_a_long_chunk(capsys):
     assert len(counts - {0, 64}) >= 2, f"the bar did not move during the chunk: {counts}"
 
 
+def test_progress_bar_shows_when_the_planner_runs_serially(capsys):
+    s = pd.Series(np.arange(200_000.0))
+    with pandas_parallel.config(serial_fallback=True, chunk_size=None, progress=True,
+                                n_jobs=2):
+        pd.testing.assert_series_equal(s.parallel.map(lambda v: v + 1), s + 1)
+    err = capsys.readouterr().err
+    assert "map" in err and "200000/200000" in err
+
+
 def test_progress_bar_closes_on_error(capsys):
     with pandas_parallel.config(progress=True), pytest.raises(ZeroDivisionError):
         pd.Series(range(10)).parallel.map(lambda v: 1 // (v - 9))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import combine
+from pandas_parallel import asynchronous, combine
 from pandas_parallel.options import Options, get_options, validate
 from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Units
@@ -75,6 +75,28 @@ def _split_func(name: str, obj: Any, args: tuple[Any, ...], kwargs: dict[str, An
     return args[0], args[1:], kwargs
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+def run_async_call(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   label: str, options: Options,
+                   placeholder: Callable[[Any], Any] = _same) -> Any:
+    """``obj.<name>(async_func, ...)`` with the coroutines run concurrently.
+
+    ``concurrency=`` and ``timeout=`` may be given with the call (they are
+    not passed to the function) or as options.
+    """
+    kwargs = dict(kwargs)
+    changes = {k: kwargs.pop(k) for k in ("concurrency", "timeout") if k in kwargs}
+    options = options.replace(**changes)
+    func, rest_args, rest_kwargs = _split_func(name, obj, args, kwargs)
+    method = getattr(obj, name)
+    return asynchronous.run(
+        lambda f: method(f, *rest_args, **rest_kwargs), func, placeholder, label,
+        options.concurrency, options.timeout, options.progress)
+
+
 class _Base:
     """Shared machinery of the DataFrame and Series accessors."""
 
@@ -93,12 +115,17 @@ class _Base:
 
     @property
     def options(self) -> Options:
-        """The options this accessor will use (global, scoped, per-call)."""
-        return get_options().replace(**self._overrides)
+        """The options this accessor will use (global, scoped, per-call, and an
+        enclosing ``joblib.parallel_config`` when no backend is set)."""
+        return get_options().replace(**self._overrides).resolved()
 
     def _delegate(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> Callable[[], Any]:
         obj = self._obj
+        func = _split_func(name, obj, args, kwargs)[0] if args or kwargs else None
+        if asynchronous.is_async(func):
+            options = self.options
+            return lambda: run_async_call(obj, name, args, kwargs, name, options)
         return lambda: getattr(obj, name)(*args, **kwargs)
 
     def _operation(self, name: str, label: str, units: Units, args: tuple[Any, ...],
@@ -106,6 +133,8 @@ class _Base:
                    unit: str = "rows", calls_per_unit: int = 1,
                    runner: Callable[..., Any] | None = None) -> Any:
         func, rest_args, rest_kwargs = _split_func(name, self._obj, args, kwargs)
+        if asynchronous.is_async(func):
+            return run_async_call(self._obj, name, args, kwargs, label, self.options)
         operation = Operation(
             label=label, unit=unit, units=units,
             runner=runner or functools.partial(call_method, name),
@@ -158,6 +187,8 @@ class DataFrameParallelAccessor(_Base):
         ``axis=1`` spreads rows over the workers, ``axis=0`` columns.
         """
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return run_async_call(self._obj, "apply", call_args, kwargs, "apply", self.options)
         params = bind_like_pandas(self._obj, "apply", call_args, kwargs)
         axis, engine = params["axis"], params.get("engine")
         if (not plain_callable(func) or engine not in (None, "python")
@@ -182,6 +213,8 @@ class DataFrameParallelAccessor(_Base):
     def map(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """Parallel :meth:`pandas.DataFrame.map` (elementwise), same parameters."""
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return run_async_call(self._obj, "map", call_args, kwargs, "map", self.options)
         params = bind_like_pandas(self._obj, "map", call_args, kwargs)
         if (not plain_callable(func) or params["na_action"] not in (None, "ignore")
                 or self._obj.shape[1] == 0
@@ -196,12 +229,19 @@ class DataFrameParallelAccessor(_Base):
         ``axis=0`` (default) transforms columns in parallel, ``axis=1`` rows.
         """
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return run_async_call(self._obj, "transform", call_args, kwargs, "transform",
+                                  self.options)
         params = bind_like_pandas(self._obj, "transform", call_args, kwargs)
         axis = params["axis"]
         if (not plain_callable(func) or axis not in _ROW_AXES + _COLUMN_AXES
                 or self._obj.shape[1] == 0):
             return self._delegate("transform", call_args, kwargs)()
         if axis in _ROW_AXES:
+            if not all(isinstance(d, np.dtype) for d in self._obj.dtypes):
+                # Row-wise transform transposes; with extension dtypes the
+                # missing-value marker depends on which rows share a chunk.
+                return self._delegate("transform", call_args, kwargs)()
             return self._rows("transform", "transform(axis=1)", call_args, kwargs,
                               _STRICT)
         return self._columns("transform", "transform", call_args, kwargs, _STRICT)
@@ -257,6 +297,8 @@ class SeriesParallelAccessor(_Base):
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Parallel :meth:`pandas.Series.apply`, same parameters and result."""
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return run_async_call(self._obj, "apply", call_args, kwargs, "apply", self.options)
         params = bind_like_pandas(self._obj, "apply", call_args, kwargs)
         if (not plain_callable(func) or params.get("by_row", "compat") is False
                 or not _elementwise_parallel(self._obj.dtype)):
@@ -269,6 +311,9 @@ class SeriesParallelAccessor(_Base):
 
         A dict or Series mapping goes to pandas unchanged.
         """
+        given = args[0] if args else kwargs.get("func", kwargs.get("arg"))
+        if asynchronous.is_async(given):
+            return run_async_call(self._obj, "map", args, kwargs, "map", self.options)
         params = bind_like_pandas(self._obj, "map", args, kwargs)
         func = params.get("func", params.get("arg"))
         if (not plain_callable(func) or params.get("engine") is not None
@@ -280,6 +325,9 @@ class SeriesParallelAccessor(_Base):
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Parallel :meth:`pandas.Series.transform`, same parameters and result."""
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return run_async_call(self._obj, "transform", call_args, kwargs, "transform",
+                                  self.options)
         params = bind_like_pandas(self._obj, "transform", call_args, kwargs)
         if (not plain_callable(func) or params["axis"] not in (0, "index", "rows")
                 or not _elementwise_parallel(self._obj.dtype)):

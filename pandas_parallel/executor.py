@@ -19,6 +19,7 @@ import logging
 import re
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -273,6 +274,65 @@ def _running_chunks(states: np.ndarray | None) -> list[int]:
     if states is None:
         return []
     return [int(i) for i in np.flatnonzero(states == 1)]
+
+
+def run_threads(tasks: Iterable[Task], n_workers: int, progress: Progress,
+                reporter: Reporter, call_starts: np.ndarray | None,
+                timeout: float | None, calls: np.ndarray | None) -> Iterator[Outcome]:
+    """Run ``tasks`` on threads of this process: nothing is serialized, so
+    unpicklable functions and arguments (connections, sessions) work.
+
+    ``n_workers`` may exceed the CPU count (I/O-bound work). With a
+    ``timeout``, a call running longer raises ``TimeoutError`` naming its
+    row; the thread stuck in it cannot be stopped and is left to finish.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=n_workers, thread_name_prefix="pandas_parallel")
+    waiting = iter(tasks)
+    in_flight: dict[concurrent.futures.Future[Outcome], Task] = {}
+    finished = False
+    try:
+        more = True
+        while more or in_flight:
+            while more and len(in_flight) < 2 * n_workers:
+                task = next(waiting, None)
+                if task is None:
+                    more = False
+                    break
+                in_flight[pool.submit(run_chunk, task)] = task
+            if not in_flight:
+                continue
+            done, _ = concurrent.futures.wait(
+                in_flight, timeout=_POLL_SECONDS,
+                return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                in_flight.pop(future)
+                outcome = future.result()
+                if outcome.failure is not None:
+                    reporter.raise_failure(outcome)
+                progress.done(outcome.chunk)
+                yield outcome
+            if timeout is not None and call_starts is not None:
+                _check_timeouts(call_starts, calls, timeout, reporter)
+            progress.refresh()
+        finished = True
+    finally:
+        # Chunks not started are cancelled; running ones cannot be stopped.
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _check_timeouts(call_starts: np.ndarray, calls: np.ndarray | None, timeout: float,
+                    reporter: Reporter) -> None:
+    now = int(time.monotonic() * 1e6)
+    late = np.flatnonzero((call_starts > 0) & (now - call_starts > timeout * 1e6))
+    if len(late):
+        chunk = int(late[0])
+        number = int(calls[chunk]) if calls is not None else 0
+        raise TimeoutError(
+            f"{reporter.label}: a call did not return within timeout={timeout} s "
+            f"(call {number} of {reporter.describe(chunk)}). Its thread cannot be "
+            "stopped and finishes on its own; give the function's own I/O a timeout, "
+            "or use an async def function, whose calls are cancelled.")
 
 
 def run_joblib(tasks: Iterable[Task], n_workers: int, backend: str,

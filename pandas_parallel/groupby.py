@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import _compat, combine
-from pandas_parallel.accessor import bind_like_pandas, plain_callable
+from pandas_parallel import _compat, asynchronous, combine
+from pandas_parallel.accessor import bind_like_pandas, plain_callable, run_async_call
 from pandas_parallel.options import Options, get_options, validate
 from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Units
@@ -197,19 +197,23 @@ class GroupByParallelAccessor:
 
     @property
     def options(self) -> Options:
-        return get_options().replace(**self._overrides)
+        return get_options().replace(**self._overrides).resolved()
 
     # -- public methods, mirroring pandas ---------------------------------------
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.apply``: same parameters (including pandas 3's
         ``include_groups``), same result."""
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return self._run("apply", call_args, kwargs, func, self._combine_apply)
         bind_like_pandas(self._gb, "apply", call_args, kwargs)
         return self._run("apply", call_args, kwargs, func, self._combine_apply)
 
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.transform`` with a callable; string names go to pandas."""
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return self._run("transform", call_args, kwargs, func, self._combine_transform)
         params = bind_like_pandas(self._gb, "transform", call_args, kwargs)
         if params.get("engine") is not None:
             return self._serial("transform", call_args, kwargs)
@@ -219,6 +223,8 @@ class GroupByParallelAccessor:
         """Parallel ``GroupBy.aggregate`` with a callable; names, lists and
         dicts of functions, and named aggregation go to pandas."""
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return self._run("aggregate", call_args, kwargs, func, self._combine_agg)
         params = bind_like_pandas(self._gb, "aggregate", call_args, kwargs)
         if func is None or params.get("engine") is not None:
             return self._serial("aggregate", call_args, kwargs)
@@ -229,6 +235,8 @@ class GroupByParallelAccessor:
     def filter(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.filter``: same parameters, same result."""
         call_args = (func, *args)
+        if asynchronous.is_async(func):
+            return self._run("filter", call_args, kwargs, func, self._combine_filter)
         params = bind_like_pandas(self._gb, "filter", call_args, kwargs)
         self._filter_dropna = bool(params.get("dropna", True))
         return self._run("filter", call_args, kwargs, func, self._combine_filter)
@@ -240,6 +248,11 @@ class GroupByParallelAccessor:
     def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], func: Any,
              combine_with: Any) -> Any:
         gb = self._gb
+        if asynchronous.is_async(func):
+            placeholder = {"filter": lambda _: True, "aggregate": lambda _: 0}.get(
+                name, lambda group: group)
+            return run_async_call(gb, name, args, kwargs, f"groupby.{name}", self.options,
+                                  placeholder)
         if not plain_callable(func) or len(gb.obj) == 0 or gb.ngroups == 0:
             return self._serial(name, args, kwargs)
         if isinstance(gb.obj, pd.Series) and not gb.as_index:
@@ -386,6 +399,12 @@ class GroupByParallelAccessor:
         if not (spec.as_index and spec.group_keys and isinstance(index, pd.MultiIndex)
                 and index.nlevels > keys.nlevels):
             return result
+        exact = [keys] if keys.nlevels == 1 else [keys.levels[i] for i in range(keys.nlevels)]
+        for i, level in enumerate(exact):
+            if index.levels[i].equals(level) and index.levels[i].dtype == level.dtype:
+                # Same labels: take pandas' own level object (dtype, freq).
+                index = index.set_levels(level, level=i, verify_integrity=False)
+        result.index = index
         arrays = [index.get_level_values(i) for i in range(index.nlevels)]
         changed = False
         for i in range(keys.nlevels):

@@ -31,9 +31,10 @@ class Options:
         Worker count. ``None`` or ``-1`` uses every CPU this process may run
         on (CPU affinity and cgroup quotas respected); ``-2`` all but one, as
         in joblib.
-    backend : str
-        ``"loky"`` (processes, the default), ``"threading"``, ``"sequential"``
-        or the name of any backend registered with joblib.
+    backend : str or None
+        ``"loky"`` (processes), ``"threading"``, ``"sequential"`` or the name
+        of any backend registered with joblib. ``None`` (default) follows an
+        enclosing ``joblib.parallel_config(...)``, and is ``"loky"`` otherwise.
     chunk_size : int or None
         Rows (columns for ``apply(axis=0)``, groups for groupby) per chunk.
         ``None`` sizes chunks automatically.
@@ -49,15 +50,34 @@ class Options:
     transport : {"auto", "arrow", "pickle"}
         How chunks travel to workers and back. ``"auto"`` uses Arrow IPC in
         shared memory when a frame round-trips exactly, pickle otherwise.
+    concurrency : int
+        For ``async def`` functions: calls in flight at once.
+    timeout : float or None
+        For ``async def`` functions: seconds a single call may take before it
+        fails with ``TimeoutError`` naming its row.
     """
 
     n_jobs: int | None = None
-    backend: str = "loky"
+    backend: str | None = None
     chunk_size: int | None = None
     partition: str = "rows"
     serial_fallback: bool = True
     progress: ProgressOption = "auto"
     transport: str = "auto"
+    concurrency: int = 100
+    timeout: float | None = None
+
+    def resolved(self) -> Options:
+        """These options with ``backend`` (and, if unset, ``n_jobs``) taken
+        from an enclosing ``joblib.parallel_config`` when ``backend`` is None."""
+        if self.backend is not None:
+            return self
+        from joblib.parallel import BACKENDS, get_active_backend
+
+        active, n_jobs = get_active_backend()
+        name = next((n for n, cls in BACKENDS.items() if type(active) is cls), "loky")
+        return dataclasses.replace(
+            self, backend=name, n_jobs=self.n_jobs if self.n_jobs is not None else n_jobs)
 
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied, after validating them."""
@@ -98,6 +118,8 @@ def _check_n_jobs(value: Any) -> None:
 
 
 def _check_backend(value: Any) -> None:
+    if value is None:
+        return
     if not isinstance(value, str):
         raise TypeError(f"backend must be a string, got {value!r}")
     known = _joblib_backends()
@@ -155,6 +177,22 @@ def _check_transport(value: Any) -> None:
         )
 
 
+def _check_concurrency(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"concurrency must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"concurrency must be at least 1, got {value}")
+
+
+def _check_timeout(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"timeout must be positive, got {value}")
+
+
 _CHECKS = {
     "n_jobs": _check_n_jobs,
     "backend": _check_backend,
@@ -163,6 +201,8 @@ _CHECKS = {
     "serial_fallback": _check_bool("serial_fallback"),
     "progress": _check_progress,
     "transport": _check_transport,
+    "concurrency": _check_concurrency,
+    "timeout": _check_timeout,
 }
 
 _lock = threading.Lock()

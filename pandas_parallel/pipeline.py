@@ -255,7 +255,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                   blob: bytes | Program) -> list[Piece]:
     global _warm_workers
     options = op.options
-    backend = options.backend
+    backend = options.backend or "loky"
     local_processes = backend in ("loky", "multiprocessing")
     in_process = backend in _IN_PROCESS_BACKENDS
     call_id = uuid.uuid4().hex
@@ -282,18 +282,20 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         counter_array = None
         show = _show_progress(options, expected)
         if in_process:
-            counter_array = counters = np.zeros(2 * len(ranges) + 1, dtype=np.int64)
+            counter_array = counters = np.zeros(3 * len(ranges) + 1, dtype=np.int64)
         elif local_processes and directory is not None:
             path = os.path.join(directory, "progress.bin")
             counter_array = np.memmap(path, dtype=np.int64, mode="w+",
-                                      shape=(2 * len(ranges) + 1,))
+                                      shape=(3 * len(ranges) + 1,))
             counters = path
         # Longest first, so the biggest chunk does not start last. Each chunk
         # is shipped when it is handed out. Counting calls costs a Python call
         # per row: only for a visible bar.
         order = sorted(range(len(ranges)), key=lambda i: -calls[i])
+        watch = options.timeout is not None and backend == "threading"
         tasks = (Task(call_id, i, payload(i), blob, sizes[i], directory_for_results,
-                      options.transport, counters, count_calls=show) for i in order)
+                      options.transport, counters, count_calls=show, watch_calls=watch)
+                 for i in order)
         progress = executor.Progress(
             show, done_here + sum(sizes), op.label, op.unit,
             sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None,
@@ -307,6 +309,13 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
             if backend == "loky":
                 outcomes = executor.run_local(tasks, n_workers, progress, reporter,
                                               states, pool_warm=_warm_workers == n_workers)
+            elif backend == "threading":
+                call_starts = (counter_array[2 * len(ranges):3 * len(ranges)]
+                               if watch and counter_array is not None else None)
+                outcomes = executor.run_threads(tasks, n_workers, progress, reporter,
+                                                call_starts, options.timeout,
+                                                counter_array[:len(ranges)]
+                                                if counter_array is not None else None)
             elif backend == "sequential":
                 outcomes = executor.run_inline(tasks, progress, reporter)
             else:

@@ -121,6 +121,7 @@ class Task:
     transport: str = "auto"
     counters: str | np.ndarray | None = None  # progress: file path or array
     count_calls: bool = False  # publish calls made within the chunk
+    watch_calls: bool = False  # also publish each call's start time (timeout)
 
 
 @dataclasses.dataclass
@@ -142,9 +143,11 @@ class Outcome:
 
 class _Counters:
     """Shared per-call state: ``[0:n]`` calls done per chunk, ``[n:2n]``
-    chunk state (1 running, 2 finished), ``[2n]`` 1 once the call is over
-    (failed or interrupted: write no more files). A memory-mapped file for
-    processes, a plain array for threads."""
+    chunk state (1 running, 2 finished), ``[2n:3n]`` when the chunk's
+    current call started (monotonic microseconds, 0 between calls; kept only
+    when a timeout is watched), ``[3n]`` 1 once the call is over (failed or
+    interrupted: write no more files). A memory-mapped file for processes, a
+    plain array for threads."""
 
     def __init__(self, source: str | np.ndarray | None) -> None:
         self.array: np.ndarray | None
@@ -239,6 +242,27 @@ def _counting(func: Callable[..., Any], counters: _Counters, slot: int
     return counted
 
 
+def _watching(func: Callable[..., Any], counters: _Counters, slot: int, n_chunks: int
+              ) -> Callable[..., Any]:
+    """Wrap ``func`` to publish every call's start time and count (for a
+    per-call timeout, watched by the parent)."""
+    calls = 0
+    started = 2 * n_chunks + slot
+
+    @functools.wraps(func)
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        counters.set(slot, calls)
+        counters.set(started, int(time.monotonic() * 1e6))
+        try:
+            return func(*args, **kwargs)
+        finally:
+            counters.set(started, 0)
+
+    return watched
+
+
 def _picklable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
@@ -254,13 +278,15 @@ def run_chunk(task: Task) -> Outcome:
     outer = getattr(_local, "active", False)
     _local.active = True
     counters = _Counters(task.counters)
-    n_chunks = (len(counters.array) - 1) // 2 if counters.array is not None else 0
+    n_chunks = (len(counters.array) - 1) // 3 if counters.array is not None else 0
     counters.set(n_chunks + task.chunk, 1)
     try:
         program = _decode_program(task.call_id, task.program)
         data = task.payload.load()
         func = program.func
-        if task.count_calls and counters.array is not None and program.calls_per_unit:
+        if task.watch_calls and counters.array is not None:
+            func = _watching(func, counters, task.chunk, n_chunks)
+        elif task.count_calls and counters.array is not None and program.calls_per_unit:
             func = _counting(func, counters, task.chunk)
         try:
             result = program.runner(data, func, program.args, program.kwargs)

@@ -3,16 +3,19 @@ interrupted with SIGINT by the test."""
 
 import os
 import sys
+import threading
 import time
 
 import pandas as pd
 
 import pandas_parallel
 
+_announced: set[int] = set()
+
 
 def slow(row):
-    if not getattr(slow, "announced", False):
-        slow.announced = True
+    if threading.get_ident() not in _announced:  # once per worker process or thread
+        _announced.add(threading.get_ident())
         # One write of a short line to a pipe is atomic: lines from the two
         # workers cannot interleave.
         os.write(1, f"worker {os.getpid()}\n".encode())
@@ -20,12 +23,29 @@ def slow(row):
     return row["a"]
 
 
+async def slow_async(value):
+    import asyncio
+
+    if not getattr(slow_async, "announced", False):
+        slow_async.announced = True
+        os.write(1, b"worker async\n")
+        os.write(1, b"worker async-2\n")
+    await asyncio.sleep(0.05)  # the work being interrupted
+    return value
+
+
 if __name__ == "__main__":
+    mode = sys.argv[1] if len(sys.argv) > 1 else "processes"
     pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=50, progress=False)
     print(f"parent {os.getpid()}", flush=True)
     frame = pd.DataFrame({"a": range(20_000)})
     try:
-        frame.parallel.apply(slow, axis=1)
+        if mode == "async":
+            frame["a"].parallel.map(slow_async, concurrency=10)
+        elif mode == "threads":
+            frame.parallel(backend="threading").apply(slow, axis=1)
+        else:
+            frame.parallel.apply(slow, axis=1)
     except KeyboardInterrupt:
         print(f"interrupted {time.monotonic()}", flush=True)
         sys.exit(130)

@@ -123,16 +123,22 @@ def test_worker_death_is_a_clear_error_within_seconds(crash):
 
 # -- Ctrl-C -----------------------------------------------------------------------------
 def _read_lines_until(proc, predicate, timeout):
-    """Read the subprocess's stdout until ``predicate(lines)``, or fail."""
-    lines, deadline = [], time.monotonic() + timeout
+    """Read the subprocess's stdout until ``predicate(lines)``, or fail.
+
+    Reads the raw descriptor: a buffered reader could hold lines that
+    ``select`` no longer reports.
+    """
+    fd = proc.stdout.fileno()
+    lines, pending, deadline = [], b"", time.monotonic() + timeout
     while not predicate(lines):
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"timed out; output so far: {lines}"
-        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        ready, _, _ = select.select([fd], [], [], remaining)
         if ready:
-            line = proc.stdout.readline()
-            assert line, f"subprocess ended early: {lines}"
-            lines.append(line.strip())
+            data = os.read(fd, 65536)
+            assert data, f"subprocess ended early: {lines}"
+            *complete, pending = (pending + data).split(b"\n")
+            lines.extend(line.decode().strip() for line in complete)
     return lines
 
 

@@ -1,0 +1,255 @@
+"""I/O-bound functions against a real HTTP server on 127.0.0.1: many
+threads, and ``async def`` functions with bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+import time
+import urllib.request
+
+import joblib
+import pandas as pd
+import psutil
+import pytest
+
+import pandas_parallel
+
+LATENCY = 0.05  # seconds the server takes per request
+ROWS = 400
+
+
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(LATENCY)  # the server's simulated work, not a test wait
+        body = f"echo:{self.path.lstrip('/')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the listen backlog: 100+ clients connect at once
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = _Server(("127.0.0.1", 0), _SlowHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def _fetch(base: str, key) -> str:
+    with urllib.request.urlopen(f"{base}/{key}", timeout=10) as response:
+        return response.read().decode()
+
+
+async def _fetch_async(base: str, key) -> str:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET /{key} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return response.split(b"\r\n\r\n", 1)[1].decode()
+
+
+def _client_sockets(base: str) -> int:
+    """Open client-side connections to the server (the server, running in
+    this process too, has its own side, which it closes in its own time)."""
+    port = int(base.rsplit(":", 1)[1])
+    return sum(1 for c in psutil.Process().net_connections(kind="inet")
+               if c.raddr and c.raddr.port == port)
+
+
+def _library_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("pandas_parallel")]
+
+
+def _expected(keys: pd.Series) -> pd.Series:
+    """What fetching each key one by one returns (the server echoes it)."""
+    return keys.map(lambda k: f"echo:{k}")
+
+
+@pytest.fixture
+def keys():
+    return pd.Series([f"item-{i}" for i in range(ROWS)], name="key")
+
+
+def test_serial_fetch_matches_the_expected_echo(server, keys):
+    subset = keys.head(10)
+    pd.testing.assert_series_equal(subset.map(lambda k: _fetch(server, k)), _expected(subset))
+
+
+def test_many_threads_fetch_concurrently(server, keys):
+    started = time.monotonic()
+    result = keys.parallel(backend="threading", n_jobs=50).map(lambda k: _fetch(server, k))
+    elapsed = time.monotonic() - started
+    pd.testing.assert_series_equal(result, _expected(keys))
+    assert elapsed < ROWS * LATENCY / 10, f"{elapsed:.2f}s is not under a tenth of serial"
+    assert _library_threads() == []
+    assert _client_sockets(server) == 0
+
+
+def test_joblib_parallel_config_selects_threads(server, keys):
+    started = time.monotonic()
+    with joblib.parallel_config(backend="threading", n_jobs=50):
+        result = keys.parallel.map(lambda k: _fetch(server, k))
+    assert time.monotonic() - started < ROWS * LATENCY / 10
+    pd.testing.assert_series_equal(result, _expected(keys))
+
+
+def test_threads_need_no_pickling(server, keys):
+    lock = threading.Lock()  # unpicklable, fine for threads
+
+    def guarded(key):
+        with lock:
+            return f"echo:{key}"
+
+    pd.testing.assert_series_equal(
+        keys.parallel(backend="threading", n_jobs=8).map(guarded), _expected(keys))
+
+
+def test_async_functions_run_with_bounded_concurrency(server, keys):
+    in_flight = peak = 0
+
+    async def fetch(key):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await _fetch_async(server, key)
+        finally:
+            in_flight -= 1
+
+    started = time.monotonic()
+    result = keys.parallel.map(fetch, concurrency=100)
+    elapsed = time.monotonic() - started
+    pd.testing.assert_series_equal(result, _expected(keys))
+    assert elapsed < ROWS * LATENCY / 10, f"{elapsed:.2f}s is not under a tenth of serial"
+    assert peak == 100
+    assert _library_threads() == []
+    assert _client_sockets(server) == 0
+
+
+def test_async_apply_and_groupby_apply(server):
+    df = pd.DataFrame({"store": ["a", "b", "a", "c"], "sku": ["x1", "x2", "x3", "x4"]})
+
+    async def row(r):
+        return await _fetch_async(server, r["sku"])
+
+    async def group(g):
+        return len(await _fetch_async(server, g.name))
+
+    pd.testing.assert_series_equal(df.parallel.apply(row, axis=1),
+                                   df.apply(lambda r: f"echo:{r['sku']}", axis=1))
+    pd.testing.assert_series_equal(
+        df.groupby("store")[["sku"]].parallel.apply(group),
+        df.groupby("store")[["sku"]].apply(lambda g: len(f"echo:{g.name}")))
+
+
+def test_async_works_inside_a_running_event_loop(server, keys):
+    async def fetch(key):
+        return await _fetch_async(server, key)
+
+    async def notebook_cell():  # like a Jupyter cell: a loop is already running
+        return keys.head(20).parallel.map(fetch)
+
+    pd.testing.assert_series_equal(asyncio.run(notebook_cell()), _expected(keys.head(20)))
+
+
+def test_async_errors_name_the_row_and_cancel_the_rest(server, keys):
+    started_calls = []
+
+    async def fetch(key):
+        started_calls.append(key)
+        if key == "item-3":
+            raise ConnectionError("refused")
+        return await _fetch_async(server, key)
+
+    with pytest.raises(ConnectionError) as info:
+        keys.parallel.map(fetch, concurrency=4)
+    assert "item-3" in "\n".join(info.value.__notes__)
+    assert len(started_calls) < 20  # the rest were never started
+
+
+def test_async_timeout_fails_the_call_that_never_returns(keys):
+    async def sometimes_hangs(key):
+        if key == "item-7":
+            await asyncio.Event().wait()  # never set: never returns
+        return key
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"timeout=0\.3.*item-7"):
+        keys.head(20).parallel(timeout=0.3).map(sometimes_hangs)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ValueError, match="timeout"):
+        pandas_parallel.config(timeout=-1)
+
+
+def test_thread_timeout_fails_the_call_that_never_returns(keys):
+    release = threading.Event()
+
+    def sometimes_hangs(key):
+        if key == "item-5":
+            release.wait(timeout=30)  # stands in for a call that never returns
+        return key
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match=r"timeout=0\.3"):
+            keys.head(40).parallel(backend="threading", n_jobs=4, timeout=0.3,
+                                   serial_fallback=False, chunk_size=1).map(sometimes_hangs)
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()  # let the stuck thread finish
+
+
+def test_async_progress_bar_counts_completed_calls(capsys):
+    async def quick(value):
+        await asyncio.sleep(0)
+        return value
+
+    pd.Series(range(50)).parallel(progress=True).map(quick)
+    err = capsys.readouterr().err
+    assert "map (async)" in err and "50/50" in err
+
+
+@pytest.mark.parametrize("mode", ["async", "threads"])
+def test_ctrl_c_stops_async_and_thread_runs(mode):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_reliability import _read_lines_until
+
+    script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    proc = subprocess.Popen([sys.executable, script, mode], stdout=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        _read_lines_until(proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2,
+                          timeout=60)
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=10) == 130
+        assert time.monotonic() - sent < 2.0
+        assert "interrupted" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -230,12 +230,7 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
     more = True
     try:
         while more or in_flight:
-            while more and len(in_flight) < limit:
-                task = next(waiting, None)
-                if task is None:
-                    more = False
-                    break
-                in_flight[executor.submit(run_chunk, task)] = task
+            more = more and _top_up(waiting, in_flight, limit, executor.submit)
             if not pool_warm and more:
                 task = next(waiting, None)
                 if task is None:
@@ -247,11 +242,7 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
                 progress.done(outcome.chunk)
                 yield outcome
                 continue
-            done, _ = concurrent.futures.wait(
-                in_flight, timeout=_POLL_SECONDS,
-                return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                in_flight.pop(future)
+            for future in _finished(in_flight):
                 pool_warm = True
                 try:
                     outcome = future.result()
@@ -267,6 +258,29 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
         logger.debug("interrupted: stopping the worker processes")
         executor.shutdown(wait=False, kill_workers=True)
         raise
+
+
+def _top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
+            submit: Callable[..., Any]) -> bool:
+    """Submit waiting tasks until ``limit`` are in flight; False once none
+    are left to submit."""
+    while len(in_flight) < limit:
+        task = next(waiting, None)
+        if task is None:
+            return False
+        in_flight[submit(run_chunk, task)] = task
+    return True
+
+
+def _finished(in_flight: dict[Any, Task]) -> list[Any]:
+    """Wait a moment for tasks in flight; remove and return those done."""
+    if not in_flight:
+        return []
+    done, _ = concurrent.futures.wait(in_flight, timeout=_POLL_SECONDS,
+                                      return_when=concurrent.futures.FIRST_COMPLETED)
+    for future in done:
+        in_flight.pop(future)
+    return list(done)
 
 
 def _running_chunks(states: np.ndarray | None) -> list[int]:
@@ -294,19 +308,8 @@ def run_threads(tasks: Iterable[Task], n_workers: int, progress: Progress,
     try:
         more = True
         while more or in_flight:
-            while more and len(in_flight) < 2 * n_workers:
-                task = next(waiting, None)
-                if task is None:
-                    more = False
-                    break
-                in_flight[pool.submit(run_chunk, task)] = task
-            if not in_flight:
-                continue
-            done, _ = concurrent.futures.wait(
-                in_flight, timeout=_POLL_SECONDS,
-                return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                in_flight.pop(future)
+            more = more and _top_up(waiting, in_flight, 2 * n_workers, pool.submit)
+            for future in _finished(in_flight):
                 outcome = future.result()
                 if outcome.failure is not None:
                     reporter.raise_failure(outcome)

@@ -23,7 +23,7 @@ LATENCY = 0.05
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         time.sleep(LATENCY)
         body = self.path.encode()
         self.send_response(200)

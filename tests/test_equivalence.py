@@ -292,3 +292,24 @@ def test_other_backends_give_the_same_results(backend):
                           lambda s: s.max()))
     with pytest.raises(ZeroDivisionError):
         df.v.parallel(backend=backend).map(lambda x: 1 // (x - 3))
+
+
+class _CountsPickling:
+    """A callable that counts how often it is pickled (in this process)."""
+
+    pickled = 0
+
+    def __call__(self, value):
+        return value + 1
+
+    def __reduce__(self):
+        type(self).pickled += 1
+        return (_CountsPickling, ())
+
+
+def test_function_is_serialized_once_per_call_not_per_chunk():
+    func = _CountsPickling()
+    s = pd.Series(range(40))
+    _CountsPickling.pickled = 0
+    pd.testing.assert_series_equal(s.parallel.map(func), s + 1)  # 40 one-row chunks
+    assert _CountsPickling.pickled == 1

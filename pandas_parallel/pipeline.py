@@ -113,7 +113,7 @@ def _serial_reason(op: Operation, n_workers: int) -> str | None:
         return "already inside a pandas_parallel worker (nested call)"
     if op.options.backend == "sequential":
         return "backend='sequential'"
-    if n_workers == 1 and op.options.backend != "sequential":
+    if n_workers == 1:
         return "only one worker is available (n_jobs resolves to 1)"
     if len(op.units) == 1 and op.options.serial_fallback:
         return "there is a single unit of work"

@@ -140,7 +140,8 @@ class _Base:
             runner=runner or functools.partial(call_method, name),
             func=func, args=rest_args, kwargs=rest_kwargs,
             combine=combine_pieces, serial=self._delegate(name, args, kwargs),
-            options=self.options, calls_per_unit=calls_per_unit)
+            options=self.options, calls_per_unit=calls_per_unit,
+            failures_need_whole=name == "transform")
         return execute(operation)
 
     def _rows(self, name: str, label: str, args: tuple[Any, ...],
@@ -151,16 +152,16 @@ class _Base:
         return self._operation(
             name, label, Units.for_partition(obj, options.partition), args, kwargs,
             lambda pieces: combine.combine_rows(
-                _ordered(pieces), obj, inference),
+                _ordered(pieces, inference), obj, inference),
             calls_per_unit=calls_per_unit)
 
 
-def _ordered(pieces: list[Piece]) -> list[Any]:
+def _ordered(pieces: list[Piece], inference: combine.Inference) -> list[Any]:
     """Piece results in original row order (partitions may scatter rows)."""
     if all(isinstance(p.rows, slice) for p in pieces):
         return [p.result for p in pieces]
     results = [p.result for p in pieces]
-    combined = combine.concat_rows(results, _MAP)
+    combined = combine.concat_rows(results, inference)
     positions = np.concatenate([np.asarray(p.rows) for p in pieces])
     return [combine.restore_order(combined, positions)]
 

@@ -99,7 +99,6 @@ class Progress:
         self.calls = calls_per_chunk
         self.counters = counters
         self.finished = np.zeros(len(sizes), dtype=bool)
-        self.initial = initial
         self.shown = 0
         if show:
             from tqdm.auto import tqdm
@@ -356,17 +355,6 @@ def run_joblib(tasks: Iterable[Task], n_workers: int, backend: str,
             generator.close()
 
 
-def run_inline(tasks: Iterable[Task], progress: Progress,
-               reporter: Reporter) -> Iterator[Outcome]:
-    """Run ``tasks`` one after another in this process (backend="sequential")."""
-    for task in tasks:
-        outcome = run_chunk(task)
-        if outcome.failure is not None:
-            reporter.raise_failure(outcome)
-        progress.done(outcome.chunk)
-        yield outcome
-
-
 def interactive() -> bool:
     """Whether a person is likely watching (a terminal or a Jupyter kernel)."""
     if "ipykernel" in sys.modules:
@@ -378,7 +366,6 @@ __all__ = [
     "Progress",
     "WorkerCrashedError",
     "interactive",
-    "run_inline",
     "run_joblib",
     "run_local",
     "shutdown_pool",

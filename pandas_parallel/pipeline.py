@@ -10,12 +10,13 @@ operations; this module runs them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from pandas_parallel.worker import Program, Task, encode_program, in_worker, sho
 logger = logging.getLogger("pandas_parallel")
 
 _warm_workers = 0  # size of the loky pool known to be up, 0 if unknown
-_IN_PROCESS_BACKENDS = ("threading", "sequential")
+_IN_PROCESS_BACKENDS = ("threading",)  # workers in this process: nothing pickled
 
 
 @dataclasses.dataclass
@@ -66,6 +67,10 @@ class Operation:
     options : Options
     calls_per_unit : int
         Calls of ``func`` per unit, for the progress bar.
+    failures_need_whole : bool
+        A failing chunk says nothing certain about the whole (``transform``
+        falls back to ``func(frame)`` and chooses its exception from the whole
+        frame): on a failure, hand the call to pandas for its own answer.
     """
 
     label: str
@@ -79,11 +84,19 @@ class Operation:
     serial: Callable[[], Any]
     options: Options
     calls_per_unit: int = 1
+    failures_need_whole: bool = False
 
     def run_here(self, start: int, stop: int) -> Piece:
         chunk = self.units.local(start, stop)
         result = self.runner(chunk, self.func, self.args, self.kwargs)
         return Piece(result, (start, stop), self.units.rows_of(start, stop))
+
+    def progress_size(self, start: int, stop: int) -> int:
+        """Units ``[start, stop)`` in the progress bar's unit (rows for row
+        work, however rows are grouped into units; groups; columns)."""
+        if self.unit == "rows":
+            return int(self.units.weights[start:stop].sum())
+        return stop - start
 
     def describe(self, start: int, stop: int) -> str:
         """Name units ``[start, stop)`` for a person: rows with labels, etc."""
@@ -127,8 +140,33 @@ def _show_progress(options: Options, expected_seconds: float | None) -> bool:
     return bool(options.progress)
 
 
+class _PandasDecides(Exception):
+    """A chunk failed in an operation whose failures depend on the whole input."""
+
+
+@contextlib.contextmanager
+def _chunk_failures(op: Operation) -> Iterator[None]:
+    """Around running chunks: for ``op.failures_need_whole``, turn a user
+    failure into :class:`_PandasDecides` (worker crashes stay as they are)."""
+    try:
+        yield
+    except Exception as exc:
+        if not op.failures_need_whole or isinstance(exc, executor.WorkerCrashedError):
+            raise
+        raise _PandasDecides(f"{type(exc).__name__}: {exc}") from exc
+
+
 def execute(op: Operation) -> Any:
     """Run ``op``: serially in this process, or on the pool."""
+    try:
+        return _execute(op)
+    except _PandasDecides as failure:
+        logger.debug("%s: a chunk failed (%s); pandas runs the whole call for its own "
+                     "answer", op.label, failure)
+        return op.serial()
+
+
+def _execute(op: Operation) -> Any:
     global _warm_workers
     options = op.options
     n_workers = resolve_n_jobs(options.n_jobs)
@@ -152,7 +190,8 @@ def execute(op: Operation) -> Any:
         size = 1
         for size in planning.probe_sizes(n_units):
             began = time.perf_counter()
-            pieces.append(op.run_here(start, start + size))
+            with _chunk_failures(op):
+                pieces.append(op.run_here(start, start + size))
             last = time.perf_counter() - began
             spent += last
             start += size
@@ -173,7 +212,8 @@ def execute(op: Operation) -> Any:
         if not guess.parallel_wins:
             logger.debug("%s: serial (parallel would not be faster)", op.label)
             if start < n_units:
-                pieces.extend(_run_here_with_progress(op, start, guess.serial))
+                with _chunk_failures(op):
+                    pieces.extend(_run_here_with_progress(op, start, guess.serial))
             result = _combine_or_serial(op, pieces)
             if (not pool_warm and options.backend == "loky"
                     and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
@@ -199,8 +239,10 @@ def execute(op: Operation) -> Any:
     logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
                  op.label, n_workers, options.backend, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)
-    done_here = (int(op.units.weights[:start].sum()) if op.unit == "rows" else start)
-    pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here, blob))
+    done_here = op.progress_size(0, start)
+    with _chunk_failures(op):
+        pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here,
+                                    blob))
     if options.backend == "loky":
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces)
@@ -215,11 +257,10 @@ def _run_here_with_progress(op: Operation, start: int, expected: float) -> list[
         return [op.run_here(start, n_units)]
     n_pieces = max(1, min(100, int(expected / 0.25)))
     ranges = op.units.cut(start, n_pieces, None)
-    weight = (lambda a, b: int(op.units.weights[a:b].sum())) if op.unit == "rows" else (
-        lambda a, b: b - a)
-    done_here = weight(0, start)
-    progress = executor.Progress(True, done_here + weight(start, n_units), op.label,
-                                 op.unit, [weight(a, b) for a, b in ranges],
+    done_here = op.progress_size(0, start)
+    progress = executor.Progress(True, done_here + op.progress_size(start, n_units),
+                                 op.label, op.unit,
+                                 [op.progress_size(a, b) for a, b in ranges],
                                  [0] * len(ranges), None, initial=done_here)
     pieces, ok = [], False
     try:
@@ -264,8 +305,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         a, b = ranges[chunk]
         return f"chunk {chunk + 1} of {len(ranges)}: " + op.describe(a, b)
 
-    sizes = [int(op.units.weights[a:b].sum()) if op.unit == "rows" else b - a
-             for a, b in ranges]
+    sizes = [op.progress_size(a, b) for a, b in ranges]
     calls = [size * op.calls_per_unit for size in sizes]
     began = time.perf_counter()
     transport.sweep_stale_scratch()
@@ -316,8 +356,6 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                                                 call_starts, options.timeout,
                                                 counter_array[:len(ranges)]
                                                 if counter_array is not None else None)
-            elif backend == "sequential":
-                outcomes = executor.run_inline(tasks, progress, reporter)
             else:
                 outcomes = executor.run_joblib(tasks, n_workers, backend, progress,
                                                reporter)

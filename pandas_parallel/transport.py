@@ -277,9 +277,7 @@ def _write_ipc(table: pa.Table, path: str, bounds: Sequence[tuple[int, int]]) ->
 
 
 def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:
-    frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
-    if not arrow_exact(frame):
-        return None
+    """Convert a frame that :func:`use_arrow` accepted; ``None`` if Arrow refuses."""
     try:
         return pa.Table.from_pandas(_positional(obj), preserve_index=False)
     except (pa.ArrowException, ValueError, TypeError) as exc:

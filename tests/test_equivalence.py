@@ -313,3 +313,30 @@ def test_function_is_serialized_once_per_call_not_per_chunk():
     _CountsPickling.pickled = 0
     pd.testing.assert_series_equal(s.parallel.map(func), s + 1)  # 40 one-row chunks
     assert _CountsPickling.pickled == 1
+
+
+def test_apply_with_scattered_label_partitions_infers_like_pandas():
+    # Unsorted labels: each chunk holds rows scattered across the frame. The
+    # row with a missing value makes pandas infer object columns for the whole
+    # result, which chunks without it cannot know; the result must still be
+    # pandas' own.
+    df = pd.DataFrame({"s": ["x"] * 6, "n": pd.array([0, 0, None, 0, 0, 0], dtype="Int64")},
+                      index=[3, 1, 3, 2, 1, 0])
+    check_like_pandas(lambda: df.apply(lambda row: row, axis=1),
+                      lambda: df.parallel(partition="index").apply(lambda row: row, axis=1))
+
+
+def test_transform_failures_are_pandas_own():
+    # When the column-wise attempt raises, pandas' transform falls back to
+    # func(whole frame): a failing chunk must not decide the answer.
+    df = pd.DataFrame({"a": [1, 2], "b": [3, 4], "c": [5, 6]})
+
+    def frame_only(x):
+        if isinstance(x, pd.Series):
+            raise KeyError("works on whole frames only")
+        return x[["c", "b", "a"]][["a", "b", "c"]] * 2  # needs every column
+
+    check_like_pandas(lambda: df.transform(frame_only),
+                      lambda: df.parallel.transform(frame_only))
+    check_like_pandas(lambda: df.a.transform(lambda v: v.missing),
+                      lambda: df.a.parallel.transform(lambda v: v.missing))

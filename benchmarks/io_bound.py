@@ -9,35 +9,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import asyncio
-import http.server
-import threading
+import os
+import sys
 import time
-import urllib.request
 
 import pandas as pd
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pandas_parallel
+from tests.slow_server import get, get_async, slow_server
 
 LATENCY = 0.05
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        time.sleep(LATENCY)
-        body = self.path.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512
 
 
 def main() -> None:
@@ -45,26 +27,25 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    server = _Server(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    host, port = "127.0.0.1", server.server_address[1]
+    with slow_server(LATENCY) as base:
+        table = _measure(base, args.rows)
+    print(table)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(table)
+
+
+def _measure(base: str, n_rows: int) -> str:
+    """Serial vs processes vs threads vs async on ``n_rows`` requests."""
 
     def fetch(key):
-        with urllib.request.urlopen(f"{base}/{key}", timeout=30) as response:
-            return response.read().decode()
+        return get(base, key)
 
     async def fetch_async(key):
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET /{key} HTTP/1.0\r\n\r\n".encode())
-        await writer.drain()
-        data = await reader.read()
-        writer.close()
-        await writer.wait_closed()
-        return data.split(b"\r\n\r\n", 1)[1].decode()
+        return await get_async(base, key)
 
-    keys = pd.Series([f"k{i}" for i in range(args.rows)])
-    sample = keys.head(max(1, args.rows // 10))
+    keys = pd.Series([f"k{i}" for i in range(n_rows)])
+    sample = keys.head(max(1, n_rows // 10))
     began = time.perf_counter()
     expected = sample.map(fetch)
     serial = (time.perf_counter() - began) * len(keys) / len(sample)
@@ -80,16 +61,11 @@ def main() -> None:
         result = call()
         rows.append((label, time.perf_counter() - began))
         pd.testing.assert_series_equal(result.head(len(sample)), expected)
-    server.shutdown()
-    lines = [f"{args.rows} requests, {LATENCY * 1000:.0f} ms each, to a server on "
+    lines = [f"{n_rows} requests, {LATENCY * 1000:.0f} ms each, to a server on "
              "127.0.0.1 (serial time extrapolated from a tenth of the rows)", "",
              "| how | seconds | speed-up |", "|---|---|---|"]
     lines += [f"| {label} | {seconds:.2f} | {serial / seconds:.1f}x |" for label, seconds in rows]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(table)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

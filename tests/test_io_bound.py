@@ -4,10 +4,8 @@ threads, and ``async def`` functions with bounded concurrency."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import threading
 import time
-import urllib.request
 
 import joblib
 import pandas as pd
@@ -15,56 +13,16 @@ import psutil
 import pytest
 
 import pandas_parallel
+from tests.slow_server import get, get_async, slow_server
 
 LATENCY = 0.05  # seconds the server takes per request
 ROWS = 400
 
 
-class _SlowHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        time.sleep(LATENCY)  # the server's simulated work, not a test wait
-        body = f"echo:{self.path.lstrip('/')}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # the listen backlog: 100+ clients connect at once
-
-
 @pytest.fixture(scope="module")
 def server():
-    httpd = _Server(("127.0.0.1", 0), _SlowHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
-
-
-def _fetch(base: str, key) -> str:
-    with urllib.request.urlopen(f"{base}/{key}", timeout=10) as response:
-        return response.read().decode()
-
-
-async def _fetch_async(base: str, key) -> str:
-    host, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(f"GET /{key} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        await writer.drain()
-        response = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    return response.split(b"\r\n\r\n", 1)[1].decode()
+    with slow_server(LATENCY) as base:
+        yield base
 
 
 def _client_sockets(base: str) -> int:
@@ -91,12 +49,12 @@ def keys():
 
 def test_serial_fetch_matches_the_expected_echo(server, keys):
     subset = keys.head(10)
-    pd.testing.assert_series_equal(subset.map(lambda k: _fetch(server, k)), _expected(subset))
+    pd.testing.assert_series_equal(subset.map(lambda k: get(server, k)), _expected(subset))
 
 
 def test_many_threads_fetch_concurrently(server, keys):
     started = time.monotonic()
-    result = keys.parallel(backend="threading", n_jobs=50).map(lambda k: _fetch(server, k))
+    result = keys.parallel(backend="threading", n_jobs=50).map(lambda k: get(server, k))
     elapsed = time.monotonic() - started
     pd.testing.assert_series_equal(result, _expected(keys))
     assert elapsed < ROWS * LATENCY / 10, f"{elapsed:.2f}s is not under a tenth of serial"
@@ -107,7 +65,7 @@ def test_many_threads_fetch_concurrently(server, keys):
 def test_joblib_parallel_config_selects_threads(server, keys):
     started = time.monotonic()
     with joblib.parallel_config(backend="threading", n_jobs=50):
-        result = keys.parallel.map(lambda k: _fetch(server, k))
+        result = keys.parallel.map(lambda k: get(server, k))
     assert time.monotonic() - started < ROWS * LATENCY / 10
     pd.testing.assert_series_equal(result, _expected(keys))
 
@@ -131,7 +89,7 @@ def test_async_functions_run_with_bounded_concurrency(server, keys):
         in_flight += 1
         peak = max(peak, in_flight)
         try:
-            return await _fetch_async(server, key)
+            return await get_async(server, key)
         finally:
             in_flight -= 1
 
@@ -149,10 +107,10 @@ def test_async_apply_and_groupby_apply(server):
     df = pd.DataFrame({"store": ["a", "b", "a", "c"], "sku": ["x1", "x2", "x3", "x4"]})
 
     async def row(r):
-        return await _fetch_async(server, r["sku"])
+        return await get_async(server, r["sku"])
 
     async def group(g):
-        return len(await _fetch_async(server, g.name))
+        return len(await get_async(server, g.name))
 
     pd.testing.assert_series_equal(df.parallel.apply(row, axis=1),
                                    df.apply(lambda r: f"echo:{r['sku']}", axis=1))
@@ -163,7 +121,7 @@ def test_async_apply_and_groupby_apply(server):
 
 def test_async_works_inside_a_running_event_loop(server, keys):
     async def fetch(key):
-        return await _fetch_async(server, key)
+        return await get_async(server, key)
 
     async def notebook_cell():  # like a Jupyter cell: a loop is already running
         return keys.head(20).parallel.map(fetch)
@@ -178,7 +136,7 @@ def test_async_errors_name_the_row_and_cancel_the_rest(server, keys):
         started_calls.append(key)
         if key == "item-3":
             raise ConnectionError("refused")
-        return await _fetch_async(server, key)
+        return await get_async(server, key)
 
     with pytest.raises(ConnectionError) as info:
         keys.parallel.map(fetch, concurrency=4)
@@ -235,7 +193,7 @@ def test_ctrl_c_stops_async_and_thread_runs(mode):
     import subprocess
     import sys
 
-    from tests.test_reliability import _read_lines_until
+    from tests.test_reliability import _read_lines_until, stop_leftover
 
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
@@ -250,6 +208,4 @@ def test_ctrl_c_stops_async_and_thread_runs(mode):
         assert time.monotonic() - sent < 2.0
         assert "interrupted" in proc.stdout.read()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_leftover(proc)

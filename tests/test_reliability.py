@@ -142,6 +142,20 @@ def _read_lines_until(proc, predicate, timeout):
     return lines
 
 
+def stop_leftover(proc) -> None:
+    """After a failed run: kill the subprocess only. Its workers exit when it
+    dies, and loky's resource tracker then removes its semaphores from
+    /dev/shm, which killing the whole process group would prevent."""
+    if proc.poll() is not None:
+        return
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+
+
 @pytest.mark.parametrize("target", ["process", "process-group"])
 def test_ctrl_c_stops_everything_within_two_seconds(target, tmp_path):
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
@@ -170,9 +184,7 @@ def test_ctrl_c_stops_everything_within_two_seconds(target, tmp_path):
                      if name.startswith(f"pandas_parallel-{parent}-")]
         assert leftovers == []
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_leftover(proc)
 
 
 # -- bad input ------------------------------------------------------------------------

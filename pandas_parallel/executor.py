@@ -69,7 +69,9 @@ def start_pool(n_workers: int) -> None:
             for _ in range(n_workers):
                 executor.submit(_ready)
 
-    threading.Thread(target=start, name="pandas_parallel-start-pool", daemon=True).start()
+    # Not a daemon: should the program end right away, exit waits the moment
+    # it takes to create the pool, so loky can then shut it down cleanly.
+    threading.Thread(target=start, name="pandas_parallel-start-pool").start()
 
 
 _start_lock = threading.Lock()

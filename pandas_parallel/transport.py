@@ -106,7 +106,9 @@ _active: set[str] = set()  # this process's scratch directories in use
 
 def sweep_stale_scratch() -> None:
     """Remove scratch directories left by processes that no longer exist,
-    and this process's own that no call is using.
+    and this process's own that no call is using; also the worker pool's
+    semaphores (``sem.loky-<pid>-*`` in ``/dev/shm``) of processes that no
+    longer exist.
 
     A parent killed with SIGKILL cannot clean up after itself; the next
     process to use the library does it.
@@ -117,16 +119,28 @@ def sweep_stale_scratch() -> None:
         except OSError:
             continue
         for name in names:
-            if not name.startswith(SCRATCH_PREFIX):
-                continue
-            try:
-                pid = int(name[len(SCRATCH_PREFIX) :].split("-", 1)[0])
-            except ValueError:
-                continue
-            path = os.path.join(base, name)
-            if (pid == os.getpid() and path not in _active) or (
-                    pid != os.getpid() and not _pid_alive(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+            for prefix, remove in _LEFTOVERS:
+                if not name.startswith(prefix):
+                    continue
+                try:
+                    pid = int(name[len(prefix):].split("-", 1)[0])
+                except ValueError:
+                    continue
+                path = os.path.join(base, name)
+                if (pid == os.getpid() and path not in _active and prefix == SCRATCH_PREFIX) or (
+                        pid != os.getpid() and not _pid_alive(pid)):
+                    remove(path)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_LEFTOVERS = (
+    (SCRATCH_PREFIX, lambda path: shutil.rmtree(path, ignore_errors=True)),
+    ("sem.loky-", _unlink),  # loky's named semaphores, should their owner die
+)
 
 
 @contextlib.contextmanager

@@ -97,11 +97,20 @@ def test_stale_scratch_of_dead_process_is_swept(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    stale = f"/dev/shm/{transport.SCRATCH_PREFIX}{dead.stdout.strip()}-abc"
+    pid = dead.stdout.strip()
+    stale = f"/dev/shm/{transport.SCRATCH_PREFIX}{pid}-abc"
     os.makedirs(stale)
     open(os.path.join(stale, "input.arrow"), "wb").close()
-    transport.sweep_stale_scratch()
-    assert not os.path.exists(stale)
+    semaphore = f"/dev/shm/sem.loky-{pid}-abcdefgh"
+    open(semaphore, "wb").close()
+    alive = f"/dev/shm/sem.loky-{os.getpid()}-abcdefgh"  # a live process's: kept
+    open(alive, "wb").close()
+    try:
+        transport.sweep_stale_scratch()
+        assert not os.path.exists(stale) and not os.path.exists(semaphore)
+        assert os.path.exists(alive)
+    finally:
+        os.unlink(alive)
 
 
 def test_transport_option_is_validated():

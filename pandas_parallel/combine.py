@@ -133,7 +133,19 @@ def _reconcile(columns: Sequence[pd.Series], reinfer: Reinfer | None) -> pd.Seri
     if reinfer is None:
         raise CannotCombine("chunk results have different dtypes: "
                             f"{sorted({str(c.dtype) for c in columns})}")
-    return reinfer(columns)
+    result = reinfer(columns)
+    if result.dtype == object and any(_lost_missing(c) for c in columns):
+        raise CannotCombine("an object result from pieces that turned None into NaN")
+    return result
+
+
+def _lost_missing(column: pd.Series) -> bool:
+    """Whether inferring this piece's dtype turned missing values into NaN
+    (float, ``str``), losing whether each was None or NaN: harmless when the
+    whole result is numeric, not when it is object."""
+    kind = getattr(column.dtype, "kind", "O")
+    lossy = isinstance(column.dtype, pd.StringDtype) or kind == "f"
+    return lossy and bool(column.hasnans)
 
 
 def _reinfer_mixed(result: pd.DataFrame | pd.Series, pieces: Sequence[Any],

@@ -340,3 +340,20 @@ def test_transform_failures_are_pandas_own():
                       lambda: df.parallel.transform(frame_only))
     check_like_pandas(lambda: df.a.transform(lambda v: v.missing),
                       lambda: df.a.parallel.transform(lambda v: v.missing))
+
+
+def test_none_stays_none_where_pandas_keeps_objects(caplog):
+    # Chunk [None, 1] infers float64 [nan, 1.0]; with a string elsewhere pandas
+    # keeps the original objects [1, "a", None, 1].
+    df = pd.DataFrame({"v": pd.Series([1, "a", None, 1], dtype=object)})
+    with pandas_parallel.config(chunk_size=2):
+        check_like_pandas(lambda: df.apply(lambda r: r.v, axis=1),
+                          lambda: df.parallel.apply(lambda r: r.v, axis=1))
+    # Ints with None across chunks give float64, as pandas does, without
+    # handing the call back to pandas.
+    s = pd.Series([1, 2, 3, 4])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pandas_parallel"):
+        check_like_pandas(lambda: s.map(lambda v: None if v == 4 else v),
+                          lambda: s.parallel.map(lambda v: None if v == 4 else v))
+    assert "recomputing serially" not in caplog.text

@@ -46,6 +46,18 @@ def weighted_demean(prices: pd.Series) -> pd.Series:
     return pd.Series(values - np.median(values) + ranks / len(values), index=prices.index)
 
 
+def range_position(window: np.ndarray) -> float:
+    """Pure-Python per-window work: where the last value sits in the
+    window's range (a stochastic-oscillator-like feature)."""
+    low = high = window[0]
+    for value in window:
+        if value < low:
+            low = value
+        elif value > high:
+            high = value
+    return (window[-1] - low) / (high - low) if high > low else 0.0
+
+
 def cheap(x: float) -> float:
     return x + 1
 
@@ -80,6 +92,12 @@ def _sales(n: int) -> pd.DataFrame:
                          "qty": rng.integers(1, 20, n)})
 
 
+def _walk(n: int) -> pd.Series:
+    rng = np.random.default_rng(3)
+    return pd.Series(rng.normal(size=n).cumsum(), name="price",
+                     index=pd.date_range("2024-01-01", periods=n, freq="min"))
+
+
 WORKLOADS = {
     w.name: w for w in [
         Workload("rowwise_heavy", "df.apply(heavy_row, axis=1), 100k rows",
@@ -98,6 +116,11 @@ WORKLOADS = {
                  lambda df: df.groupby("store")["price"].transform(weighted_demean),
                  lambda df: df.groupby("store")["price"].parallel.transform(
                      weighted_demean), 1_000_000),
+        Workload("rolling_apply", "s.rolling(100).apply(range_position, raw=True), "
+                 "1M rows", _walk,
+                 lambda s: s.rolling(100).apply(range_position, raw=True),
+                 lambda s: s.rolling(100).parallel.apply(range_position, raw=True),
+                 1_000_000),
         Workload("cheap_map", "s.map(lambda x: x + 1), 1M floats",
                  lambda n: pd.Series(np.arange(n, dtype=float)),
                  lambda s: s.map(cheap), lambda s: s.parallel.map(cheap), 1_000_000),

@@ -5,7 +5,10 @@ read back how a GroupBy was made. Everything of that kind lives here, is
 small, and is exercised by ``tests/test_compat.py`` on every pandas version
 CI runs. Attributes read here (``keys``, ``level``, ``sort``, ``dropna``,
 ``observed``, ``as_index``, ``group_keys``, ``_selection``,
-``_grouper.result_index``) have been stable since pandas 1.x.
+``_grouper.result_index``; on window objects ``window``, ``min_periods``,
+``center``, ``on``, ``closed``, ``step``, ``method``, ``_selection``,
+``_as_index`` and the ``_grouper``'s groupings) have been stable since
+pandas 1.x.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import dataclasses
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from pandas.api.typing import DataFrameGroupBy, SeriesGroupBy
+from pandas.api.typing import DataFrameGroupBy, Expanding, Rolling, SeriesGroupBy
 
 logger = logging.getLogger("pandas_parallel")
 
 GROUPBY_CLASSES = (DataFrameGroupBy, SeriesGroupBy)
+# Their groupby variants (``df.groupby(k).rolling(...)``) are subclasses.
+WINDOW_CLASSES = (Rolling, Expanding)
 PANDAS_3 = int(pd.__version__.split(".")[0]) >= 3
 
 
@@ -43,7 +49,17 @@ def register_groupby_accessor(name: str, accessor: type) -> None:
     Adds one class attribute and changes nothing else. A column named like
     the accessor stays reachable with ``gb["<name>"]``.
     """
-    for cls in GROUPBY_CLASSES:
+    _register(GROUPBY_CLASSES, name, accessor)
+
+
+def register_window_accessor(name: str, accessor: type) -> None:
+    """Attach ``accessor`` as ``.<name>`` on Rolling and Expanding objects,
+    plain and grouped (``r["<name>"]`` still selects a column)."""
+    _register(WINDOW_CLASSES, name, accessor)
+
+
+def _register(classes: tuple[type, ...], name: str, accessor: type) -> None:
+    for cls in classes:
         existing = cls.__dict__.get(name)
         if existing is not None and not isinstance(existing, _AccessorProperty):
             logger.warning("%s.%s already exists; pandas_parallel replaces it",
@@ -81,3 +97,76 @@ def groupby_spec(gb: Any) -> GroupBySpec:
         selection=getattr(gb, "_selection", None),
         result_index=gb._grouper.result_index,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Grouping:
+    """One key of a grouped window object: its name and each row's value."""
+
+    name: Any
+    values: Any  # array-like, one value per row of the window's ``obj``
+    observed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+    """How a Rolling/Expanding object (plain or grouped) was made."""
+
+    kind: str  # "rolling" or "expanding"
+    obj: pd.DataFrame | pd.Series
+    params: dict[str, Any]  # keyword arguments that make it again
+    selection: Any
+    supported: str | None  # why it must stay with pandas, or None
+    groupings: tuple[Grouping, ...] = ()
+    sort: bool = True
+    dropna: bool = True
+    as_index: bool = True
+    groups: list[np.ndarray] | None = None  # rows of each group, in output order
+    index: pd.MultiIndex | None = None  # what a grouped window's result is indexed by
+
+
+def window_spec(window: Any) -> WindowSpec:
+    """Read back the arguments ``window`` (e.g. ``s.rolling(3)``) was made with."""
+    kind = "expanding" if isinstance(window, Expanding) else "rolling"
+    params: dict[str, Any] = {"min_periods": window.min_periods, "method": window.method}
+    if kind == "rolling":
+        params.update(window=window.window, center=window.center, on=window.on,
+                      closed=window.closed, step=window.step)
+    supported = None
+    if getattr(window, "axis", 0) not in (0, "index", "rows"):
+        supported = "axis=1"
+    elif getattr(window, "win_type", None) is not None:
+        supported = "win_type"
+    elif window.method != "single":
+        supported = f"method={window.method!r}"
+    # Pass on only what was given: a GroupBy's ``rolling`` has no ``step``.
+    params = {key: value for key, value in params.items() if value is not None}
+    grouper = getattr(window, "_grouper", None)
+    if grouper is None:
+        return WindowSpec(kind, window.obj, params, window._selection, supported)
+    if type(grouper).__name__ != "BaseGrouper":  # a time Grouper bins rows
+        return WindowSpec(kind, window.obj, params, window._selection,
+                          supported or "a pd.Grouper with a frequency")
+    groupings = tuple(Grouping(g.name, g.grouping_vector, bool(g._observed))
+                      for g in grouper.groupings)
+    groups = grouped_window_rows(window)
+    order = np.concatenate(groups) if groups else np.empty(0, dtype=np.intp)
+    # The result's index, made as pandas' BaseWindowGroupby._apply makes it:
+    # the grouper's levels and codes, then the rows' own index.
+    index = window.obj.index.take(order)
+    if not isinstance(index, pd.MultiIndex):
+        index = pd.MultiIndex.from_arrays([index])
+    result_index = pd.MultiIndex(
+        levels=[*grouper.levels, *index.levels],
+        codes=[*(codes.take(order) for codes in grouper.codes), *index.codes],
+        names=[*grouper.names, *window.obj.index.names], verify_integrity=False)
+    return WindowSpec(kind, window.obj, params, window._selection, supported,
+                      groupings=groupings, sort=bool(grouper._sort),
+                      dropna=bool(grouper.dropna), as_index=bool(window._as_index),
+                      groups=groups, index=result_index)
+
+
+def grouped_window_rows(window: Any) -> list[np.ndarray]:
+    """The row positions of each group of a grouped window object, in the
+    order pandas returns groups (empty groups left out)."""
+    return [rows for rows in window._grouper.indices.values() if len(rows)]

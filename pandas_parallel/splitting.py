@@ -11,7 +11,7 @@ run on a chunk, produce groups in the same relative order as on the whole.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -160,7 +160,7 @@ class Units:
         return int(np.sum(usage))
 
     def ship(self, ranges: Sequence[tuple[int, int]], directory: str | None,
-             mode: str) -> transport.Shipment:
+             mode: str) -> transport.Shipped:
         """The chunks ``ranges``, ready to ship (see :mod:`transport`)."""
         if self.columns:
             groups = [list(range(a, b)) for a, b in ranges]
@@ -189,3 +189,57 @@ class Units:
         edges = np.concatenate([[0], np.cumsum(counts)])
         bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
         return order[: edges[-1]], bounds
+
+
+class PaddedRows(Units):
+    """One unit per row; each chunk also carries the rows around it that its
+    windows reach (``rolling``), so pandas computes its rows exactly.
+
+    A chunk arrives as ``Tagged(rows, (head, keep))``: the padded rows, of
+    which ``keep`` rows starting at position ``head`` are the chunk's own.
+
+    Parameters
+    ----------
+    obj : DataFrame or Series
+    pad : callable
+        ``pad(start, stop) -> (lo, hi)``: the rows ``[lo, hi)`` that rows
+        ``[start, stop)`` need.
+    max_chunks : int
+        At most this many chunks, so that padding stays a small share of
+        the work.
+    """
+
+    def __init__(self, obj: pd.DataFrame | pd.Series,
+                 pad: Callable[[int, int], tuple[int, int]], max_chunks: int) -> None:
+        super().__init__(obj, np.ones(len(obj), dtype=np.int64))
+        self.pad = pad
+        self.max_chunks = max(1, max_chunks)
+
+    def local(self, start: int, stop: int) -> transport.Tagged:  # type: ignore[override]
+        lo, hi = self.pad(start, stop)
+        return transport.Tagged(self.obj.iloc[lo:hi], (start - lo, stop - start))
+
+    def cut(self, start: int, n_chunks: int | None, chunk_size: int | None
+            ) -> list[tuple[int, int]]:
+        if chunk_size is None:
+            n_chunks = min(n_chunks or 1, self.max_chunks)
+        return super().cut(start, n_chunks, chunk_size)
+
+    def ship(self, ranges: Sequence[tuple[int, int]], directory: str | None,
+             mode: str) -> transport.Shipped:
+        padded = [self.pad(a, b) for a, b in ranges]
+        first = min(lo for lo, _ in padded)
+        shipment = transport.Shipment(self.obj.iloc[first:],
+                                      [(lo - first, hi - first) for lo, hi in padded],
+                                      directory, mode)
+        tags = [(a - lo, b - a) for (a, b), (lo, _) in zip(ranges, padded)]
+        return _PaddedShipment(shipment, tags)
+
+
+class _PaddedShipment:
+    def __init__(self, shipment: transport.Shipment, tags: list[tuple[int, int]]) -> None:
+        self.shipment = shipment
+        self.tags = tags
+
+    def payload(self, i: int) -> transport.Payload:
+        return transport.Tagged(self.shipment.payload(i), self.tags[i])

@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -309,6 +309,12 @@ def use_arrow(obj: pd.DataFrame | pd.Series, transport: str) -> bool:
         logger.debug("transport: transport='arrow' but a column does not "
                      "round-trip exactly; pickling this frame")
     return exact
+
+
+class Shipped(Protocol):
+    """Chunks ready to hand out: chunk ``i``'s payload, made when asked for."""
+
+    def payload(self, i: int) -> Payload: ...
 
 
 class Shipment:

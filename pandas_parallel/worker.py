@@ -183,7 +183,14 @@ def _describe_argument(value: Any, chunk: Any) -> str:
     if isinstance(value, (pd.Series, pd.DataFrame)):
         name = getattr(value, "name", None)
         kind = type(value).__name__
-        return f"the {kind} labelled {show_label(name)}" if name is not None else f"a {kind}"
+        what = f"the {kind} labelled {show_label(name)}" if name is not None else f"a {kind}"
+        index = value.index
+        if len(index) == 0:
+            return what
+        if len(index) == 1:
+            return f"{what} with index [{show_label(index[0])}]"
+        return (f"{what} with index [{show_label(index[0])} ... {show_label(index[-1])}] "
+                f"({len(index)} labels)")
     text = repr(value)
     text = text if len(text) <= 80 else text[:77] + "..."
     label = _label_of_value(chunk, value)

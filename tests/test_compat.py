@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from pandas.api.typing import DataFrameGroupBy, SeriesGroupBy
@@ -44,3 +45,31 @@ def test_groupby_spec_reads_back_how_the_groupby_was_made(make):
     assert spec.as_index == gb.as_index and spec.group_keys == gb.group_keys
     assert len(spec.result_index) == gb.ngroups
     assert spec.obj is gb.obj
+
+
+@pytest.mark.parametrize("make", [
+    lambda df: df[["v"]].rolling(3, min_periods=1, center=True, closed="both", step=2),
+    lambda df: df[["v", "t"]].rolling("2D", on="t"),
+    lambda df: df[["j", "v"]].expanding(2)["v"],
+    lambda df: df[["k", "j", "v"]].groupby(["k", "j"], sort=False).rolling(2),
+    lambda df: df.groupby("k")["v"].expanding(),
+])
+def test_window_spec_makes_the_same_window_again(make):
+    df = pd.DataFrame({"k": ["a", "b", "a", "b"], "j": [1, 2, 1, 1], "v": [1.0, 2.0, 3.0, 5.0],
+                       "t": pd.date_range("2020-01-01", periods=4, freq="D")})
+    window = make(df)
+    spec = _compat.window_spec(window)
+    assert spec.supported is None
+    if spec.groups is None:
+        again = getattr(spec.obj, spec.kind)(**spec.params)
+        if spec.selection is not None:
+            again = again[spec.selection]
+        expected = window.sum()
+        (pd.testing.assert_series_equal if isinstance(expected, pd.Series)
+         else pd.testing.assert_frame_equal)(again.sum(), expected)
+    else:
+        # Every row in exactly one group, and pandas' own result index.
+        order = np.sort(np.concatenate(spec.groups))
+        np.testing.assert_array_equal(order, np.arange(len(df)))
+        pd.testing.assert_index_equal(spec.index, window.sum().index, exact=True)
+        assert [g.name for g in spec.groupings] == list(window.sum().index.names[:-1])

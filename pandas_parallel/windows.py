@@ -1,0 +1,325 @@
+"""``s.rolling(...).parallel`` and ``s.expanding(...).parallel``, plain and
+after a groupby (``df.groupby(k).rolling(...).parallel``).
+
+Plain rolling windows split by rows with overlap: each chunk carries the
+rows its first windows reach back to (a window's width for an integer
+window, the offset's span for a time window) and, for centred windows, the
+rows its last windows reach forward to. pandas runs the same rolling call
+on the padded chunk; only the chunk's own rows are kept, so every window
+is exactly the one pandas sees on the whole input.
+
+Grouped windows (rolling and expanding) split by group: windows never cross
+groups, so each chunk of whole groups is independent. An expanding window
+without groups grows from the first row: every row needs all rows before
+it, so it runs serially in pandas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pandas_parallel import _compat, asynchronous, combine
+from pandas_parallel.accessor import bind_like_pandas, plain_callable, run_async_call
+from pandas_parallel.options import Options, get_options, validate
+from pandas_parallel.pipeline import Operation, Piece, execute
+from pandas_parallel.splitting import PaddedRows, Units
+from pandas_parallel.transport import Tagged
+
+logger = logging.getLogger("pandas_parallel")
+
+# At most this share of the rows may be computed twice (as padding).
+_PADDING_SHARE = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewindow:
+    """Makes the same window object on a chunk. Sent to workers once per call.
+
+    A chunk is a *carrier* frame: the data columns (positions
+    ``0..n_data-1``), then, for grouped windows, one column per group key
+    holding each row's key value, then each row's position in the input.
+    """
+
+    kind: str
+    params: dict[str, Any]
+    selection: Any
+    n_data: int
+    columns: pd.Index | None  # data column labels; None when the data is a Series
+    series_name: Any
+    key_names: tuple[Any, ...] = ()
+    observed: bool = True
+    sort: bool = True
+    dropna: bool = True
+
+    @property
+    def grouped(self) -> bool:
+        return bool(self.key_names)
+
+    def data(self, carrier: pd.DataFrame) -> pd.DataFrame | pd.Series:
+        if self.columns is None:
+            return carrier.iloc[:, 0].rename(self.series_name)
+        data = carrier.iloc[:, : self.n_data]
+        data.columns = self.columns
+        return data
+
+    def window(self, carrier: pd.DataFrame) -> Any:
+        """The window object on ``carrier``, as the user made it on the whole."""
+        data: Any = self.data(carrier)
+        if self.grouped:
+            keys = [carrier.iloc[:, self.n_data + i].rename(name)
+                    for i, name in enumerate(self.key_names)]
+            data = data.groupby(keys if len(keys) > 1 else keys[0], sort=self.sort,
+                                dropna=self.dropna, observed=self.observed)
+        window = getattr(data, self.kind)(**self.params)
+        return window if self.selection is None else window[self.selection]
+
+
+def apply_padded(rewindow: Rewindow, chunk: Tagged, func: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+    """``window(chunk).apply(func, ...)`` on padded rows, keeping the chunk's
+    own rows (runs in workers)."""
+    head, keep = chunk.tag
+    frame = chunk.value
+    carrier = frame.to_frame() if isinstance(frame, pd.Series) else frame
+    result = rewindow.window(carrier).apply(func, *args, **kwargs)
+    # The padding starts on a multiple of `step`, so outputs stay aligned.
+    step = rewindow.params.get("step") or 1
+    return result.iloc[-(-head // step): -(-(head + keep) // step)]
+
+
+def apply_grouped(rewindow: Rewindow, carrier: pd.DataFrame, func: Any,
+                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tagged:
+    """``window(chunk).apply(func, ...)`` on whole groups, tagged with the
+    input position of each output row (runs in workers)."""
+    window = rewindow.window(carrier)
+    result = window.apply(func, *args, **kwargs)
+    positions = carrier.iloc[:, -1].to_numpy()
+    groups = _compat.grouped_window_rows(window)
+    order = np.concatenate(groups) if groups else np.empty(0, dtype=np.int64)
+    return Tagged(result, positions[order])
+
+
+def _grouped_reason(spec: _compat.WindowSpec) -> str | None:
+    """Why a grouped window must stay with pandas: pandas fails on these in
+    ways that depend on the whole input, which chunks cannot reproduce."""
+    if not spec.as_index:
+        return "as_index=False"
+    if sum(len(rows) for rows in spec.groups or []) != len(spec.obj):
+        return "rows without a group (NaN keys with dropna=True)"
+    if spec.params.get("on") is not None and spec.obj.index.has_duplicates:
+        return "on= with duplicate index labels"
+    return None
+
+
+def _int_window_pad(n: int, window: int, center: bool, step: int
+                    ) -> tuple[Any, int]:
+    after = (window - 1) // 2 + 1 if center else 0
+
+    def pad(start: int, stop: int) -> tuple[int, int]:
+        lo = max(0, start - window)
+        return lo - lo % step, min(n, stop + after)
+
+    return pad, n // max(1, 10 * (window + after))
+
+
+def _time_window_pad(times: pd.Index, window: Any, center: bool) -> tuple[Any, int] | None:
+    if not isinstance(times, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+        return None
+    try:
+        span = pd.tseries.frequencies.to_offset(window).nanos
+    except (ValueError, TypeError):
+        return None
+    ticks = np.asarray(times.as_unit("ns").asi8)
+    if len(ticks) > 1 and ticks[-1] < ticks[0]:
+        ticks = -ticks  # a decreasing index: windows still reach back in rows
+    n = len(ticks)
+
+    def pad(start: int, stop: int) -> tuple[int, int]:
+        lo = int(np.searchsorted(ticks, ticks[start] - span, side="left"))
+        hi = (int(np.searchsorted(ticks, ticks[stop - 1] + span, side="right"))
+              if center else stop)
+        return lo, hi
+
+    sample = np.linspace(0, n - 1, num=min(n, 64)).astype(np.int64)
+    reach = float(np.mean([start - pad(int(start), int(start) + 1)[0] for start in sample]))
+    return pad, int(n * _PADDING_SHARE / max(1.0, 2 * reach if center else reach))
+
+
+class WindowParallelAccessor:
+    """``window.parallel``: ``apply`` on rolling and expanding windows,
+    spread over all cores.
+
+    Examples
+    --------
+    >>> import pandas as pd, pandas_parallel
+    >>> s = pd.Series([1.0, 2.0, 4.0, 8.0])
+    >>> s.rolling(2).parallel.apply(lambda w: w.max() - w.min())
+    0    NaN
+    1    1.0
+    2    2.0
+    3    4.0
+    dtype: float64
+    """
+
+    def __init__(self, window: Any, overrides: dict[str, Any] | None = None) -> None:
+        self._window = window
+        self._overrides = overrides or {}
+
+    def __call__(self, **options: Any) -> WindowParallelAccessor:
+        """Per-call options, as ``df.parallel(...)``; validated now."""
+        validate(options)
+        return type(self)(self._window, {**self._overrides, **options})
+
+    @property
+    def options(self) -> Options:
+        return get_options().replace(**self._overrides).resolved()
+
+    def apply(self, func: Any, raw: bool = False, engine: Any = None,
+              engine_kwargs: dict[str, Any] | None = None, args: tuple[Any, ...] | None = None,
+              kwargs: dict[str, Any] | None = None) -> pd.DataFrame | pd.Series:
+        """Parallel :meth:`pandas.core.window.rolling.Rolling.apply` (and
+        ``Expanding.apply``): same parameters, same result.
+
+        Parameters
+        ----------
+        func : callable
+            Called on each window: a Series, or an ndarray with ``raw=True``;
+            must return a single value.
+        raw : bool, default False
+        engine, engine_kwargs
+            ``engine="numba"`` is pandas' own compiled path: handed to pandas.
+        args, kwargs
+            Extra arguments for ``func``.
+
+        Returns
+        -------
+        Series or DataFrame
+            Exactly what the same call without ``.parallel`` returns.
+        """
+        window = self._window
+        call = dict(raw=raw, engine=engine, engine_kwargs=engine_kwargs, args=args,
+                    kwargs=kwargs)
+        bind_like_pandas(window, "apply", (func,), call)
+        spec = _compat.window_spec(window)
+        label = f"{spec.kind}.apply"
+        if asynchronous.is_async(func):
+            return run_async_call(window, "apply", (func,), call, label, self.options,
+                                  lambda _: 0.0)
+
+        def serial() -> Any:
+            return window.apply(func, **call)
+
+        reason = spec.supported
+        if reason is None and (not plain_callable(func) or engine not in (None, "cython")
+                               or not isinstance(raw, bool)):
+            reason = "a function or engine pandas handles itself"
+        if reason is None and (len(spec.obj) == 0 or spec.groups == []):
+            reason = "the input is empty"
+        if reason is None and spec.groups is not None:
+            reason = _grouped_reason(spec)
+        if reason is None and spec.kind == "expanding" and not spec.groupings:
+            reason = "an expanding window needs every row before it"
+        plan = None if reason is not None else self._plan(spec)
+        if plan is None:
+            logger.debug("%s: serial (%s)", label,
+                         reason or "a window whose reach cannot be measured")
+            return serial()
+        rewindow, units, combine_pieces = plan
+        obj = spec.obj
+        operation = Operation(
+            label=label, unit="rows", units=units,
+            runner=functools.partial(apply_grouped if spec.groupings else apply_padded,
+                                     rewindow),
+            func=func, args=(), kwargs=dict(raw=raw, args=args, kwargs=kwargs),
+            combine=combine_pieces, serial=serial, options=self.options,
+            calls_per_unit=1 if isinstance(obj, pd.Series) else max(1, obj.shape[1]))
+        return execute(operation)
+
+    # -- machinery ----------------------------------------------------------------
+    def _plan(self, spec: _compat.WindowSpec) -> tuple[Rewindow, Units, Any] | None:
+        obj = spec.obj
+        frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
+        carrier = frame.set_axis(range(frame.shape[1]), axis=1)
+        common = dict(kind=spec.kind, params=spec.params, selection=spec.selection,
+                      n_data=frame.shape[1],
+                      columns=None if isinstance(obj, pd.Series) else obj.columns,
+                      series_name=obj.name if isinstance(obj, pd.Series) else None)
+        if spec.groupings:
+            return self._grouped_units(spec, carrier, common)
+        padding = self._padding(spec)
+        if padding is None:
+            return None
+        pad, max_chunks = padding
+        expected_index = obj.index[:: spec.params.get("step") or 1]
+
+        def combine_padded(pieces: list[Piece]) -> Any:
+            result = combine.concat_rows([p.result for p in pieces], _TRUST_CONCAT)
+            if len(result) != len(expected_index):
+                raise combine.CannotCombine("chunks returned a different number of rows")
+            result.index = expected_index  # pandas' own object (keeps a freq)
+            return result
+
+        return (Rewindow(**common), PaddedRows(carrier, pad, max_chunks), combine_padded)
+
+    @staticmethod
+    def _padding(spec: _compat.WindowSpec) -> tuple[Any, int] | None:
+        obj = spec.obj
+        params = spec.params
+        window = params["window"]
+        if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
+            return _int_window_pad(len(obj), int(window), bool(params["center"]),
+                                   params.get("step") or 1)
+        if isinstance(window, pd.api.indexers.BaseIndexer):
+            return None  # its windows are whatever its code says
+        on = params.get("on")
+        if on is None:
+            times = obj.index
+        elif isinstance(obj, pd.DataFrame) and on in obj.columns:
+            times = pd.Index(obj[on])
+        else:
+            return None
+        return _time_window_pad(times, window, bool(params["center"]))
+
+    @staticmethod
+    def _grouped_units(spec: _compat.WindowSpec, carrier: pd.DataFrame,
+                       common: dict[str, Any]) -> tuple[Rewindow, Units, Any]:
+        n = len(spec.obj)
+        for grouping in spec.groupings:
+            carrier[carrier.shape[1]] = pd.Index(grouping.values).array
+        carrier[carrier.shape[1]] = np.arange(n, dtype=np.int64)
+        groups = spec.groups or []
+        # Units are groups, numbered in the order pandas returns them.
+        order = np.concatenate(groups).astype(np.int64)
+        codes = np.full(n, -1, dtype=np.int64)
+        codes[order] = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        rewindow = Rewindow(**common, key_names=tuple(g.name for g in spec.groupings),
+                            observed=all(g.observed for g in spec.groupings),
+                            sort=spec.sort, dropna=spec.dropna)
+
+        def combine_grouped(pieces: list[Piece]) -> Any:
+            results = [p.result.value for p in pieces]
+            positions = np.concatenate([p.result.tag for p in pieces])
+            result = combine.concat_rows(results, _TRUST_CONCAT)
+            if len(positions) != len(order):
+                raise combine.CannotCombine("chunks returned a different number of rows")
+            if not np.array_equal(positions, order):
+                # Chunks may order groups differently (several keys with
+                # sort=False): put rows where pandas puts them.
+                where = np.empty(n, dtype=np.int64)
+                where[positions] = np.arange(len(positions))
+                result = result.iloc[where[order]]
+            result.index = spec.index  # pandas' own group levels (dtypes, categories)
+            return result
+
+        return rewindow, Units.groups(carrier, codes, len(groups)), combine_grouped
+
+
+_TRUST_CONCAT = combine.Inference(combine.trust_concat, combine.trust_concat)
+
+_compat.register_window_accessor("parallel", WindowParallelAccessor)

@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
 from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
 from pandas_parallel import windows as _windows  # noqa: F401  (rolling/expanding .parallel)
+from pandas_parallel.engine import Engine, engine
 from pandas_parallel.errors import UnpicklableFunctionError, WorkerCrashedError
 from pandas_parallel.executor import shutdown_pool
 from pandas_parallel.options import Options, config, get_options
@@ -22,11 +23,13 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "Engine",
     "Options",
     "UnpicklableFunctionError",
     "WorkerCrashedError",
     "__version__",
     "config",
+    "engine",
     "get_options",
     "shutdown_pool",
 ]

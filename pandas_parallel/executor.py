@@ -21,12 +21,14 @@ import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import joblib
 import numpy as np
 
+from pandas_parallel import clusters
 from pandas_parallel.errors import RemoteTraceback, WorkerCrashedError
 from pandas_parallel.worker import Outcome, Task, initialize_worker, run_chunk
 
@@ -339,22 +341,79 @@ def _check_timeouts(call_starts: np.ndarray, calls: np.ndarray | None, timeout: 
             "or use an async def function, whose calls are cancelled.")
 
 
+@contextlib.contextmanager
+def _worker_losses(label: str, backend: str) -> Iterator[None]:
+    """Turn a cluster's "worker died" exception into :class:`WorkerCrashedError`."""
+    try:
+        yield
+    except Exception as exc:
+        if not clusters.lost_worker(exc):
+            raise
+        raise WorkerCrashedError(
+            f"{label}: a {backend} worker died while running a chunk "
+            f"({type(exc).__name__}: {exc}). The function may have crashed the "
+            "process or used too much memory; smaller chunks (chunk_size=) use "
+            "less memory per task.") from exc
+
+
+def _deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome:
+    if outcome.failure is not None:
+        reporter.raise_failure(outcome)
+    progress.done(outcome.chunk)
+    progress.refresh()
+    return outcome
+
+
 def run_joblib(tasks: Iterable[Task], n_workers: int, backend: str,
                progress: Progress, reporter: Reporter) -> Iterator[Outcome]:
     """Run ``tasks`` through ``joblib.Parallel`` on any registered backend."""
-    parallel = joblib.Parallel(n_jobs=n_workers, backend=backend,
-                               return_as="generator_unordered", batch_size=1)
-    generator = parallel(joblib.delayed(run_chunk)(task) for task in tasks)
+    # A backend made by parallel_config, not Parallel(backend=...): the
+    # latter passes nesting_level to constructors that do not expect it.
+    with joblib.parallel_config(backend=backend):
+        active = joblib.parallel.get_active_backend()[0]
+        # Ray's backend returns all results at once, as a list.
+        streams = getattr(active, "supports_return_generator", False)
+        parallel = joblib.Parallel(
+            n_jobs=n_workers, batch_size=1,
+            return_as="generator_unordered" if streams else "list")
+    with _worker_losses(reporter.label, backend):
+        outcomes = iter(parallel(joblib.delayed(run_chunk)(task) for task in tasks))
     try:
-        for outcome in generator:
-            if outcome.failure is not None:
-                reporter.raise_failure(outcome)
-            progress.done(outcome.chunk)
-            progress.refresh()
-            yield outcome
+        while True:
+            with _worker_losses(reporter.label, backend):
+                outcome = next(outcomes, None)
+            if outcome is None:
+                return
+            yield _deliver(outcome, progress, reporter)
     finally:
-        with contextlib.suppress(Exception):
-            generator.close()
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            # joblib warns that results of chunks still running go unused.
+            warnings.simplefilter("ignore")
+            getattr(outcomes, "close", lambda: None)()
+
+
+def run_dask(tasks: Iterable[Task], progress: Progress, reporter: Reporter
+             ) -> Iterator[Outcome]:
+    """Run ``tasks`` on the workers of the active ``dask.distributed`` Client.
+
+    Submitted with the Client's public API rather than joblib's dask
+    backend: joblib 1.6 never completes a task whose worker died (its dask
+    backend drops the completion callback on errors), so the call would
+    wait forever instead of failing.
+    """
+    from distributed import as_completed, get_client
+
+    client = get_client()
+    futures = [client.submit(run_chunk, task, pure=False,
+                             key=f"pandas_parallel-{task.call_id}-{task.chunk}")
+               for task in tasks]
+    try:
+        for future in as_completed(futures):
+            with _worker_losses(reporter.label, "dask"):
+                outcome = future.result()
+            yield _deliver(outcome, progress, reporter)
+    finally:
+        client.cancel([future for future in futures if not future.done()])
 
 
 def interactive() -> bool:

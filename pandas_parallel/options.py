@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import joblib
 
+from pandas_parallel import clusters
+
 __all__ = ["Options", "config", "get_options"]
 
 ProgressOption = bool | Literal["auto"]
@@ -122,13 +124,14 @@ def _check_backend(value: Any) -> None:
         return
     if not isinstance(value, str):
         raise TypeError(f"backend must be a string, got {value!r}")
+    if clusters.is_cluster(value):
+        clusters.check_installed(value)
+        return
     known = _joblib_backends()
     if value not in known:
-        hint = ""
-        if value in ("dask", "ray"):
-            hint = f" (install and register it first, e.g. `pip install {value}`)"
         raise ValueError(
-            f"unknown backend {value!r}{hint}; available backends: {', '.join(known)}"
+            f"unknown backend {value!r}; available backends: "
+            f"{', '.join(sorted({*known, *clusters.CLUSTER_BACKENDS}))}"
         )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import executor, planning, transport
+from pandas_parallel import clusters, executor, planning, transport
 from pandas_parallel.combine import CannotCombine
 from pandas_parallel.options import Options, resolve_n_jobs
 from pandas_parallel.splitting import Units
@@ -169,7 +169,11 @@ def execute(op: Operation) -> Any:
 def _execute(op: Operation) -> Any:
     global _warm_workers
     options = op.options
-    n_workers = resolve_n_jobs(options.n_jobs)
+    cluster = clusters.is_cluster(options.backend)
+    if cluster and len(op.units) > 0 and not in_worker():
+        n_workers = clusters.capacity(str(options.backend), options.n_jobs)
+    else:
+        n_workers = resolve_n_jobs(options.n_jobs)
     reason = _serial_reason(op, n_workers)
     if reason is not None:
         logger.debug("%s: serial (%s)", op.label, reason)
@@ -203,7 +207,8 @@ def _execute(op: Operation) -> Any:
         remaining = n_units - start
         pool_warm = _warm_workers == n_workers or options.backend != "loky"
         guess = planning.estimate(per_unit, remaining,
-                                  n_workers, n_bytes * remaining // n_units, pool_warm)
+                                  n_workers, n_bytes * remaining // n_units, pool_warm,
+                                  cluster)
         expected = guess.serial
         logger.debug("%s: sampled %d %s in %.4fs (%.2e s/unit); remaining %d: "
                      "serial %.3fs, parallel %.3fs (pool %s)", op.label, start,
@@ -234,7 +239,7 @@ def _execute(op: Operation) -> Any:
     else:
         remaining = n_units - start
         count = planning.chunk_count(per_unit, remaining, n_workers,
-                                     n_bytes * remaining // n_units)
+                                     n_bytes * remaining // n_units, cluster)
         ranges = op.units.cut(start, count, None)
     logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
                  op.label, n_workers, options.backend, len(ranges),
@@ -310,9 +315,13 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
     began = time.perf_counter()
     transport.sweep_stale_scratch()
     with transport.scratch_directory(n_bytes if local_processes else 0) as directory:
-        if in_process or not local_processes:
+        if in_process:
             def payload(i: int) -> transport.Payload:
                 return transport.Inline(op.units.local(*ranges[i]))
+            directory_for_results = None
+        elif not local_processes:  # other machines: everything in-band
+            def payload(i: int) -> transport.Payload:
+                return transport.in_band(op.units.local(*ranges[i]), options.transport)
             directory_for_results = None
         else:
             payload = op.units.ship(ranges, directory, options.transport).payload
@@ -334,7 +343,8 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         order = sorted(range(len(ranges)), key=lambda i: -calls[i])
         watch = options.timeout is not None and backend == "threading"
         tasks = (Task(call_id, i, payload(i), blob, sizes[i], directory_for_results,
-                      options.transport, counters, count_calls=show, watch_calls=watch)
+                      options.transport, counters, count_calls=show, watch_calls=watch,
+                      in_band=not local_processes and not in_process)
                  for i in order)
         progress = executor.Progress(
             show, done_here + sum(sizes), op.label, op.unit,
@@ -356,6 +366,8 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                                                 call_starts, options.timeout,
                                                 counter_array[:len(ranges)]
                                                 if counter_array is not None else None)
+            elif backend == "dask":
+                outcomes = executor.run_dask(tasks, progress, reporter)
             else:
                 outcomes = executor.run_joblib(tasks, n_workers, backend, progress,
                                                reporter)

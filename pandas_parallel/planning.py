@@ -27,6 +27,12 @@ PARALLEL_GAIN_REQUIRED = 0.75  # parallel must take < 75% of the serial time
 TARGET_CHUNK_SECONDS = (0.05, 1.0)  # each chunk's duration lies in this range
 CHUNKS_PER_WORKER = 4
 MAX_CHUNK_BYTES = 256 * 2**20
+# On a cluster (dask, Ray) every chunk crosses the network and the
+# scheduler: fewer, larger chunks.
+CLUSTER_TASK_OVERHEAD_SECONDS = 0.02
+CLUSTER_BYTES_PER_SECOND = 1.0e8
+CLUSTER_CHUNKS_PER_WORKER = 2
+CLUSTER_TARGET_CHUNK_SECONDS = (0.25, 10.0)
 # Start workers for next time only when a later call like this one would
 # save a meaningful amount (starting them costs CPU).
 MIN_SECONDS_TO_START_POOL = 0.5
@@ -45,21 +51,23 @@ class Estimate:
 
 
 def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
-             pool_warm: bool) -> Estimate:
+             pool_warm: bool, cluster: bool = False) -> Estimate:
     """Serial vs parallel time for ``units`` more units of work."""
     serial = seconds_per_unit * units
-    n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes)
-    start_cpu = 0.0 if pool_warm else n_workers * WORKER_START_CPU_SECONDS
+    n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
+    start_cpu = 0.0 if pool_warm or cluster else n_workers * WORKER_START_CPU_SECONDS
+    overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
+    rate = CLUSTER_BYTES_PER_SECOND if cluster else TRANSFER_BYTES_PER_SECOND
     parallel = (
         (serial + start_cpu) / n_workers
-        + n_chunks * TASK_OVERHEAD_SECONDS / n_workers
-        + 2 * n_bytes / TRANSFER_BYTES_PER_SECOND
+        + n_chunks * overhead / n_workers
+        + 2 * n_bytes / rate
     )
     return Estimate(serial, parallel)
 
 
 def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
-                n_bytes: int) -> int:
+                n_bytes: int, cluster: bool = False) -> int:
     """How many chunks to cut ``units`` into.
 
     Several per worker, so a slow chunk does not leave cores idle; none so
@@ -68,10 +76,10 @@ def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
     """
     if units <= 0:
         return 0
-    n = n_workers * CHUNKS_PER_WORKER
+    n = n_workers * (CLUSTER_CHUNKS_PER_WORKER if cluster else CHUNKS_PER_WORKER)
     if seconds_per_unit is not None and seconds_per_unit > 0:
         total = seconds_per_unit * units
-        shortest, longest = TARGET_CHUNK_SECONDS
+        shortest, longest = CLUSTER_TARGET_CHUNK_SECONDS if cluster else TARGET_CHUNK_SECONDS
         if total / n < shortest:
             n = max(n_workers, math.floor(total / shortest))
         elif total / n > longest:

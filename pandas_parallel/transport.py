@@ -264,12 +264,40 @@ class Tagged:
 
     def load(self) -> Tagged:
         value = self.value
-        if isinstance(value, (ArrowSlice, Inline)):
+        if isinstance(value, (ArrowSlice, ArrowBytes, Inline)):
             value = fetch_result(value)
         return Tagged(value, self.tag)
 
 
-Payload = ArrowSlice | Inline | Tagged
+@dataclasses.dataclass
+class ArrowBytes:
+    """A frame as Arrow IPC stream bytes: travels in-band to another machine."""
+
+    data: bytes
+    labels: Labels
+
+    def load(self) -> pd.DataFrame | pd.Series:
+        frame = pa.ipc.open_stream(self.data).read_all().to_pandas()
+        return self.labels.apply_to(frame)
+
+
+Payload = ArrowSlice | ArrowBytes | Inline | Tagged
+
+
+def in_band(obj: Any, transport: str) -> Payload:
+    """``obj`` ready to travel inside a task (to a cluster): Arrow IPC bytes
+    for frames that round-trip exactly, pickled with the task otherwise."""
+    if isinstance(obj, Tagged):
+        return Tagged(in_band(obj.value, transport), obj.tag)
+    if not isinstance(obj, (pd.DataFrame, pd.Series)) or len(obj) == 0:
+        return Inline(obj)
+    table = _to_table(obj) if use_arrow(obj, transport) else None
+    if table is None:
+        return Inline(obj)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return ArrowBytes(sink.getvalue().to_pybytes(), Labels.of(obj))
 
 
 def _positional(obj: pd.DataFrame | pd.Series) -> pd.DataFrame:

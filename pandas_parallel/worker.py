@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pandas_parallel.errors import UnpicklableFunctionError
-from pandas_parallel.transport import Payload, ship_result
+from pandas_parallel.transport import Payload, in_band, ship_result
 
 _local = threading.local()
 _in_worker_process = False
@@ -122,6 +122,7 @@ class Task:
     counters: str | np.ndarray | None = None  # progress: file path or array
     count_calls: bool = False  # publish calls made within the chunk
     watch_calls: bool = False  # also publish each call's start time (timeout)
+    in_band: bool = False  # the result travels back inside the reply (clusters)
 
 
 @dataclasses.dataclass
@@ -185,7 +186,9 @@ def _describe_argument(value: Any, chunk: Any) -> str:
         kind = type(value).__name__
         what = f"the {kind} labelled {show_label(name)}" if name is not None else f"a {kind}"
         index = value.index
-        if len(index) == 0:
+        frame = getattr(chunk, "value", chunk)  # a Tagged chunk carries the frame
+        is_row = isinstance(frame, pd.DataFrame) and index.equals(frame.columns)
+        if len(index) == 0 or is_row or isinstance(value, pd.DataFrame):
             return what
         if len(index) == 1:
             return f"{what} with index [{show_label(index[0])}]"
@@ -306,9 +309,12 @@ def run_chunk(task: Task) -> Outcome:
             )
             return Outcome(task.chunk, failure=failure,
                            seconds=time.perf_counter() - started)
-        directory = None if counters.call_over else task.result_dir
-        payload = ship_result(result, directory,
-                              f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
+        if task.in_band:
+            payload = in_band(result, task.transport)
+        else:
+            directory = None if counters.call_over else task.result_dir
+            payload = ship_result(result, directory,
+                                  f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
         return Outcome(task.chunk, payload, seconds=time.perf_counter() - started)
     finally:
         counters.set(n_chunks + task.chunk, 2)

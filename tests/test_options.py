@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import pandas_parallel
+from pandas_parallel import clusters
 from pandas_parallel.options import resolve_n_jobs
 
 
@@ -18,7 +19,6 @@ from pandas_parallel.options import resolve_n_jobs
     ({"chunk_size": 0}, ValueError, "chunk_size"),
     ({"chunk_size": "big"}, TypeError, "chunk_size"),
     ({"backend": "fork-bomb"}, ValueError, "backend"),
-    ({"backend": "dask"}, ValueError, "pip install dask"),
     ({"transport": "zip"}, ValueError, "transport"),
     ({"partition": "diagonal"}, ValueError, "partition"),
     ({"progress": "sometimes"}, ValueError, "progress"),
@@ -34,6 +34,14 @@ def test_bad_options_fail_before_any_work(options, error, match):
         pandas_parallel.config(**options)
     assert calls == []
     assert pandas_parallel.get_options() == pandas_parallel.Options()
+
+
+def test_cluster_backend_without_its_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(clusters._EXTRAS, "ray", "a_module_that_is_not_installed")
+    with pytest.raises(ImportError, match=r'pip install "pandas-parallel-accessor\[ray\]"'):
+        pandas_parallel.config(backend="ray")
+    with pytest.raises(ImportError, match="a_module_that_is_not_installed"):
+        pd.DataFrame({"a": [1]}).parallel(backend="ray")
 
 
 def test_config_scopes_and_restores():

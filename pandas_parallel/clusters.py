@@ -1,0 +1,67 @@
+"""Cluster backends: ``dask.distributed`` and Ray, through joblib's backends.
+
+Nothing here imports dask or Ray until a call asks for them, so the core
+package works without either. Chunks and results travel in-band (Arrow IPC
+bytes, or pickle), never as paths to this machine's shared memory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+CLUSTER_BACKENDS = ("dask", "ray")
+_EXTRAS = {"dask": "distributed", "ray": "ray"}
+
+
+def is_cluster(backend: str | None) -> bool:
+    return backend in CLUSTER_BACKENDS
+
+
+def check_installed(backend: str) -> None:
+    """Raise ``ImportError`` with the install command when ``backend``'s
+    package is missing (called when the option is set, before any work)."""
+    module = _EXTRAS[backend]
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"backend={backend!r} needs the {module!r} package: "
+            f'pip install "pandas-parallel-accessor[{backend}]"')
+
+
+def capacity(backend: str, n_jobs: int | None) -> int:
+    """Workers ``n_jobs`` means on the cluster: all of its threads (dask) or
+    CPUs (Ray) for ``None`` or ``-1``; at least 1."""
+    if backend == "dask":
+        try:
+            from distributed import get_client
+
+            client = get_client()
+        except ValueError as exc:
+            raise RuntimeError(
+                "backend='dask' sends chunks to the workers of the active "
+                "dask.distributed Client, and there is none: create one first, "
+                "e.g. `from distributed import Client; client = Client(address)`"
+            ) from exc
+        total = sum(client.nthreads().values())
+    else:
+        import ray
+        from ray.util.joblib import register_ray
+
+        if not ray.is_initialized():
+            ray.init()
+        register_ray()  # joblib's "ray" backend
+        total = int(ray.cluster_resources().get("CPU", 1))
+    if n_jobs is None:
+        return max(1, total)
+    return n_jobs if n_jobs > 0 else max(1, total + 1 + n_jobs)
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cluster's way of saying a worker died mid-task."""
+    module = type(exc).__module__.split(".")[0]
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if module == "distributed":
+        return "KilledWorker" in names
+    if module == "ray":
+        return bool(names & {"WorkerCrashedError", "RayActorError", "ActorDiedError",
+                             "NodeDiedError", "OutOfMemoryError"})
+    return False

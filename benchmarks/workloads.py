@@ -62,6 +62,38 @@ def cheap(x: float) -> float:
     return x + 1
 
 
+def rank_column(column: pd.Series) -> pd.Series:
+    """Column-wise work on a wide frame: moving the data costs about as much
+    as the work."""
+    return column.rank(pct=True)
+
+
+# Chunk runners for the hand-written multiprocessing.Pool contender
+# (top-level, so the pool can pickle them).
+def apply_heavy_rows(chunk: pd.DataFrame) -> pd.Series:
+    return chunk.apply(heavy_row, axis=1)
+
+
+def map_parse_line(chunk: pd.Series) -> pd.Series:
+    return chunk.map(parse_line)
+
+
+def map_cheap(chunk: pd.Series) -> pd.Series:
+    return chunk.map(cheap)
+
+
+def group_weighted_median(part: pd.DataFrame) -> pd.Series:
+    return part.groupby("store")[["price", "qty"]].apply(weighted_median)
+
+
+def group_weighted_demean(part: pd.DataFrame) -> pd.Series:
+    return part.groupby("store")["price"].transform(weighted_demean)
+
+
+def rank_columns(part: pd.DataFrame) -> pd.DataFrame:
+    return part.apply(rank_column)
+
+
 @dataclasses.dataclass
 class Workload:
     name: str
@@ -90,6 +122,11 @@ def _sales(n: int) -> pd.DataFrame:
     return pd.DataFrame({"store": rng.integers(0, 20_000, n),
                          "price": rng.gamma(2.0, 10.0, n).round(2),
                          "qty": rng.integers(1, 20, n)})
+
+
+def _wide(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(4)
+    return pd.DataFrame(rng.normal(size=(n, 32)), columns=[f"x{i}" for i in range(32)])
 
 
 def _walk(n: int) -> pd.Series:
@@ -121,6 +158,9 @@ WORKLOADS = {
                  lambda s: s.rolling(100).apply(range_position, raw=True),
                  lambda s: s.rolling(100).parallel.apply(range_position, raw=True),
                  1_000_000),
+        Workload("wide_columns", "df.apply(rank_column), 1M rows x 32 float columns "
+                 "(256 MB)", _wide, lambda df: df.apply(rank_column),
+                 lambda df: df.parallel.apply(rank_column), 1_000_000),
         Workload("cheap_map", "s.map(lambda x: x + 1), 1M floats",
                  lambda n: pd.Series(np.arange(n, dtype=float)),
                  lambda s: s.map(cheap), lambda s: s.parallel.map(cheap), 1_000_000),

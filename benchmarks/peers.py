@@ -16,7 +16,9 @@ cold call, then ``--repeat`` warm calls interleaved with serial pandas (same
 machine load), medians. Every result is compared with pandas' own; a
 contender that returns something else is marked, not hidden. Peak memory is
 the proportional set size (PSS) summed over the process and all of its
-children, plus what the call added to ``/dev/shm``, sampled every 20 ms.
+children, plus what the call added to ``/dev/shm``, sampled every 20 ms
+in one more run of its own (sampling costs CPU, so timed runs are not
+sampled).
 
 A peer that cannot import with this interpreter's pandas runs under
 ``--fallback-python`` (a virtual environment with the newest pandas it
@@ -258,6 +260,12 @@ def _timed(call: Callable[[Any], Any], data: Any) -> tuple[float, int, Any]:
     return seconds, memory.peak, result
 
 
+def _seconds(call: Callable[[Any], Any], data: Any) -> float:
+    began = time.perf_counter()
+    call(data)
+    return time.perf_counter() - began
+
+
 def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[str, Any]:
     import pandas as pd
     import workloads as w
@@ -266,9 +274,9 @@ def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[st
     data = spec.make(max(1, int(spec.size * scale)))
     out: dict[str, Any] = {"pandas": pd.__version__}
     if contender == "serial":
-        runs = [_timed(spec.serial, data) for _ in range(repeat)]
-        return {**out, "warm": statistics.median(r[0] for r in runs), "cold": runs[0][0],
-                "peak": max(r[1] for r in runs)}
+        times = [_seconds(spec.serial, data) for _ in range(repeat)]
+        return {**out, "warm": statistics.median(times), "cold": times[0],
+                "peak": _timed(spec.serial, data)[1]}
     try:
         call = _setup(contender).get(workload)
     except Exception as exc:
@@ -277,13 +285,15 @@ def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[st
         return {**out, "unsupported": True}
     try:
         expected = spec.serial(data)
-        cold, peak, result = _timed(call, data)
+        began = time.perf_counter()
+        result = call(data)
+        cold = time.perf_counter() - began
         serial, parallel = [], []
         for _ in range(repeat):
-            serial.append(_timed(spec.serial, data)[0])
-            seconds, memory, _ = _timed(call, data)
-            parallel.append(seconds)
-            peak = max(peak, memory)
+            serial.append(_seconds(spec.serial, data))
+            parallel.append(_seconds(call, data))
+        # Memory in a run of its own: sampling /proc costs CPU time.
+        peak = _timed(call, data)[1]
     except Exception as exc:
         tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return {**out, "error": tail[:300]}

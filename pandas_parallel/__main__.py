@@ -1,9 +1,83 @@
-"""The ``pandas-parallel`` command (also ``python -m pandas_parallel``)."""
+"""The ``pandas-parallel`` command (also ``python -m pandas_parallel``).
+
+Exit codes: 0 success, 1 the user's function failed, 2 usage error,
+130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import logging
+import os
 import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK, EXIT_FUNCTION_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input from the command line: exit code 2."""
+
+
+def load_function(spec: str) -> Callable[..., Any]:
+    """``module:function`` or ``path/to/file.py:function``."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise UsageError(f"-f {spec!r}: expected module:function or path/to/file.py:function")
+    try:
+        if where.endswith(".py") or os.sep in where:
+            if not os.path.isfile(where):
+                raise UsageError(f"-f {spec!r}: no such file {where!r}")
+            module_name = os.path.splitext(os.path.basename(where))[0]
+            loader = importlib.util.spec_from_file_location(module_name, where)
+            assert loader is not None and loader.loader is not None
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[module_name] = module
+            loader.loader.exec_module(module)
+            # Workers cannot import a file by path: send its code by value.
+            import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+        else:
+            module = importlib.import_module(where)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"-f {spec!r}: cannot import {where!r}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    func = getattr(module, name, None)
+    if not callable(func):
+        raise UsageError(f"-f {spec!r}: {where!r} has no function {name!r}")
+    return func
+
+
+def _common(parser: argparse.ArgumentParser, streaming: bool) -> None:
+    parser.add_argument("input", help="Parquet file or dataset directory, CSV, or "
+                                      "Arrow IPC/Feather file")
+    parser.add_argument("-f", "--function", required=True, metavar="MODULE:FUNCTION",
+                        help="the function: module:function or path/to/file.py:function")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output file (format from its extension), or a directory "
+                             "ending in / for one file per batch")
+    parser.add_argument("--format", choices=["parquet", "csv", "arrow"], default=None,
+                        help="input format, when the extension does not say")
+    parser.add_argument("--output-format", choices=["parquet", "csv", "arrow"],
+                        default=None, help="output format (default: from the extension)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes (default: all usable CPUs)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="rows (groups for groupby) per chunk (default: measured)")
+    parser.add_argument("--backend", default=None,
+                        help="loky (processes, default), threading, dask or ray")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar over the rows (default: on a terminal)")
+    if streaming:
+        parser.add_argument("--batch-rows", type=int, default=250_000,
+                            help="rows read, processed and written at a time; peak "
+                                 "memory grows with it (default: 250000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,10 +85,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="pandas-parallel",
-        description="Run pandas apply/map/groupby on all cores, identical to pandas.")
+        description="Run pandas apply/map/groupby on all cores, identical to pandas. "
+                    "Exit codes: 0 success, 1 the function failed, 2 usage error, "
+                    "130 interrupted.")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {pandas_parallel.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    apply = commands.add_parser(
+        "apply", help="fn(row) for every row, like df.apply(fn, axis=1)",
+        description="Stream the input in batches through df.parallel.apply(fn, axis=1) "
+                    "and write the results in row order. Works on files larger than "
+                    "memory.")
+    _common(apply, streaming=True)
+    apply.add_argument("--axis", type=int, choices=[1], default=1,
+                       help="1: the function gets each row (the only axis that streams)")
+
+    map_ = commands.add_parser(
+        "map", help="fn(value) for every value of one column",
+        description="Stream the input in batches, map one column with fn, and write "
+                    "all columns (the mapped one replaced, or added with --into). "
+                    "Works on files larger than memory.")
+    _common(map_, streaming=True)
+    map_.add_argument("--column", required=True, help="the column to map")
+    map_.add_argument("--into", default=None,
+                      help="write the result to this column (default: replace --column)")
+
+    groupby = commands.add_parser(
+        "groupby", help="fn(group) for every group, like df.groupby(by).apply(fn)",
+        description="Read the whole input, run df.groupby(by).parallel.apply(fn) and "
+                    "write the result with the keys as columns. Groups must be whole, "
+                    "so the input must fit in memory; for larger files, partition it "
+                    "by key first and run each part.")
+    _common(groupby, streaming=False)
+    groupby.add_argument("--by", required=True,
+                         help="key column(s), comma-separated")
+
+    partitions = commands.add_parser(
+        "partitions", help="fn(DataFrame) -> DataFrame for batches of rows",
+        description="Stream the input in batches; each chunk of rows is passed to "
+                    "fn(DataFrame) -> DataFrame and the results are written in order. "
+                    "For vectorized steps whose rows depend only on themselves. Works "
+                    "on files larger than memory.")
+    _common(partitions, streaming=True)
+
     demo = commands.add_parser(
         "demo", help="time a CPU-heavy apply serially and in parallel",
         description="Generate data, run a CPU-heavy row-wise apply with plain pandas "
@@ -27,16 +141,120 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    from pandas_parallel.options import validate
+
+    options = {"n_jobs": args.jobs, "chunk_size": args.chunk_size, "backend": args.backend}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        validate(options)
+    except (TypeError, ValueError, ImportError) as exc:
+        raise UsageError(str(exc)) from exc
+    return options
+
+
+def _raised_by(func: Callable[..., Any], exc: BaseException) -> bool:
+    """Whether ``exc`` came from the user's function (in a worker or here)."""
+    notes = getattr(exc, "__notes__", [])
+    if any(note.startswith("pandas_parallel:") for note in notes):
+        return True
+    code = getattr(func, "__code__", None)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _run_files(args: argparse.Namespace) -> int:
+    from pandas_parallel import io
+
+    func = load_function(args.function)
+    options = _options(args)
+    try:
+        io.detect_format(args.input, args.format)
+        io.detect_format(args.output, args.output_format)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if not os.path.exists(args.input):
+        raise UsageError(f"no such input: {args.input!r}")
+    try:
+        if args.command == "groupby":
+            summary = _groupby(args, func, options)
+        else:
+            if args.batch_rows < 1:
+                raise UsageError("--batch-rows must be at least 1")
+            summary = io.process_file(
+                args.input, func, args.output, operation=args.command,
+                column=getattr(args, "column", None), into=getattr(args, "into", None),
+                input_format=args.format, output_format=args.output_format,
+                batch_rows=args.batch_rows, progress=args.progress, **options)
+    except KeyboardInterrupt:
+        print("pandas-parallel: interrupted; the output was not written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError:
+        raise
+    except Exception as exc:
+        culprit = "the function" if _raised_by(func, exc) else "pandas-parallel"
+        print(f"pandas-parallel: {culprit} failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):
+            print(note, file=sys.stderr)
+        print(f"the output {args.output!r} was not written", file=sys.stderr)
+        return EXIT_FUNCTION_FAILED
+    print(f"pandas-parallel {args.command}: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _groupby(args: argparse.Namespace, func: Callable[..., Any],
+             options: dict[str, Any]) -> Any:
+    import time
+
+    from pandas_parallel import io
+
+    began = time.perf_counter()
+    fmt = io.detect_format(args.input, args.format)
+    data = io.read_whole(args.input, fmt)
+    if len(data) == 0:
+        raise UsageError(f"{args.input!r} has no rows")
+    keys = [k.strip() for k in args.by.split(",") if k.strip()]
+    missing = [k for k in keys if k not in data.columns]
+    if missing:
+        raise UsageError(f"--by: no column {', '.join(map(repr, missing))} in the input")
+    progress = {} if args.progress is None else {"progress": args.progress}
+    result = data.groupby(keys if len(keys) > 1 else keys[0]).parallel(
+        **options, **progress).apply(func)
+    writer = io.AtomicWriter(args.output, io.detect_format(args.output, args.output_format))
+    try:
+        table = io.to_arrow(result, None)
+        writer.write(table)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return io.Summary(len(data), table.num_rows, time.perf_counter() - began, args.output)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "demo":
         from pandas_parallel.demo import run
 
         if args.rows < 1:
             print("pandas-parallel demo: --rows must be at least 1", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         return run(args.rows, args.jobs)
-    return 2  # pragma: no cover - argparse requires a command
+    logging.basicConfig(level=logging.WARNING, format="pandas-parallel: %(message)s")
+    try:
+        return _run_files(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"pandas-parallel {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

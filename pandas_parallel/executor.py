@@ -404,9 +404,12 @@ def run_dask(tasks: Iterable[Task], progress: Progress, reporter: Reporter
     from distributed import as_completed, get_client
 
     client = get_client()
-    futures = [client.submit(run_chunk, task, pure=False,
-                             key=f"pandas_parallel-{task.call_id}-{task.chunk}")
-               for task in tasks]
+    with warnings.catch_warnings():
+        # Chunks travel inside their tasks by design (no shared storage).
+        warnings.filterwarnings("ignore", message="Sending large graph")
+        futures = [client.submit(run_chunk, task, pure=False,
+                                 key=f"pandas_parallel-{task.call_id}-{task.chunk}")
+                   for task in tasks]
     try:
         for future in as_completed(futures):
             with _worker_losses(reporter.label, "dask"):

@@ -1,0 +1,354 @@
+"""Files bigger than memory: stream a Parquet, CSV or Arrow/Feather file
+through the worker pool in record batches and write the output as it goes.
+
+Peak memory is bounded by a few batches, whatever the file's size. Rows
+keep their order; a row-wise function sees each row's position in the
+whole file as its label (``row.name``), as it would on ``pd.read_*`` of the
+whole file. The output appears under its name only when complete: it is
+written beside the target under a temporary name and renamed into place, so
+a failure leaves any existing target untouched.
+
+>>> from pandas_parallel.io import process_parquet          # doctest: +SKIP
+>>> process_parquet("events.parquet", clean_row, "clean.parquet")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.dataset as pa_ds
+import pyarrow.parquet as pq
+
+import pandas_parallel  # noqa: F401  (registers .parallel)
+from pandas_parallel.options import validate
+
+logger = logging.getLogger("pandas_parallel")
+
+FORMATS = ("parquet", "csv", "arrow")
+_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "arrow",
+               ".feather": "arrow", ".ipc": "arrow"}
+OPERATIONS = ("apply", "map", "partitions")
+DEFAULT_BATCH_ROWS = 250_000
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a run did: rows in and out, seconds, and where the output went."""
+
+    rows_in: int
+    rows_out: int
+    seconds: float
+    output: str
+
+    def __str__(self) -> str:
+        rate = self.rows_in / self.seconds if self.seconds > 0 else float("inf")
+        return (f"{self.rows_in:,} rows in, {self.rows_out:,} rows out in "
+                f"{self.seconds:.1f} s ({rate:,.0f} rows/s) -> {self.output}")
+
+
+def detect_format(path: str, given: str | None = None) -> str:
+    """The file format: ``given``, or from the extension (a directory is a
+    Parquet dataset)."""
+    if given is not None:
+        if given not in FORMATS:
+            raise ValueError(f"unknown format {given!r}; choose one of {', '.join(FORMATS)}")
+        return given
+    if os.path.isdir(path) or path.endswith(os.sep):
+        return "parquet"
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in _EXTENSIONS:
+        raise ValueError(
+            f"cannot tell the format of {path!r} from its extension; "
+            f"use one of {', '.join(sorted(_EXTENSIONS))} or say --format")
+    return _EXTENSIONS[extension]
+
+
+# --------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------
+def _dataset(path: str, fmt: str) -> pa_ds.Dataset:
+    if fmt == "csv":
+        return pa_ds.dataset(path, format="csv")
+    return pa_ds.dataset(path, format="ipc" if fmt == "arrow" else "parquet")
+
+
+def read_batches(path: str, fmt: str, batch_rows: int) -> tuple[pa.Schema, int | None,
+                                                                 Iterator[pa.Table]]:
+    """The file's schema, its row count when known without reading it, and
+    its rows as tables of about ``batch_rows`` rows, in order."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or directory: {path!r}")
+    if fmt == "csv":
+        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(
+            block_size=1 << 22))
+        schema: pa.Schema = reader.schema
+        batches: Iterator[pa.RecordBatch] = iter(reader)
+        total = None
+    else:
+        dataset = _dataset(path, fmt)
+        schema = dataset.schema
+        batches = iter(dataset.to_batches(batch_size=batch_rows, use_threads=False))
+        total = dataset.count_rows()
+    return schema, total, _regroup(batches, schema, batch_rows)
+
+
+def read_whole(path: str, fmt: str) -> pd.DataFrame:
+    """The whole file as one DataFrame (for work that needs every row at once)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or directory: {path!r}")
+    table = pa_csv.read_csv(path) if fmt == "csv" else _dataset(path, fmt).to_table()
+    return to_pandas(table, 0)
+
+
+def _regroup(batches: Iterator[pa.RecordBatch], schema: pa.Schema, rows: int
+             ) -> Iterator[pa.Table]:
+    """Record batches joined or split into tables of ``rows`` rows."""
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    for batch in batches:
+        pending.append(batch)
+        size += batch.num_rows
+        while size >= rows:
+            table = pa.Table.from_batches(pending, schema=schema)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, size = rest.to_batches(), rest.num_rows
+    if size:
+        yield pa.Table.from_batches(pending, schema=schema)
+
+
+def to_pandas(table: pa.Table, offset: int) -> pd.DataFrame:
+    frame = table.to_pandas()
+    if isinstance(frame.index, pd.RangeIndex):
+        # Row labels as when the whole file is read: positions in the file.
+        frame.index = pd.RangeIndex(offset, offset + len(frame))
+    return frame
+
+
+# --------------------------------------------------------------------------
+# Writing, atomically
+# --------------------------------------------------------------------------
+class AtomicWriter:
+    """Writes tables to a temporary name beside ``path``; :meth:`commit`
+    renames it into place."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path = path.rstrip(os.sep) or path
+        self.fmt = fmt
+        self.directory_output = path.endswith(os.sep) or os.path.isdir(path)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"the output's directory does not exist: {parent!r}")
+        name = os.path.basename(self.path)
+        self.temporary = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+        if self.directory_output:
+            os.mkdir(self.temporary)
+        self._writer: Any = None
+        self._schema: pa.Schema | None = None
+        self._parts = 0
+
+    def write(self, table: pa.Table) -> None:
+        if self.directory_output:
+            part = os.path.join(self.temporary, f"part-{self._parts:06d}.{self.fmt}")
+            self._parts += 1
+            _write_whole(table, part, self.fmt)
+            return
+        if self._schema is None:
+            self._schema = table.schema
+            self._writer = _open_writer(self.temporary, self.fmt, table.schema)
+        elif table.schema != self._schema:
+            table = _conform(table, self._schema)
+        self._writer.write_table(table)
+
+    def commit(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        elif not self.directory_output:  # no rows at all: still a valid, empty file
+            _write_whole(pa.table({}), self.temporary, self.fmt)
+        if self.directory_output and os.path.isdir(self.path):
+            old = f"{self.temporary}.old"
+            os.rename(self.path, old)
+            os.rename(self.temporary, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.temporary, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._writer is not None:
+                self._writer.close()
+        if os.path.isdir(self.temporary):
+            shutil.rmtree(self.temporary, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temporary)
+
+
+def _open_writer(path: str, fmt: str, schema: pa.Schema) -> Any:
+    if fmt == "parquet":
+        return pq.ParquetWriter(path, schema)
+    if fmt == "arrow":
+        return pa.ipc.new_file(path, schema)
+    return pa_csv.CSVWriter(path, schema)
+
+
+def _write_whole(table: pa.Table, path: str, fmt: str) -> None:
+    writer = _open_writer(path, fmt, table.schema)
+    writer.write_table(table)
+    writer.close()
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A later batch in the first batch's schema (pandas may infer a column
+    as int64 in one batch and double in the next)."""
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as exc:
+        raise ValueError(
+            "the function's output changed shape between batches of the file "
+            f"(first batch: {schema}; this batch: {table.schema}): {exc}. Make it "
+            "return the same columns and types for every row, or process the file "
+            "in one batch (--batch-rows larger than the file).") from exc
+
+
+def to_arrow(result: pd.DataFrame | pd.Series, source: pa.Table | None) -> pa.Table:
+    """The result as a table; columns the function left unchanged keep the
+    input's Arrow types."""
+    frame = result.to_frame(name=result.name if result.name is not None else "result") \
+        if isinstance(result, pd.Series) else result
+    keep_index = not isinstance(frame.index, pd.RangeIndex)
+    frame = frame.reset_index() if keep_index else frame
+    frame.columns = [str(c) for c in frame.columns]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if source is None:
+        return table
+    for i, field in enumerate(table.schema):
+        index = source.schema.get_field_index(field.name)
+        if index < 0 or source.schema.field(index).type == field.type:
+            continue
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            original = source.schema.field(index)
+            table = table.set_column(i, original, table.column(i).cast(original.type))
+    return table.replace_schema_metadata(None)
+
+
+# --------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------
+def _operation(kind: str, func: Callable[..., Any], column: str | None, into: str | None,
+               options: dict[str, Any]) -> Callable[[pd.DataFrame], pd.DataFrame | pd.Series]:
+    if kind == "apply":
+        return lambda frame: frame.parallel(**options).apply(func, axis=1)
+    if kind == "map":
+        if column is None:
+            raise ValueError("map needs the column to map (column=... / --column)")
+
+        def map_column(frame: pd.DataFrame) -> pd.DataFrame:
+            if column not in frame.columns:
+                raise KeyError(f"column {column!r} is not in the input; it has "
+                               f"{', '.join(map(str, frame.columns))}")
+            frame[into or column] = frame[column].parallel(**options).map(func)
+            return frame
+        return map_column
+    if kind == "partitions":
+        return lambda frame: frame.parallel(**options).map_partitions(func)
+    raise ValueError(f"unknown operation {kind!r}; choose one of {', '.join(OPERATIONS)}")
+
+
+def process_file(source: str, func: Callable[..., Any], destination: str, *,
+                 operation: str = "apply", column: str | None = None,
+                 into: str | None = None, input_format: str | None = None,
+                 output_format: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,
+                 progress: bool | None = None, **options: Any) -> Summary:
+    """Stream ``source`` through ``func`` on all cores into ``destination``.
+
+    Parameters
+    ----------
+    source : str
+        A Parquet file or dataset directory, a CSV file, or an Arrow IPC /
+        Feather file.
+    func : callable
+        ``apply``: called with each row (a Series) like ``df.apply(func,
+        axis=1)``. ``map``: called with each value of ``column``.
+        ``partitions``: called with a DataFrame of rows, returns a DataFrame.
+    destination : str
+        The output file, or a directory (ending in ``/``) for one file per
+        batch. Written under a temporary name and renamed when complete.
+    operation : {"apply", "map", "partitions"}
+    column, into : str, optional
+        For ``map``: the column to map, and the column to write the result
+        to (default: replace ``column``).
+    input_format, output_format : {"parquet", "csv", "arrow"}, optional
+        Default: from the file extension.
+    batch_rows : int
+        Rows read, processed and written at a time; peak memory grows with it.
+    progress : bool, optional
+        A progress bar over the file's rows (default: on a terminal).
+    **options
+        pandas_parallel options (``n_jobs``, ``chunk_size``, ``backend``...).
+
+    Returns
+    -------
+    Summary
+        Rows in and out, seconds, output path.
+    """
+    validate(options)
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
+    fmt_in = detect_format(source, input_format)
+    fmt_out = detect_format(destination, output_format)
+    run = _operation(operation, func, column, into, {**options, "progress": False})
+    began = time.perf_counter()
+    _, total, tables = read_batches(source, fmt_in, batch_rows)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _progress_bar(show, total)
+    writer = AtomicWriter(destination, fmt_out)
+    rows_in = rows_out = 0
+    try:
+        for table in tables:
+            frame = to_pandas(table, rows_in)
+            result = run(frame)
+            source_table = table if operation in ("map", "partitions") else None
+            out = to_arrow(result, source_table)
+            writer.write(out)
+            rows_in += table.num_rows
+            rows_out += out.num_rows
+            if bar is not None:
+                bar.update(table.num_rows)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = Summary(rows_in, rows_out, time.perf_counter() - began, destination)
+    logger.info("%s", summary)
+    return summary
+
+
+def process_parquet(source: str, func: Callable[..., Any], destination: str,
+                    **kwargs: Any) -> Summary:
+    """:func:`process_file` for Parquet in and out (see there for parameters)."""
+    return process_file(source, func, destination, input_format="parquet",
+                        output_format=kwargs.pop("output_format", "parquet"), **kwargs)
+
+
+def _progress_bar(show: bool, total: int | None) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="rows", unit_scale=True, desc="pandas-parallel")

@@ -1,0 +1,287 @@
+"""The ``pandas-parallel`` command and the streaming engine behind it.
+
+Outputs are compared with pandas on the same data read whole. The
+out-of-core test measures the peak memory of the command and its workers
+on a file five times larger than the budget it imposes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pandas_parallel.__main__ import main
+
+FUNCTIONS = textwrap.dedent('''
+    import time
+    import numpy as np
+    import pandas as pd
+
+    def score(row):
+        return row["amount"] * 2 + len(str(row.name)) + len(row["name"])
+
+    def shout(value):
+        return value.upper() + "!"
+
+    def spread(group):
+        return group["amount"].max() - group["amount"].min()
+
+    def add_tax(frame):
+        return frame.assign(tax=frame["amount"] * 0.2)
+
+    def fails_on_7(row):
+        if row.name == 7:
+            raise KeyError("customer 7 is missing")
+        return 1.0
+
+    def slow(row):
+        time.sleep(0.05)
+        return 1.0
+''')
+
+
+@pytest.fixture
+def funcs(tmp_path):
+    path = tmp_path / "jobs.py"
+    path.write_text(FUNCTIONS)
+    return str(path)
+
+
+def _frame(n):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"amount": rng.gamma(2.0, 10.0, n).round(2),
+                         "name": [f"customer-{i % 13}" for i in range(n)],
+                         "store": rng.integers(0, 7, n)})
+
+
+def _load(module_path, name):
+    namespace: dict = {}
+    with open(module_path) as fh:
+        exec(compile(fh.read(), module_path, "exec"), namespace)
+    return namespace[name]
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("fmt, writer", [
+    ("parquet", lambda df, p: df.to_parquet(p, index=False)),
+    ("csv", lambda df, p: df.to_csv(p, index=False)),
+    ("arrow", lambda df, p: df.to_feather(p)),
+])
+def test_apply_streams_each_format_like_pandas(tmp_path, funcs, fmt, writer):
+    df = _frame(1000)
+    source = tmp_path / f"in.{fmt}"
+    writer(df, source)
+    out = tmp_path / "out.parquet"
+    code = _run("apply", source, "-f", f"{funcs}:score", "-o", out, "--batch-rows", 130,
+                "--chunk-size", 40, "--jobs", 2, "--no-progress")
+    assert code == 0
+    whole = pd.read_parquet(source) if fmt == "parquet" else (
+        pd.read_csv(source) if fmt == "csv" else pd.read_feather(source))
+    expected = whole.apply(_load(funcs, "score"), axis=1).to_frame("result")
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+
+
+def test_map_keeps_the_input_schema_and_adds_a_column(tmp_path, funcs):
+    df = _frame(500)
+    table = pa.Table.from_pandas(df, preserve_index=False).cast(pa.schema([
+        ("amount", pa.float32()), ("name", pa.string()), ("store", pa.int16())]))
+    source = tmp_path / "in.parquet"
+    pq.write_table(table, source)
+    out = tmp_path / "out.parquet"
+    assert _run("map", source, "-f", f"{funcs}:shout", "--column", "name", "--into", "loud",
+                "-o", out, "--batch-rows", 77, "--chunk-size", 20, "--no-progress") == 0
+    written = pq.read_table(out)
+    assert written.schema.field("amount").type == pa.float32()
+    assert written.schema.field("store").type == pa.int16()
+    whole = pd.read_parquet(source)
+    whole["loud"] = whole["name"].map(_load(funcs, "shout"))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), whole)
+
+
+def test_partitions_into_a_directory_and_from_a_dataset(tmp_path, funcs):
+    df = _frame(900)
+    dataset = tmp_path / "in"
+    dataset.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(900), 3)):
+        df.iloc[part].to_parquet(dataset / f"part-{i}.parquet", index=False)
+    out = tmp_path / "out"
+    assert _run("partitions", dataset, "-f", f"{funcs}:add_tax", "-o", f"{out}/",
+                "--batch-rows", 200, "--chunk-size", 50, "--no-progress") == 0
+    expected = _load(funcs, "add_tax")(pd.read_parquet(dataset))
+    got = pd.read_parquet(out)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected)
+
+
+def test_groupby_reads_whole_groups(tmp_path, funcs):
+    df = _frame(800)
+    source = tmp_path / "in.parquet"
+    df.to_parquet(source, index=False)
+    out = tmp_path / "out.csv"
+    assert _run("groupby", source, "-f", f"{funcs}:spread", "--by", "store", "-o", out,
+                "--chunk-size", 2, "--no-progress") == 0
+    expected = df.groupby("store").apply(_load(funcs, "spread")).rename("result")
+    got = pd.read_csv(out).set_index("store")["result"]
+    pd.testing.assert_series_equal(got, expected, check_names=False)
+
+
+def test_module_function_spec(tmp_path, monkeypatch, funcs):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    df = _frame(50)
+    source = tmp_path / "in.parquet"
+    df.to_parquet(source, index=False)
+    out = tmp_path / "out.parquet"
+    assert _run("apply", source, "-f", "jobs:score", "-o", out, "--no-progress") == 0
+    assert len(pd.read_parquet(out)) == 50
+
+
+def test_failing_function_exits_1_names_the_row_and_leaves_the_target(tmp_path, funcs,
+                                                                       capsys):
+    df = _frame(100)
+    source = tmp_path / "in.parquet"
+    df.to_parquet(source, index=False)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the previous output")
+    code = _run("apply", source, "-f", f"{funcs}:fails_on_7", "-o", out, "--chunk-size", 5,
+                "--jobs", 2, "--no-progress")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "KeyError" in err and "customer 7" in err and "labelled 7" in err
+    assert out.read_bytes() == b"the previous output"
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["apply", "{src}", "-f", "no_colon", "-o", "{out}"], "module:function"),
+    (["apply", "{src}", "-f", "{funcs}:missing", "-o", "{out}"], "no function"),
+    (["apply", "{src}", "-f", "no_such_module_xyz:f", "-o", "{out}"], "cannot import"),
+    (["apply", "{tmp}/absent.parquet", "-f", "{funcs}:score", "-o", "{out}"], "no such"),
+    (["apply", "{src}", "-f", "{funcs}:score", "-o", "{tmp}/out.xlsx"], "format"),
+    (["apply", "{src}", "-f", "{funcs}:score", "-o", "{out}", "--jobs", "0"], "n_jobs"),
+    (["groupby", "{src}", "-f", "{funcs}:spread", "--by", "nope", "-o", "{out}"], "nope"),
+])
+def test_usage_errors_exit_2(tmp_path, funcs, capsys, argv, message):
+    source = tmp_path / "in.parquet"
+    _frame(10).to_parquet(source, index=False)
+    values = {"src": source, "out": tmp_path / "o.parquet", "funcs": funcs, "tmp": tmp_path}
+    assert _run(*[a.format(**values) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_help_and_version():
+    for command in ("apply", "map", "groupby", "partitions", "demo"):
+        done = subprocess.run([sys.executable, "-m", "pandas_parallel", command, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "usage:" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "pandas_parallel", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "pandas-parallel" in done.stdout
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(tmp_path, funcs):
+    source = tmp_path / "in.parquet"
+    _frame(400).to_parquet(source, index=False)
+    out = tmp_path / "out.parquet"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pandas_parallel", "apply", str(source), "-f",
+         f"{funcs}:slow", "-o", str(out), "--jobs", "2", "--chunk-size", "5",
+         "--progress"], stderr=subprocess.PIPE, text=True)
+    # Wait for the progress bar to appear: the work is under way.
+    seen = ""
+    while "rows" not in seen:
+        char = process.stderr.read(1)
+        assert char, f"the command ended before its progress bar appeared: {seen!r}"
+        seen += char
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _shm_used() -> int:
+    return shutil.disk_usage("/dev/shm").used if os.path.isdir("/dev/shm") else 0
+
+
+def _peak_memory(process: psutil.Process, stop: threading.Event, peak: list[int]) -> None:
+    """Proportional memory of the process tree, plus shared-memory files."""
+    shm_before = _shm_used()
+    while not stop.wait(0.02):
+        try:
+            tree = [process, *process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        used = sum(_pss(p.pid) for p in tree) + max(0, _shm_used() - shm_before)
+        peak[0] = max(peak[0], used)
+
+
+def _run_measured(argv: list[str]) -> tuple[int, int]:
+    process = psutil.Popen([sys.executable, "-m", "pandas_parallel", *argv])
+    stop, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_peak_memory, args=(process, stop, peak))
+    watcher.start()
+    code = process.wait(timeout=600)
+    stop.set()
+    watcher.join()
+    return code, peak[0]
+
+
+@pytest.mark.slow
+def test_out_of_core_file_five_times_the_memory_budget(tmp_path, funcs):
+    """A 400 MB (in memory) Parquet file through `partitions` with a 80 MB
+    budget: the peak of the command and its workers, above what the same
+    command needs for a tiny file, stays within the budget."""
+    budget = 80 * 2**20
+    rows, columns = 5_000_000, 10  # 10 float64 columns: 400 MB in memory
+    source = tmp_path / "big.parquet"
+    with pq.ParquetWriter(source, pa.schema([(f"x{i}", pa.float64())
+                                             for i in range(columns)])) as writer:
+        rng = np.random.default_rng(1)
+        for _ in range(10):
+            block = rng.normal(size=(rows // 10, columns))
+            writer.write_table(pa.table({f"x{i}": block[:, i] for i in range(columns)}))
+    in_memory = rows * columns * 8
+    assert in_memory >= 5 * budget
+    (tmp_path / "big_fn.py").write_text(
+        "def double(frame):\n    return frame * 2\n")
+    common = ["-f", f"{tmp_path}/big_fn.py:double", "--jobs", "2", "--batch-rows",
+              "200000", "--no-progress"]
+    tiny = tmp_path / "tiny.parquet"
+    pq.write_table(pq.read_table(source).slice(0, 1000), tiny)
+    code, baseline = _run_measured(["partitions", str(tiny), "-o",
+                                    str(tmp_path / "tiny_out.parquet"), *common])
+    assert code == 0
+    out = tmp_path / "big_out.parquet"
+    code, peak = _run_measured(["partitions", str(source), "-o", str(out), *common])
+    assert code == 0
+    assert peak - baseline <= budget, (
+        f"streaming used {(peak - baseline) / 2**20:.0f} MB above its baseline "
+        f"for a {in_memory / 2**20:.0f} MB file (budget {budget / 2**20:.0f} MB)")
+    # Same rows, same order, same values as pandas on the whole file (two
+    # columns at a time, to keep this test's own memory small).
+    for names in (["x0", "x1"], ["x8", "x9"]):
+        expected = _load(f"{tmp_path}/big_fn.py", "double")(
+            pd.read_parquet(source, columns=names))
+        pd.testing.assert_frame_equal(pd.read_parquet(out, columns=names), expected)

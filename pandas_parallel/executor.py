@@ -61,19 +61,17 @@ def _ready() -> None:
 
 
 def start_pool(n_workers: int) -> None:
-    """Start the workers in the background and return at once: spawning
-    processes happens on a thread, and the workers import pandas and
-    pyarrow on their own."""
+    """Start the workers and return at once (about 20 ms: spawning them);
+    they import pandas and pyarrow on their own, in the background.
 
-    def start() -> None:
-        with _start_lock:
-            executor = loky_executor(n_workers)
-            for _ in range(n_workers):
-                executor.submit(_ready)
-
-    # Not a daemon: should the program end right away, exit waits the moment
-    # it takes to create the pool, so loky can then shut it down cleanly.
-    threading.Thread(target=start, name="pandas_parallel-start-pool").start()
+    Done on the calling thread: a thread of our own could still be creating
+    the pool when a short script ends, and pools created during interpreter
+    shutdown never stop.
+    """
+    with _start_lock:
+        executor = loky_executor(n_workers)
+        for _ in range(n_workers):
+            executor.submit(_ready)
 
 
 _start_lock = threading.Lock()
@@ -261,6 +259,57 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
         logger.debug("interrupted: stopping the worker processes")
         executor.shutdown(wait=False, kill_workers=True)
         raise
+
+
+def fork_available() -> bool:
+    """Whether worker processes may be forked from this one now: on Linux,
+    with no other Python thread running (a fork copies only the calling
+    thread; a lock another thread held would stay locked in the child)."""
+    return sys.platform == "linux" and threading.active_count() == 1
+
+
+_inherited: list[Task] = []  # the call's tasks, as forked workers find them
+
+
+def _run_inherited(i: int) -> Outcome:
+    return run_chunk(_inherited[i])
+
+
+def run_forked(tasks: Iterable[Task], n_workers: int, progress: Progress,
+               reporter: Reporter) -> Iterator[Outcome]:
+    """Run ``tasks`` on processes forked from this one for this call only.
+
+    For a first call, before the warm pool exists: forked workers start in
+    milliseconds with pandas already imported, and read their chunks from
+    their copy of this process's memory, so nothing is shipped. Results come
+    back pickled. A failure or Ctrl-C kills them; a worker death raises
+    :class:`WorkerCrashedError`.
+    """
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _inherited
+    _inherited = list(tasks)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        n_workers, mp_context=multiprocessing.get_context("fork"))
+    finished = False
+    try:
+        futures = {pool.submit(_run_inherited, i): i for i in range(len(_inherited))}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                outcome = future.result()
+            except BrokenProcessPool as exc:
+                raise _crash_error(exc, [], reporter.describe) from exc
+            yield _deliver(outcome, progress, reporter)
+        finished = True
+    finally:
+        if not finished:
+            # The executor can only wait for running tasks: stop them.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(Exception):
+                    process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _inherited = []
 
 
 def _top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,

@@ -81,7 +81,13 @@ def detect_format(path: str, given: str | None = None) -> str:
 def _dataset(path: str, fmt: str) -> pa_ds.Dataset:
     if fmt == "csv":
         return pa_ds.dataset(path, format="csv")
-    return pa_ds.dataset(path, format="ipc" if fmt == "arrow" else "parquet")
+    if fmt == "arrow":
+        return pa_ds.dataset(path, format="ipc")
+    # Without pre-buffering, a Parquet fragment is read row group by row
+    # group instead of all at once.
+    parquet = pa_ds.ParquetFileFormat(
+        default_fragment_scan_options=pa_ds.ParquetFragmentScanOptions(pre_buffer=False))
+    return pa_ds.dataset(path, format=parquet)
 
 
 def read_batches(path: str, fmt: str, batch_rows: int) -> tuple[pa.Schema, int | None,
@@ -99,7 +105,9 @@ def read_batches(path: str, fmt: str, batch_rows: int) -> tuple[pa.Schema, int |
     else:
         dataset = _dataset(path, fmt)
         schema = dataset.schema
-        batches = iter(dataset.to_batches(batch_size=batch_rows, use_threads=False))
+        # No read-ahead: by default the scanner buffers 16 batches and 4 files.
+        batches = iter(dataset.to_batches(batch_size=batch_rows, use_threads=False,
+                                          batch_readahead=0, fragment_readahead=0))
         total = dataset.count_rows()
     return schema, total, _regroup(batches, schema, batch_rows)
 
@@ -327,6 +335,8 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
             rows_out += out.num_rows
             if bar is not None:
                 bar.update(table.num_rows)
+            del frame, result, out
+            _release_freed_memory()
         writer.commit()
     except BaseException:
         writer.abort()
@@ -337,6 +347,29 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
     summary = Summary(rows_in, rows_out, time.perf_counter() - began, destination)
     logger.info("%s", summary)
     return summary
+
+
+def _release_freed_memory() -> None:
+    """Give memory freed by the last batch back to the system (glibc keeps
+    freed heap memory for reuse, so without this a stream's footprint creeps
+    up to several batches' worth of fragments)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (musl, ...)
+        return None
+
+
+_libc = _load_libc()
 
 
 def process_parquet(source: str, func: Callable[..., Any], destination: str,

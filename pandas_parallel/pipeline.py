@@ -206,14 +206,15 @@ def _execute(op: Operation) -> Any:
         per_unit = last / size
         remaining = n_units - start
         pool_warm = _warm_workers == n_workers or options.backend != "loky"
+        fork = not pool_warm and executor.fork_available()
         guess = planning.estimate(per_unit, remaining,
                                   n_workers, n_bytes * remaining // n_units, pool_warm,
-                                  cluster)
+                                  cluster, fork)
         expected = guess.serial
         logger.debug("%s: sampled %d %s in %.4fs (%.2e s/unit); remaining %d: "
                      "serial %.3fs, parallel %.3fs (pool %s)", op.label, start,
                      op.unit, spent, per_unit, remaining, guess.serial,
-                     guess.parallel, "warm" if pool_warm else "cold")
+                     guess.parallel, "warm" if pool_warm else "cold, fork" if fork else "cold")
         if not guess.parallel_wins:
             logger.debug("%s: serial (parallel would not be faster)", op.label)
             if start < n_units:
@@ -241,13 +242,19 @@ def _execute(op: Operation) -> Any:
         count = planning.chunk_count(per_unit, remaining, n_workers,
                                      n_bytes * remaining // n_units, cluster)
         ranges = op.units.cut(start, count, None)
+    fork = (options.backend == "loky" and _warm_workers != n_workers
+            and executor.fork_available())
     logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
-                 op.label, n_workers, options.backend, len(ranges),
+                 op.label, n_workers, "forked" if fork else options.backend, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)
     done_here = op.progress_size(0, start)
     with _chunk_failures(op):
         pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here,
-                                    blob))
+                                    program if fork else blob, fork))
+    if fork:
+        # This call's workers were forked for it alone; start the warm pool
+        # now, in the background, for the calls that follow.
+        executor.start_pool(n_workers)
     if options.backend == "loky":
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces)
@@ -298,12 +305,13 @@ def _combine_or_serial(op: Operation, pieces: list[Piece]) -> Any:
 
 def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                   n_bytes: int, expected: float | None, done_here: int,
-                  blob: bytes | Program) -> list[Piece]:
+                  blob: bytes | Program, fork: bool = False) -> list[Piece]:
     global _warm_workers
     options = op.options
     backend = options.backend or "loky"
-    local_processes = backend in ("loky", "multiprocessing")
-    in_process = backend in _IN_PROCESS_BACKENDS
+    # Forked workers find chunks in their copy of this process, like threads.
+    in_process = backend in _IN_PROCESS_BACKENDS or fork
+    local_processes = backend in ("loky", "multiprocessing") and not fork
     call_id = uuid.uuid4().hex
 
     def describe(chunk: int) -> str:
@@ -356,7 +364,9 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         ok = False
         try:
             reporter = executor.Reporter(op.label, describe, op.func)
-            if backend == "loky":
+            if fork:
+                outcomes = executor.run_forked(tasks, n_workers, progress, reporter)
+            elif backend == "loky":
                 outcomes = executor.run_local(tasks, n_workers, progress, reporter,
                                               states, pool_warm=_warm_workers == n_workers)
             elif backend == "threading":

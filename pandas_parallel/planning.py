@@ -19,6 +19,8 @@ import math
 # on the same cores that do the work (this process works meanwhile: see
 # executor.run_local). Measured on a 2-core machine.
 WORKER_START_CPU_SECONDS = 0.4
+# Forking a worker from this process (first calls, see executor.run_forked).
+FORK_START_SECONDS = 0.02
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
@@ -51,17 +53,20 @@ class Estimate:
 
 
 def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
-             pool_warm: bool, cluster: bool = False) -> Estimate:
-    """Serial vs parallel time for ``units`` more units of work."""
+             pool_warm: bool, cluster: bool = False, fork: bool = False) -> Estimate:
+    """Serial vs parallel time for ``units`` more units of work (``fork``:
+    a cold pool's workers would be forked from this process)."""
     serial = seconds_per_unit * units
     n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
-    start_cpu = 0.0 if pool_warm or cluster else n_workers * WORKER_START_CPU_SECONDS
+    start_cpu = 0.0 if pool_warm or cluster else n_workers * (
+        FORK_START_SECONDS if fork else WORKER_START_CPU_SECONDS)
     overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
     rate = CLUSTER_BYTES_PER_SECOND if cluster else TRANSFER_BYTES_PER_SECOND
     parallel = (
         (serial + start_cpu) / n_workers
         + n_chunks * overhead / n_workers
-        + 2 * n_bytes / rate
+        # Forked workers read their input from memory; results still travel.
+        + (1 if fork and not pool_warm else 2) * n_bytes / rate
     )
     return Estimate(serial, parallel)
 

@@ -41,18 +41,20 @@ def test_without_a_client_the_error_says_how_to_make_one():
 def dask_client():
     # One failure per task: a worker killed by the function fails the call
     # at once instead of taking down a replacement worker three more times.
+    before = {p.pid for p in _child_processes()}  # e.g. the local pool's workers
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
             dashboard_address=None, silence_logs=logging.ERROR)
         client = distributed.Client(cluster)
-    before = {p.pid for p in _child_processes()}
-    assert len(before) >= 2, "the cluster runs its workers in their own processes"
+    started = [p for p in _child_processes() if p.pid not in before]
+    assert len(started) >= 2, "the cluster runs its workers in their own processes"
     yield client
     client.close()
     cluster.close()
-    _, alive = psutil.wait_procs([p for p in _child_processes() if p.pid in before],
-                                 timeout=30)
+    # Nannies and workers, including any the cluster started to replace one.
+    cluster_processes = [p for p in _child_processes() if p.pid not in before]
+    _, alive = psutil.wait_procs(cluster_processes, timeout=30)
     assert not alive, f"dask worker processes left running: {alive}"
 
 

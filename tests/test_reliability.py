@@ -156,12 +156,13 @@ def stop_leftover(proc) -> None:
         child.kill()
 
 
+@pytest.mark.parametrize("pool", ["processes", "warm-processes"])
 @pytest.mark.parametrize("target", ["process", "process-group"])
-def test_ctrl_c_stops_everything_within_two_seconds(target, tmp_path):
+def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
-    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, script, pool], stdout=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
     try:
         lines = _read_lines_until(
             proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2, timeout=60)
@@ -185,6 +186,47 @@ def test_ctrl_c_stops_everything_within_two_seconds(target, tmp_path):
         assert leftovers == []
     finally:
         stop_leftover(proc)
+
+
+# -- a first call forks its workers ------------------------------------------------------
+FIRST_CALL = """
+import os, sys
+import pandas as pd, pandas_parallel
+
+def where(row):
+    if row["a"] == CRASH_AT:
+        os._exit(3)
+    with open("/proc/self/cmdline", "rb") as fh:
+        return fh.read().replace(b"\\0", b" ").decode()
+
+frame = pd.DataFrame({"a": range(400)})
+with pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=40, progress=False):
+    try:
+        commands = frame.parallel.apply(where, axis=1)
+    except pandas_parallel.WorkerCrashedError as exc:
+        print("crashed:", exc)
+        sys.exit(0)
+    pd.testing.assert_series_equal(commands, frame.apply(where, axis=1))
+print(commands.nunique(), "loky" in " ".join(commands))
+"""
+
+
+@pytest.mark.parametrize("crash_at", [-1, 123])
+def test_first_call_forks_its_workers_and_survives_their_death(tmp_path, crash_at):
+    """In a fresh single-threaded process, the first call's workers are forked
+    (they run this very script: same command line), results are exact, and a
+    worker's death is a WorkerCrashedError with no process left behind."""
+    script = tmp_path / "first_call.py"
+    script.write_text(FIRST_CALL.replace("CRASH_AT", str(crash_at)))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    proc = psutil.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    if crash_at >= 0:
+        assert out.startswith("crashed: a worker process died"), out
+    else:
+        assert out.split() == ["1", "False"], out  # one command line: the parent's
 
 
 # -- bad input ------------------------------------------------------------------------

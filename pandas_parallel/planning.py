@@ -19,8 +19,10 @@ import math
 # on the same cores that do the work (this process works meanwhile: see
 # executor.run_local). Measured on a 2-core machine.
 WORKER_START_CPU_SECONDS = 0.4
-# Forking a worker from this process (first calls, see executor.run_forked).
-FORK_START_SECONDS = 0.02
+# Forking a worker from this process (first calls, see executor.run_forked),
+# and spawning the warm pool right after, within the same call.
+FORK_START_SECONDS = 0.03
+POOL_SPAWN_SECONDS = 0.02
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
@@ -67,6 +69,7 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
         + n_chunks * overhead / n_workers
         # Forked workers read their input from memory; results still travel.
         + (1 if fork and not pool_warm else 2) * n_bytes / rate
+        + (POOL_SPAWN_SECONDS if fork and not pool_warm else 0.0)
     )
     return Estimate(serial, parallel)
 

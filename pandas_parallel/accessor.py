@@ -97,8 +97,9 @@ def run_async_call(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str,
         options.concurrency, options.timeout, options.progress)
 
 
-class _Base:
-    """Shared machinery of the DataFrame and Series accessors."""
+class Configurable:
+    """What every ``.parallel`` accessor has: the object it is attached to,
+    and options given to it with a call (``df.parallel(n_jobs=4)``)."""
 
     def __init__(self, obj: Any, overrides: dict[str, Any] | None = None) -> None:
         self._obj = obj
@@ -118,6 +119,10 @@ class _Base:
         """The options this accessor will use (global, scoped, per-call, and an
         enclosing ``joblib.parallel_config`` when no backend is set)."""
         return get_options().replace(**self._overrides).resolved()
+
+
+class _Base(Configurable):
+    """Shared machinery of the DataFrame and Series accessors."""
 
     def _delegate(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> Callable[[], Any]:

@@ -20,8 +20,12 @@ import numpy as np
 import pandas as pd
 
 from pandas_parallel import _compat, asynchronous, combine
-from pandas_parallel.accessor import bind_like_pandas, plain_callable, run_async_call
-from pandas_parallel.options import Options, get_options, validate
+from pandas_parallel.accessor import (
+    Configurable,
+    bind_like_pandas,
+    plain_callable,
+    run_async_call,
+)
 from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Units
 from pandas_parallel.transport import Tagged
@@ -172,7 +176,7 @@ class _Plan:
             selection=spec.selection if isinstance(obj, pd.DataFrame) else None)
 
 
-class GroupByParallelAccessor:
+class GroupByParallelAccessor(Configurable):
     """``gb.parallel``: GroupBy methods with groups spread over all cores.
 
     Examples
@@ -186,18 +190,9 @@ class GroupByParallelAccessor:
     Name: v, dtype: int64
     """
 
-    def __init__(self, gb: Any, overrides: dict[str, Any] | None = None) -> None:
-        self._gb = gb
-        self._overrides = overrides or {}
-
-    def __call__(self, **options: Any) -> GroupByParallelAccessor:
-        """Per-call options, as ``df.parallel(...)``; validated now."""
-        validate(options)
-        return type(self)(self._gb, {**self._overrides, **options})
-
     @property
-    def options(self) -> Options:
-        return get_options().replace(**self._overrides).resolved()
+    def _gb(self) -> Any:
+        return self._obj
 
     # -- public methods, mirroring pandas ---------------------------------------
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:

@@ -25,8 +25,12 @@ import numpy as np
 import pandas as pd
 
 from pandas_parallel import _compat, asynchronous, combine
-from pandas_parallel.accessor import bind_like_pandas, plain_callable, run_async_call
-from pandas_parallel.options import Options, get_options, validate
+from pandas_parallel.accessor import (
+    Configurable,
+    bind_like_pandas,
+    plain_callable,
+    run_async_call,
+)
 from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import PaddedRows, Units
 from pandas_parallel.transport import Tagged
@@ -151,7 +155,7 @@ def _time_window_pad(times: pd.Index, window: Any, center: bool) -> tuple[Any, i
     return pad, int(n * _PADDING_SHARE / max(1.0, 2 * reach if center else reach))
 
 
-class WindowParallelAccessor:
+class WindowParallelAccessor(Configurable):
     """``window.parallel``: ``apply`` on rolling and expanding windows,
     spread over all cores.
 
@@ -166,19 +170,6 @@ class WindowParallelAccessor:
     3    4.0
     dtype: float64
     """
-
-    def __init__(self, window: Any, overrides: dict[str, Any] | None = None) -> None:
-        self._window = window
-        self._overrides = overrides or {}
-
-    def __call__(self, **options: Any) -> WindowParallelAccessor:
-        """Per-call options, as ``df.parallel(...)``; validated now."""
-        validate(options)
-        return type(self)(self._window, {**self._overrides, **options})
-
-    @property
-    def options(self) -> Options:
-        return get_options().replace(**self._overrides).resolved()
 
     def apply(self, func: Any, raw: bool = False, engine: Any = None,
               engine_kwargs: dict[str, Any] | None = None, args: tuple[Any, ...] | None = None,
@@ -202,7 +193,7 @@ class WindowParallelAccessor:
         Series or DataFrame
             Exactly what the same call without ``.parallel`` returns.
         """
-        window = self._window
+        window = self._obj
         call = dict(raw=raw, engine=engine, engine_kwargs=engine_kwargs, args=args,
                     kwargs=kwargs)
         bind_like_pandas(window, "apply", (func,), call)

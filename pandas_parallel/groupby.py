@@ -27,7 +27,7 @@ from pandas_parallel.accessor import (
     run_async_call,
 )
 from pandas_parallel.pipeline import Operation, Piece, execute
-from pandas_parallel.splitting import Units
+from pandas_parallel.splitting import Carrier, Units
 from pandas_parallel.transport import Tagged
 
 logger = logging.getLogger("pandas_parallel")
@@ -37,16 +37,14 @@ logger = logging.getLogger("pandas_parallel")
 class Regroup:
     """Recreates a GroupBy on a chunk. Sent to workers once per call.
 
-    A chunk is a *carrier* frame: the data columns (positions
-    ``0..n_data-1``), then one column per key that is not a column of the
-    data (arrays, Series, functions, Groupers, index levels by name), holding
-    each row's key value. Column keys are grouped by label, so pandas
-    excludes them from groups exactly as it does on the whole frame.
+    A chunk is a :class:`Carrier` frame: the data columns, then one column
+    per key that is not a column of the data (arrays, Series, functions,
+    Groupers, index levels by name), holding each row's key value. Column
+    keys are grouped by label, so pandas excludes them from groups exactly
+    as it does on the whole frame.
     """
 
-    n_data: int
-    columns: pd.Index | None  # data column labels; None when the data is a Series
-    series_name: Any
+    layout: Carrier
     keys: tuple[tuple[str, Any], ...]  # ("column", label) or ("carried", name)
     level: Any
     sort: bool
@@ -55,27 +53,20 @@ class Regroup:
     group_keys: bool
     selection: Any
 
-    def data(self, carrier: pd.DataFrame) -> pd.DataFrame | pd.Series:
-        if self.columns is None:
-            return carrier.iloc[:, 0].rename(self.series_name)
-        data = carrier.iloc[:, : self.n_data]
-        data.columns = self.columns
-        return data
-
     def groupby(self, carrier: pd.DataFrame) -> Any:
-        data = self.data(carrier)
+        data = self.layout.data(carrier)
         options = dict(sort=self.sort, dropna=self.dropna, as_index=self.as_index,
                        group_keys=self.group_keys, observed=True)
         if self.level is not None and not self.keys:
             gb = data.groupby(level=self.level, **options)
         else:
             keys: list[Any] = []
-            carried = self.n_data
+            carried = 0
             for kind, ref in self.keys:
                 if kind == "column":
                     keys.append(ref)
                 else:
-                    keys.append(carrier.iloc[:, carried].rename(ref))
+                    keys.append(self.layout.extra(carrier, carried).rename(ref))
                     carried += 1
             gb = data.groupby(keys if len(keys) > 1 else keys[0], **options)
         return gb if self.selection is None else gb[self.selection]
@@ -161,16 +152,9 @@ class _Plan:
                     level_values = index.get_level_values(position)
                     keys.append(("carried", index.names[position]))
                     carried.append(level_values.take(np.maximum(self.codes, 0)).array)
-        frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
-        carrier = frame.set_axis(range(frame.shape[1]), axis=1)
-        for i, values in enumerate(carried):
-            carrier[frame.shape[1] + i] = values
-        self.carrier = carrier
+        layout, self.carrier = Carrier.wrap(obj, carried)
         self.regroup = Regroup(
-            n_data=frame.shape[1],
-            columns=None if isinstance(obj, pd.Series) else obj.columns,
-            series_name=obj.name if isinstance(obj, pd.Series) else None,
-            keys=tuple(keys), level=spec.level, sort=spec.sort, dropna=spec.dropna,
+            layout=layout, keys=tuple(keys), level=spec.level, sort=spec.sort, dropna=spec.dropna,
             as_index=spec.as_index, group_keys=spec.group_keys,
             # A SeriesGroupBy's obj is already the selected column.
             selection=spec.selection if isinstance(obj, pd.DataFrame) else None)

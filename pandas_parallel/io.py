@@ -90,10 +90,10 @@ def _dataset(path: str, fmt: str) -> pa_ds.Dataset:
     return pa_ds.dataset(path, format=parquet)
 
 
-def read_batches(path: str, fmt: str, batch_rows: int) -> tuple[pa.Schema, int | None,
-                                                                 Iterator[pa.Table]]:
-    """The file's schema, its row count when known without reading it, and
-    its rows as tables of about ``batch_rows`` rows, in order."""
+def read_batches(path: str, fmt: str, batch_rows: int
+                 ) -> tuple[int | None, Iterator[pa.Table]]:
+    """The file's row count when known without reading it, and its rows as
+    tables of about ``batch_rows`` rows, in order."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or directory: {path!r}")
     if fmt == "csv":
@@ -109,7 +109,7 @@ def read_batches(path: str, fmt: str, batch_rows: int) -> tuple[pa.Schema, int |
         batches = iter(dataset.to_batches(batch_size=batch_rows, use_threads=False,
                                           batch_readahead=0, fragment_readahead=0))
         total = dataset.count_rows()
-    return schema, total, _regroup(batches, schema, batch_rows)
+    return total, _regroup(batches, schema, batch_rows)
 
 
 def read_whole(path: str, fmt: str) -> pd.DataFrame:
@@ -319,7 +319,7 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
     fmt_out = detect_format(destination, output_format)
     run = _operation(operation, func, column, into, {**options, "progress": False})
     began = time.perf_counter()
-    _, total, tables = read_batches(source, fmt_in, batch_rows)
+    total, tables = read_batches(source, fmt_in, batch_rows)
     show = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(show, total)
     writer = AtomicWriter(destination, fmt_out)

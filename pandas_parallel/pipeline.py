@@ -188,6 +188,7 @@ def _execute(op: Operation) -> Any:
     start = 0
     per_unit: float | None = None
     expected: float | None = None
+    pool_warm = _warm_workers == n_workers or options.backend != "loky"
     n_bytes = op.units.nbytes()
     if options.serial_fallback and options.chunk_size is None:
         spent = last = 0.0
@@ -205,7 +206,6 @@ def _execute(op: Operation) -> Any:
                 break
         per_unit = last / size
         remaining = n_units - start
-        pool_warm = _warm_workers == n_workers or options.backend != "loky"
         fork = not pool_warm and executor.fork_available()
         guess = planning.estimate(per_unit, remaining,
                                   n_workers, n_bytes * remaining // n_units, pool_warm,
@@ -242,8 +242,8 @@ def _execute(op: Operation) -> Any:
         count = planning.chunk_count(per_unit, remaining, n_workers,
                                      n_bytes * remaining // n_units, cluster)
         ranges = op.units.cut(start, count, None)
-    fork = (options.backend == "loky" and _warm_workers != n_workers
-            and executor.fork_available())
+    # Asked again: the sampled calls may have started a thread.
+    fork = not pool_warm and executor.fork_available()
     logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
                  op.label, n_workers, "forked" if fork else options.backend, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)

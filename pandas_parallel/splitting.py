@@ -10,8 +10,10 @@ run on a chunk, produce groups in the same relative order as on the whole.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +49,43 @@ def balanced_cuts(weights: np.ndarray, n_chunks: int) -> list[tuple[int, int]]:
     edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, n), heavy, heavy + 1, [n]]))
     edges = edges[(edges >= 0) & (edges <= n)]
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Carrier:
+    """How a *carrier* frame holds the input: its data columns under
+    positional labels ``0..n_data-1``, then extra columns riding along (group
+    keys, row positions). Sent to workers, it recovers the data and the extras
+    from a chunk of the carrier.
+    """
+
+    n_data: int
+    columns: pd.Index | None  # data column labels; None when the data is a Series
+    series_name: Any
+
+    @classmethod
+    def wrap(cls, obj: pd.DataFrame | pd.Series, extras: Sequence[Any] = ()
+             ) -> tuple[Carrier, pd.DataFrame]:
+        """The layout for ``obj``, and the carrier frame with ``extras``
+        (one array-like per extra column, a value per row) appended."""
+        series = isinstance(obj, pd.Series)
+        frame = obj.to_frame() if series else obj
+        carrier = frame.set_axis(range(frame.shape[1]), axis=1)
+        for i, values in enumerate(extras):
+            carrier[frame.shape[1] + i] = values
+        layout = cls(frame.shape[1], None if series else obj.columns,
+                     obj.name if series else None)
+        return layout, carrier
+
+    def data(self, carrier: pd.DataFrame) -> pd.DataFrame | pd.Series:
+        if self.columns is None:
+            return carrier.iloc[:, 0].rename(self.series_name)
+        data = carrier.iloc[:, : self.n_data]
+        data.columns = self.columns
+        return data
+
+    def extra(self, carrier: pd.DataFrame, i: int) -> pd.Series:
+        return carrier.iloc[:, self.n_data + i]
 
 
 class Units:

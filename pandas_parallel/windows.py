@@ -32,7 +32,7 @@ from pandas_parallel.accessor import (
     run_async_call,
 )
 from pandas_parallel.pipeline import Operation, Piece, execute
-from pandas_parallel.splitting import PaddedRows, Units
+from pandas_parallel.splitting import Carrier, PaddedRows, Units
 from pandas_parallel.transport import Tagged
 
 logger = logging.getLogger("pandas_parallel")
@@ -45,17 +45,15 @@ _PADDING_SHARE = 0.1
 class Rewindow:
     """Makes the same window object on a chunk. Sent to workers once per call.
 
-    A chunk is a *carrier* frame: the data columns (positions
-    ``0..n_data-1``), then, for grouped windows, one column per group key
-    holding each row's key value, then each row's position in the input.
+    A chunk is a :class:`Carrier` frame: the data columns, then, for grouped
+    windows, one column per group key holding each row's key value, then
+    each row's position in the input.
     """
 
     kind: str
     params: dict[str, Any]
     selection: Any
-    n_data: int
-    columns: pd.Index | None  # data column labels; None when the data is a Series
-    series_name: Any
+    layout: Carrier
     key_names: tuple[Any, ...] = ()
     observed: bool = True
     sort: bool = True
@@ -65,18 +63,11 @@ class Rewindow:
     def grouped(self) -> bool:
         return bool(self.key_names)
 
-    def data(self, carrier: pd.DataFrame) -> pd.DataFrame | pd.Series:
-        if self.columns is None:
-            return carrier.iloc[:, 0].rename(self.series_name)
-        data = carrier.iloc[:, : self.n_data]
-        data.columns = self.columns
-        return data
-
     def window(self, carrier: pd.DataFrame) -> Any:
         """The window object on ``carrier``, as the user made it on the whole."""
-        data: Any = self.data(carrier)
+        data: Any = self.layout.data(carrier)
         if self.grouped:
-            keys = [carrier.iloc[:, self.n_data + i].rename(name)
+            keys = [self.layout.extra(carrier, i).rename(name)
                     for i, name in enumerate(self.key_names)]
             data = data.groupby(keys if len(keys) > 1 else keys[0], sort=self.sort,
                                 dropna=self.dropna, observed=self.observed)
@@ -89,9 +80,7 @@ def apply_padded(rewindow: Rewindow, chunk: Tagged, func: Any, args: tuple[Any, 
     """``window(chunk).apply(func, ...)`` on padded rows, keeping the chunk's
     own rows (runs in workers)."""
     head, keep = chunk.tag
-    frame = chunk.value
-    carrier = frame.to_frame() if isinstance(frame, pd.Series) else frame
-    result = rewindow.window(carrier).apply(func, *args, **kwargs)
+    result = rewindow.window(chunk.value).apply(func, *args, **kwargs)
     # The padding starts on a multiple of `step`, so outputs stay aligned.
     step = rewindow.params.get("step") or 1
     return result.iloc[-(-head // step): -(-(head + keep) // step)]
@@ -235,14 +224,9 @@ class WindowParallelAccessor(Configurable):
     # -- machinery ----------------------------------------------------------------
     def _plan(self, spec: _compat.WindowSpec) -> tuple[Rewindow, Units, Any] | None:
         obj = spec.obj
-        frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
-        carrier = frame.set_axis(range(frame.shape[1]), axis=1)
-        common = dict(kind=spec.kind, params=spec.params, selection=spec.selection,
-                      n_data=frame.shape[1],
-                      columns=None if isinstance(obj, pd.Series) else obj.columns,
-                      series_name=obj.name if isinstance(obj, pd.Series) else None)
         if spec.groupings:
-            return self._grouped_units(spec, carrier, common)
+            return self._grouped_units(spec)
+        layout, carrier = Carrier.wrap(obj)
         padding = self._padding(spec)
         if padding is None:
             return None
@@ -256,7 +240,8 @@ class WindowParallelAccessor(Configurable):
             result.index = expected_index  # pandas' own object (keeps a freq)
             return result
 
-        return (Rewindow(**common), PaddedRows(carrier, pad, max_chunks), combine_padded)
+        rewindow = Rewindow(spec.kind, spec.params, spec.selection, layout)
+        return rewindow, PaddedRows(carrier, pad, max_chunks), combine_padded
 
     @staticmethod
     def _padding(spec: _compat.WindowSpec) -> tuple[Any, int] | None:
@@ -278,18 +263,18 @@ class WindowParallelAccessor(Configurable):
         return _time_window_pad(times, window, bool(params["center"]))
 
     @staticmethod
-    def _grouped_units(spec: _compat.WindowSpec, carrier: pd.DataFrame,
-                       common: dict[str, Any]) -> tuple[Rewindow, Units, Any]:
+    def _grouped_units(spec: _compat.WindowSpec) -> tuple[Rewindow, Units, Any]:
         n = len(spec.obj)
-        for grouping in spec.groupings:
-            carrier[carrier.shape[1]] = pd.Index(grouping.values).array
-        carrier[carrier.shape[1]] = np.arange(n, dtype=np.int64)
+        layout, carrier = Carrier.wrap(
+            spec.obj, [*(pd.Index(g.values).array for g in spec.groupings),
+                       np.arange(n, dtype=np.int64)])
         groups = spec.groups or []
         # Units are groups, numbered in the order pandas returns them.
         order = np.concatenate(groups).astype(np.int64)
         codes = np.full(n, -1, dtype=np.int64)
         codes[order] = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
-        rewindow = Rewindow(**common, key_names=tuple(g.name for g in spec.groupings),
+        rewindow = Rewindow(spec.kind, spec.params, spec.selection, layout,
+                            key_names=tuple(g.name for g in spec.groupings),
                             observed=all(g.observed for g in spec.groupings),
                             sort=spec.sort, dropna=spec.dropna)
 

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import gc
 import linecache
 import logging
 import re
@@ -262,10 +263,32 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
 
 
 def fork_available() -> bool:
-    """Whether worker processes may be forked from this one now: on Linux,
-    with no other Python thread running (a fork copies only the calling
-    thread; a lock another thread held would stay locked in the child)."""
-    return sys.platform == "linux" and threading.active_count() == 1
+    """Whether worker processes may be forked from this one now.
+
+    On Linux, with no other Python thread running (a fork copies only the
+    calling thread: a lock another thread held would stay locked in the
+    child), and no OpenMP runtime loaded (GNU OpenMP's thread pool does not
+    survive a fork: a child that uses it after the parent did hangs).
+    """
+    return (sys.platform == "linux" and threading.active_count() == 1
+            and not _openmp_loaded())
+
+
+_OPENMP_LIBRARY = re.compile(r"/lib(?:gomp|iomp5|omp)\b[^/\n]*\.so")
+_openmp_seen = False
+
+
+def _openmp_loaded() -> bool:
+    """Whether an OpenMP runtime is mapped into this process (read from
+    ``/proc/self/maps``: about a millisecond; once seen, it stays)."""
+    global _openmp_seen
+    if not _openmp_seen:
+        try:
+            with open("/proc/self/maps") as maps:
+                _openmp_seen = _OPENMP_LIBRARY.search(maps.read()) is not None
+        except OSError:
+            _openmp_seen = True  # cannot tell: do not fork
+    return _openmp_seen
 
 
 _inherited: list[Task] = []  # the call's tasks, as forked workers find them
@@ -276,31 +299,38 @@ def _run_inherited(i: int) -> Outcome:
 
 
 def run_forked(tasks: Iterable[Task], n_workers: int, progress: Progress,
-               reporter: Reporter) -> Iterator[Outcome]:
+               reporter: Reporter, states: np.ndarray | None) -> Iterator[Outcome]:
     """Run ``tasks`` on processes forked from this one for this call only.
 
-    For a first call, before the warm pool exists: forked workers start in
-    milliseconds with pandas already imported, and read their chunks from
-    their copy of this process's memory, so nothing is shipped. Results come
-    back pickled. A failure or Ctrl-C kills them; a worker death raises
-    :class:`WorkerCrashedError`.
+    Forked workers start in milliseconds with everything imported, and cut
+    their chunks from their copy of this process's memory, so nothing is
+    shipped. Results come back pickled. A failure or Ctrl-C kills them; a
+    worker death raises :class:`WorkerCrashedError`.
     """
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
     global _inherited
     _inherited = list(tasks)
+    # Each child first leaves the objects it inherited out of its garbage
+    # collections: a full collection would otherwise walk (and so copy) all
+    # of them, tens of milliseconds. (Freezing here, in the parent, would
+    # delay the collection of this process's own garbage.)
     pool = concurrent.futures.ProcessPoolExecutor(
-        n_workers, mp_context=multiprocessing.get_context("fork"))
+        n_workers, mp_context=multiprocessing.get_context("fork"), initializer=gc.freeze)
     finished = False
     try:
-        futures = {pool.submit(_run_inherited, i): i for i in range(len(_inherited))}
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                outcome = future.result()
-            except BrokenProcessPool as exc:
-                raise _crash_error(exc, [], reporter.describe) from exc
-            yield _deliver(outcome, progress, reporter)
+        in_flight = {pool.submit(_run_inherited, i): _inherited[i]
+                     for i in range(len(_inherited))}
+        while in_flight:
+            for future in _finished(in_flight):
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as exc:
+                    raise _crash_error(exc, _running_chunks(states),
+                                       reporter.describe) from exc
+                yield _deliver(outcome, progress, reporter)
+            progress.refresh()
         finished = True
     finally:
         if not finished:

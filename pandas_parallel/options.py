@@ -57,6 +57,14 @@ class Options:
     timeout : float or None
         For ``async def`` functions: seconds a single call may take before it
         fails with ``TimeoutError`` naming its row.
+    fork : bool
+        With the default ``"loky"`` backend, fork the workers from this
+        process for each call when that is safe: on Linux, with no other
+        Python thread and no OpenMP runtime loaded. Forked workers start in
+        milliseconds with everything this process has imported and read
+        their chunks from its memory, so nothing is shipped to them.
+        Otherwise (and always with ``fork=False``) calls run on a warm pool
+        of loky worker processes, started once and reused.
     """
 
     n_jobs: int | None = None
@@ -68,6 +76,7 @@ class Options:
     transport: str = "auto"
     concurrency: int = 100
     timeout: float | None = None
+    fork: bool = True
 
     def resolved(self) -> Options:
         """These options with ``backend`` (and, if unset, ``n_jobs``) taken
@@ -206,6 +215,7 @@ _CHECKS = {
     "transport": _check_transport,
     "concurrency": _check_concurrency,
     "timeout": _check_timeout,
+    "fork": _check_bool("fork"),
 }
 
 _lock = threading.Lock()

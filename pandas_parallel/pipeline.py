@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -36,11 +37,17 @@ _IN_PROCESS_BACKENDS = ("threading",)  # workers in this process: nothing pickle
 
 @dataclasses.dataclass
 class Piece:
-    """The result for a range of units, with the original rows it covers."""
+    """The result for a range of units (of the split ``split``)."""
 
     result: Any
     units: tuple[int, int]
-    rows: np.ndarray | slice
+    split: Units
+
+    @functools.cached_property
+    def rows(self) -> np.ndarray | slice:
+        """The original rows the piece covers (found on demand: for
+        scattered units, such as groups, it is a pass over all rows)."""
+        return self.split.rows_of(*self.units)
 
 
 @dataclasses.dataclass
@@ -89,7 +96,7 @@ class Operation:
     def run_here(self, start: int, stop: int) -> Piece:
         chunk = self.units.local(start, stop)
         result = self.runner(chunk, self.func, self.args, self.kwargs)
-        return Piece(result, (start, stop), self.units.rows_of(start, stop))
+        return Piece(result, (start, stop), self.units)
 
     def progress_size(self, start: int, stop: int) -> int:
         """Units ``[start, stop)`` in the progress bar's unit (rows for row
@@ -131,6 +138,17 @@ def _serial_reason(op: Operation, n_workers: int) -> str | None:
     if len(op.units) == 1 and op.options.serial_fallback:
         return "there is a single unit of work"
     return None
+
+
+def _worker_start(options: Options, n_workers: int) -> str:
+    """How a call gets its worker processes now: ``"fork"`` (forked from
+    this process for the call), ``"warm"`` (already running, or owned by
+    another backend) or ``"cold"`` (the warm pool must start)."""
+    if options.backend != "loky":
+        return "warm"
+    if options.fork and executor.fork_available():
+        return "fork"
+    return "warm" if _warm_workers == n_workers else "cold"
 
 
 def _show_progress(options: Options, expected_seconds: float | None) -> bool:
@@ -188,7 +206,7 @@ def _execute(op: Operation) -> Any:
     start = 0
     per_unit: float | None = None
     expected: float | None = None
-    pool_warm = _warm_workers == n_workers or options.backend != "loky"
+    workers = _worker_start(options, n_workers)
     n_bytes = op.units.nbytes()
     if options.serial_fallback and options.chunk_size is None:
         spent = last = 0.0
@@ -206,26 +224,24 @@ def _execute(op: Operation) -> Any:
                 break
         per_unit = last / size
         remaining = n_units - start
-        fork = not pool_warm and executor.fork_available()
-        guess = planning.estimate(per_unit, remaining,
-                                  n_workers, n_bytes * remaining // n_units, pool_warm,
-                                  cluster, fork)
+        remaining_bytes = n_bytes * remaining // n_units
+        guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
+                                  workers, cluster)
         expected = guess.serial
         logger.debug("%s: sampled %d %s in %.4fs (%.2e s/unit); remaining %d: "
-                     "serial %.3fs, parallel %.3fs (pool %s)", op.label, start,
+                     "serial %.3fs, parallel %.3fs (workers %s)", op.label, start,
                      op.unit, spent, per_unit, remaining, guess.serial,
-                     guess.parallel, "warm" if pool_warm else "cold, fork" if fork else "cold")
+                     guess.parallel, workers)
         if not guess.parallel_wins:
             logger.debug("%s: serial (parallel would not be faster)", op.label)
             if start < n_units:
                 with _chunk_failures(op):
                     pieces.extend(_run_here_with_progress(op, start, guess.serial))
             result = _combine_or_serial(op, pieces)
-            if (not pool_warm and options.backend == "loky"
+            if (workers == "cold"
                     and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
                     and planning.estimate(per_unit, remaining, n_workers,
-                                          n_bytes * remaining // n_units,
-                                          pool_warm=True).parallel_wins):
+                                          remaining_bytes).parallel_wins):
                 # Only the start-up cost stood in the way. Start the workers
                 # now that this call's work is done (so it is not slowed), and
                 # the next call like it finds them warm.
@@ -243,7 +259,8 @@ def _execute(op: Operation) -> Any:
                                      n_bytes * remaining // n_units, cluster)
         ranges = op.units.cut(start, count, None)
     # Asked again: the sampled calls may have started a thread.
-    fork = not pool_warm and executor.fork_available()
+    workers = _worker_start(options, n_workers)
+    fork = workers == "fork"
     logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
                  op.label, n_workers, "forked" if fork else options.backend, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)
@@ -251,11 +268,7 @@ def _execute(op: Operation) -> Any:
     with _chunk_failures(op):
         pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here,
                                     program if fork else blob, fork))
-    if fork:
-        # This call's workers were forked for it alone; start the warm pool
-        # now, in the background, for the calls that follow.
-        executor.start_pool(n_workers)
-    if options.backend == "loky":
+    if options.backend == "loky" and not fork:
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces)
 
@@ -309,9 +322,9 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
     global _warm_workers
     options = op.options
     backend = options.backend or "loky"
-    # Forked workers find chunks in their copy of this process, like threads.
-    in_process = backend in _IN_PROCESS_BACKENDS or fork
-    local_processes = backend in ("loky", "multiprocessing") and not fork
+    threads = backend in _IN_PROCESS_BACKENDS and not fork
+    # Processes on this machine: they share files in the scratch directory.
+    local_processes = fork or backend in ("loky", "multiprocessing")
     call_id = uuid.uuid4().hex
 
     def describe(chunk: int) -> str:
@@ -323,22 +336,23 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
     began = time.perf_counter()
     transport.sweep_stale_scratch()
     with transport.scratch_directory(n_bytes if local_processes else 0) as directory:
-        if in_process:
+        if threads:
             def payload(i: int) -> transport.Payload:
                 return transport.Inline(op.units.local(*ranges[i]))
-            directory_for_results = None
+        elif fork:  # each worker cuts its chunk from its copy of the input
+            def payload(i: int) -> transport.Payload:
+                return transport.Deferred(functools.partial(op.units.local, *ranges[i]))
         elif not local_processes:  # other machines: everything in-band
             def payload(i: int) -> transport.Payload:
                 return transport.in_band(op.units.local(*ranges[i]), options.transport)
-            directory_for_results = None
         else:
             payload = op.units.ship(ranges, directory, options.transport).payload
-            directory_for_results = directory
+        directory_for_results = directory if local_processes else None
         shipped = time.perf_counter()
         counters: Any = None
         counter_array = None
         show = _show_progress(options, expected)
-        if in_process:
+        if threads:
             counter_array = counters = np.zeros(3 * len(ranges) + 1, dtype=np.int64)
         elif local_processes and directory is not None:
             path = os.path.join(directory, "progress.bin")
@@ -352,7 +366,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         watch = options.timeout is not None and backend == "threading"
         tasks = (Task(call_id, i, payload(i), blob, sizes[i], directory_for_results,
                       options.transport, counters, count_calls=show, watch_calls=watch,
-                      in_band=not local_processes and not in_process)
+                      in_band=not local_processes and not threads)
                  for i in order)
         progress = executor.Progress(
             show, done_here + sum(sizes), op.label, op.unit,
@@ -365,7 +379,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         try:
             reporter = executor.Reporter(op.label, describe, op.func)
             if fork:
-                outcomes = executor.run_forked(tasks, n_workers, progress, reporter)
+                outcomes = executor.run_forked(tasks, n_workers, progress, reporter, states)
             elif backend == "loky":
                 outcomes = executor.run_local(tasks, n_workers, progress, reporter,
                                               states, pool_warm=_warm_workers == n_workers)
@@ -398,5 +412,5 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                 counter_array[-1] = 1  # workers still running write no more files
             progress.close(ok)
             del counter_array, states
-    return [Piece(results[i], (a, b), op.units.rows_of(a, b))
+    return [Piece(results[i], (a, b), op.units)
             for i, (a, b) in enumerate(ranges)]

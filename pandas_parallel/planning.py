@@ -19,10 +19,9 @@ import math
 # on the same cores that do the work (this process works meanwhile: see
 # executor.run_local). Measured on a 2-core machine.
 WORKER_START_CPU_SECONDS = 0.4
-# Forking a worker from this process (first calls, see executor.run_forked),
-# and spawning the warm pool right after, within the same call.
-FORK_START_SECONDS = 0.03
-POOL_SPAWN_SECONDS = 0.02
+# Forking a worker from this process for one call (executor.run_forked):
+# about 4 ms each, plus about 1 ms per GB the process holds (page tables).
+FORK_START_SECONDS = 0.01
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
@@ -55,21 +54,24 @@ class Estimate:
 
 
 def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
-             pool_warm: bool, cluster: bool = False, fork: bool = False) -> Estimate:
-    """Serial vs parallel time for ``units`` more units of work (``fork``:
-    a cold pool's workers would be forked from this process)."""
+             workers: str = "warm", cluster: bool = False) -> Estimate:
+    """Serial vs parallel time for ``units`` more units of work.
+
+    ``workers`` says how the call gets its worker processes: ``"warm"``
+    (already running, or a cluster's), ``"fork"`` (forked from this process
+    for the call) or ``"cold"`` (started, importing pandas, during the call).
+    """
     serial = seconds_per_unit * units
     n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
-    start_cpu = 0.0 if pool_warm or cluster else n_workers * (
-        FORK_START_SECONDS if fork else WORKER_START_CPU_SECONDS)
+    start_cpu = {"warm": 0.0, "fork": FORK_START_SECONDS,
+                 "cold": WORKER_START_CPU_SECONDS}[workers] * n_workers
     overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
     rate = CLUSTER_BYTES_PER_SECOND if cluster else TRANSFER_BYTES_PER_SECOND
     parallel = (
         (serial + start_cpu) / n_workers
         + n_chunks * overhead / n_workers
         # Forked workers read their input from memory; results still travel.
-        + (1 if fork and not pool_warm else 2) * n_bytes / rate
-        + (POOL_SPAWN_SECONDS if fork and not pool_warm else 0.0)
+        + (1 if workers == "fork" else 2) * n_bytes / rate
     )
     return Estimate(serial, parallel)
 

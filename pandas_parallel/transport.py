@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -255,6 +255,18 @@ class Inline:
 
 
 @dataclasses.dataclass
+class Deferred:
+    """A chunk its worker cuts for itself from the input (``make()``): for
+    workers forked from this process, which hold a copy of the input, so
+    the parent does not spend its time cutting every chunk up front."""
+
+    make: Callable[[], Any]
+
+    def load(self) -> Any:
+        return self.make()
+
+
+@dataclasses.dataclass
 class Tagged:
     """A result with facts about how it was made (e.g. the kinds of values
     the user's function returned), which the combine step needs."""
@@ -281,7 +293,7 @@ class ArrowBytes:
         return self.labels.apply_to(frame)
 
 
-Payload = ArrowSlice | ArrowBytes | Inline | Tagged
+Payload = ArrowSlice | ArrowBytes | Inline | Deferred | Tagged
 
 
 def in_band(obj: Any, transport: str) -> Payload:

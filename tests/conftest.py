@@ -29,11 +29,13 @@ def scratch_dirs() -> list[str]:
             for p in glob.glob(os.path.join(base, pattern))]
 
 
-@pytest.fixture
-def forced():
-    """Real parallel execution: two workers, one-row chunks, no fallback."""
+@pytest.fixture(params=["forked", "pool"])
+def forced(request):
+    """Real parallel execution: two workers, one-row chunks, no fallback;
+    on workers forked for each call, and on the warm loky pool."""
     with pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=1,
-                                progress=False) as options:
+                                progress=False,
+                                fork=request.param == "forked") as options:
         yield options
 
 

@@ -45,11 +45,12 @@ if __name__ == "__main__":
         elif mode == "threads":
             frame.parallel(backend="threading").apply(slow, axis=1)
         elif mode == "warm-processes":
-            # A first call forks its workers and starts the warm pool for the
-            # next; this one runs on that pool.
+            # Without forking, a first call starts the warm loky pool; this
+            # one runs on it.
+            pandas_parallel.config(fork=False)
             frame.iloc[:4].parallel.apply(lambda row: row["a"], axis=1)
             frame.parallel.apply(slow, axis=1)
-        else:  # a first call: workers forked from this process
+        else:  # workers forked from this process for the call
             frame.parallel.apply(slow, axis=1)
     except KeyboardInterrupt:
         print(f"interrupted {time.monotonic()}", flush=True)

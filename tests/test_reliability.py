@@ -3,6 +3,7 @@ and a progress bar that tells the truth."""
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import re
 import select
@@ -188,7 +189,7 @@ def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
         stop_leftover(proc)
 
 
-# -- a first call forks its workers ------------------------------------------------------
+# -- workers forked for each call -----------------------------------------------------------
 FIRST_CALL = """
 import os, sys
 import pandas as pd, pandas_parallel
@@ -211,22 +212,66 @@ print(commands.nunique(), "loky" in " ".join(commands))
 """
 
 
-@pytest.mark.parametrize("crash_at", [-1, 123])
-def test_first_call_forks_its_workers_and_survives_their_death(tmp_path, crash_at):
-    """In a fresh single-threaded process, the first call's workers are forked
-    (they run this very script: same command line), results are exact, and a
-    worker's death is a WorkerCrashedError with no process left behind."""
-    script = tmp_path / "first_call.py"
-    script.write_text(FIRST_CALL.replace("CRASH_AT", str(crash_at)))
+def _run_script(tmp_path, text: str) -> str:
+    script = tmp_path / "script.py"
+    script.write_text(text)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     proc = psutil.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, text=True, env=env)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    return out
+
+
+@pytest.mark.parametrize("crash_at", [-1, 123])
+def test_first_call_forks_its_workers_and_survives_their_death(tmp_path, crash_at):
+    """In a fresh single-threaded process, the first call's workers are forked
+    (they run this very script: same command line), results are exact, and a
+    worker's death is a WorkerCrashedError with no process left behind."""
+    out = _run_script(tmp_path, FIRST_CALL.replace("CRASH_AT", str(crash_at)))
     if crash_at >= 0:
         assert out.startswith("crashed: a worker process died"), out
     else:
         assert out.split() == ["1", "False"], out  # one command line: the parent's
+
+
+START_METHODS = """
+import ctypes, ctypes.util, threading
+import pandas as pd, pandas_parallel, psutil
+
+def where(row):
+    with open("/proc/self/cmdline", "rb") as fh:
+        return fh.read().replace(b"\\0", b" ").decode()
+
+frame = pd.DataFrame({"a": range(100)})
+
+def workers():
+    commands = frame.parallel.apply(where, axis=1)
+    return "pool" if "loky" in " ".join(commands) else "forked"
+
+pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=10, progress=False)
+seen = [workers(), workers(), str(len(psutil.Process().children()))]
+CHANGE
+seen.append(workers())
+print(*seen)
+"""
+
+
+@pytest.mark.parametrize("change, then", [
+    ("pass", "forked"),
+    ("pandas_parallel.config(fork=False)", "pool"),
+    ("threading.Thread(target=threading.Event().wait, daemon=True).start()", "pool"),
+    pytest.param("ctypes.CDLL(ctypes.util.find_library('gomp'))", "pool",
+                 marks=pytest.mark.skipif(ctypes.util.find_library("gomp") is None,
+                                          reason="needs GNU OpenMP")),
+])
+def test_calls_fork_only_while_it_is_safe(tmp_path, change, then):
+    """Each call forks its workers (none outlive it) while the process has a
+    single thread and no OpenMP runtime; with ``fork=False``, another thread
+    running, or libgomp loaded (its thread pool hangs in a forked child),
+    calls run on the warm loky pool."""
+    out = _run_script(tmp_path, START_METHODS.replace("CHANGE", change))
+    assert out.split() == ["forked", "forked", "0", then]
 
 
 # -- bad input ------------------------------------------------------------------------

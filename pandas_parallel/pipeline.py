@@ -102,7 +102,7 @@ class Operation:
         """Units ``[start, stop)`` in the progress bar's unit (rows for row
         work, however rows are grouped into units; groups; columns)."""
         if self.unit == "rows":
-            return int(self.units.weights[start:stop].sum())
+            return self.units.rows_in(start, stop)
         return stop - start
 
     def describe(self, start: int, stop: int) -> str:

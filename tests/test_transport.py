@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pandas_parallel
 from pandas_parallel import transport
@@ -116,3 +118,20 @@ def test_stale_scratch_of_dead_process_is_swept(tmp_path):
 def test_transport_option_is_validated():
     with pytest.raises(ValueError, match="transport"):
         pandas_parallel.config(transport="carrier-pigeon")
+
+
+@given(n=st.integers(0, 300), n_chunks=st.integers(1, 40), data=st.data())
+def test_rows_split_into_contiguous_chunks_of_even_size(n, n_chunks, data):
+    """One row per unit, weights kept implicit: chunks tile the rows left
+    after ``start`` in order, as many as asked (or one per row), sizes within one."""
+    from pandas_parallel.splitting import Units
+
+    start = data.draw(st.integers(0, n))
+    units = Units.rows(pd.Series(np.arange(n)))
+    ranges = units.cut(start, n_chunks, None)
+    assert len(ranges) == min(n_chunks, n - start)
+    assert [a for a, _ in ranges] + [n] == [start] + [b for _, b in ranges] or not ranges
+    sizes = [units.rows_in(a, b) for a, b in ranges]
+    assert sum(sizes) == n - start and (not sizes or max(sizes) - min(sizes) <= 1)
+    for a, b in ranges:
+        assert units.rows_of(a, b) == slice(a, b)

@@ -1,7 +1,9 @@
 """Gather: run tasks on a pool, collect outcomes as they finish.
 
-The local default is loky's reusable executor, driven directly: it stays
-warm between calls, hands chunks out as workers free up, and - unlike
+Where forking is safe (see :func:`fork_available`), a call's workers are
+forked for it (:func:`run_forked`). Otherwise the local default is loky's
+reusable executor, driven directly: it stays warm between calls, hands
+chunks out as workers free up, and - unlike
 ``joblib.Parallel``, which terminates every worker when one task raises -
 survives a failing user function, because failures come back as data
 (see :mod:`pandas_parallel.worker`). Any other joblib backend (threading,

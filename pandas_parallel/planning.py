@@ -20,8 +20,10 @@ import math
 # executor.run_local). Measured on a 2-core machine.
 WORKER_START_CPU_SECONDS = 0.4
 # Forking a worker from this process for one call (executor.run_forked):
-# about 4 ms each, plus about 1 ms per GB the process holds (page tables).
-FORK_START_SECONDS = 0.01
+# about 4 ms each, plus about 1 ms per GB the process holds (page tables),
+# plus the worker's first writes to memory it shares with this process
+# (copy-on-write): 10-15 ms on a 0.1 s map, measured.
+FORK_START_SECONDS = 0.02
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long

@@ -275,9 +275,9 @@ def test_out_of_core_file_five_times_the_memory_budget(tmp_path, funcs):
     assert in_memory >= 5 * budget
     (tmp_path / "big_fn.py").write_text(
         "def double(frame):\n    return frame * 2\n")
-    # Chunks of a fixed size: both runs use the workers (the first batch on
-    # forked ones, the rest on the warm pool), whatever the machine's load
-    # makes the planner think of so cheap a function.
+    # Chunks of a fixed size: both runs use the workers (forked for each
+    # batch), whatever the machine's load makes the planner think of so
+    # cheap a function.
     common = ["-f", f"{tmp_path}/big_fn.py:double", "--jobs", "2", "--batch-rows",
               "25000", "--chunk-size", "12500", "--no-progress"]
     tiny = tmp_path / "tiny.parquet"  # a few batches: the baseline includes the pool

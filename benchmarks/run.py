@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/run.py                     # all workloads
     python benchmarks/run.py --workloads rowwise_heavy --repeat 5
+    python benchmarks/run.py --no-fork           # on the warm loky pool, as in Jupyter
 
 For each workload it reports the median of ``--repeat`` warm runs (workers
 already started) of serial pandas and of ``.parallel``, interleaved so both
@@ -61,13 +62,14 @@ def cold_once(name: str, kind: str) -> float:
     return seconds
 
 
-def cold(name: str, repeat: int) -> dict:
+def cold(name: str, repeat: int, fork: bool) -> dict:
     """Each first call in its own fresh process, so neither is measured
     while the other's workers start or pandas warms up."""
     runs: dict[str, list[float]] = {"serial": [], "parallel": []}
     for _ in range(repeat):
         for kind in runs:
-            out = subprocess.run([sys.executable, __file__, "--cold-once", name, kind],
+            out = subprocess.run([sys.executable, __file__, "--cold-once", name, kind,
+                                  *([] if fork else ["--no-fork"])],
                                  capture_output=True, text=True, check=True)
             runs[kind].append(float(out.stdout.strip().splitlines()[-1]))
     return {k: statistics.median(v) for k, v in runs.items()}
@@ -79,9 +81,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cold-repeat", type=int, default=3)
     parser.add_argument("--output", default=None, help="write the Markdown table here")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="use the warm loky pool (as in a process with threads, "
+                             "e.g. Jupyter) instead of workers forked for each call")
     parser.add_argument("--cold-once", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    pandas_parallel.config(progress=False)
+    pandas_parallel.config(progress=False, fork=not args.no_fork)
     if args.cold_once:
         print(cold_once(*args.cold_once))
         return
@@ -89,13 +94,15 @@ def main() -> None:
             "parallel cold (s) | speed-up cold |", "|---|---|---|---|---|---|"]
     for name in args.workloads:
         w = warm(name, args.repeat)
-        c = cold(name, args.cold_repeat)
+        c = cold(name, args.cold_repeat, fork=not args.no_fork)
         rows.append(f"| {WORKLOADS[name].description} | {w['serial']:.2f} | "
                     f"{w['parallel']:.2f} | {w['serial'] / w['parallel']:.2f}x | "
                     f"{c['parallel']:.2f} | {c['serial'] / c['parallel']:.2f}x |")
         print(rows[-1], flush=True)
-    header = (f"pandas {pd.__version__}, {os.cpu_count()} CPUs; medians of "
-              f"{args.repeat} warm and {args.cold_repeat} cold runs\n\n")
+    workers = ("a warm loky pool (fork=False)" if args.no_fork
+               else "forked for each call")
+    header = (f"pandas {pd.__version__}, {os.cpu_count()} CPUs, workers {workers}; "
+              f"medians of {args.repeat} warm and {args.cold_repeat} cold runs\n\n")
     table = header + "\n".join(rows) + "\n"
     print("\n" + table)
     if args.output:

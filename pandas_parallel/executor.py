@@ -89,6 +89,19 @@ def shutdown_pool() -> None:
             _executor = None
 
 
+def progress_bar(**kwargs: Any) -> Any:
+    """A ``tqdm.auto`` bar that starts no monitor thread.
+
+    tqdm's monitor thread outlives the bar, and a process with another thread
+    must not fork (see :func:`fork_available`): every later call would lose
+    its forked workers. Our bars are refreshed by the calls themselves.
+    """
+    from tqdm.auto import tqdm
+
+    quiet = type("ProgressBar", (tqdm,), {"monitor_interval": 0})
+    return quiet(**kwargs)
+
+
 class Progress:
     """One bar per call, advanced by completed work (not by dispatch).
 
@@ -106,10 +119,8 @@ class Progress:
         self.finished = np.zeros(len(sizes), dtype=bool)
         self.shown = 0
         if show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
-                            dynamic_ncols=True, mininterval=0.2)
+            self.bar = progress_bar(total=total, initial=initial, desc=desc, unit=unit,
+                                    dynamic_ncols=True, mininterval=0.2)
 
     def done(self, chunk: int) -> None:
         self.finished[chunk] = True

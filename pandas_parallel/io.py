@@ -32,6 +32,7 @@ import pyarrow.dataset as pa_ds
 import pyarrow.parquet as pq
 
 import pandas_parallel  # noqa: F401  (registers .parallel)
+from pandas_parallel.executor import progress_bar
 from pandas_parallel.options import validate
 
 logger = logging.getLogger("pandas_parallel")
@@ -382,6 +383,4 @@ def process_parquet(source: str, func: Callable[..., Any], destination: str,
 def _progress_bar(show: bool, total: int | None) -> Any:
     if not show:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="rows", unit_scale=True, desc="pandas-parallel")
+    return progress_bar(total=total, unit="rows", unit_scale=True, desc="pandas-parallel")

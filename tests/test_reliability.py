@@ -259,6 +259,8 @@ print(*seen)
 
 @pytest.mark.parametrize("change, then", [
     ("pass", "forked"),
+    # A progress bar leaves no thread behind (tqdm's monitor would).
+    ("frame.parallel(progress=True).apply(where, axis=1)", "forked"),
     ("pandas_parallel.config(fork=False)", "pool"),
     ("threading.Thread(target=threading.Event().wait, daemon=True).start()", "pool"),
     pytest.param("ctypes.CDLL(ctypes.util.find_library('gomp'))", "pool",

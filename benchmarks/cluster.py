@@ -24,7 +24,7 @@ import time
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS
+from workloads import WORKLOADS, write_table
 
 import pandas_parallel
 
@@ -83,13 +83,8 @@ def main() -> None:
                         f"{m['local']:.2f} | {m['serial'] / m['local']:.2f}x | "
                         f"{m['dask']:.2f} | {m['serial'] / m['dask']:.2f}x |")
             print(rows[-1], flush=True)
-    header = (f"pandas {pd.__version__}, {os.cpu_count()} CPUs; warm medians of "
-              f"{args.repeat} interleaved runs\n\n")
-    table = header + "\n".join(rows) + "\n"
-    print("\n" + table)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(table)
+    write_table(f"pandas {pd.__version__}, {os.cpu_count()} CPUs; warm medians of "
+                f"{args.repeat} interleaved runs", rows, args.output)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS
+from workloads import WORKLOADS, write_table
 
 import pandas_parallel
 
@@ -101,13 +101,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     workers = ("a warm loky pool (fork=False)" if args.no_fork
                else "forked for each call")
-    header = (f"pandas {pd.__version__}, {os.cpu_count()} CPUs, workers {workers}; "
-              f"medians of {args.repeat} warm and {args.cold_repeat} cold runs\n\n")
-    table = header + "\n".join(rows) + "\n"
-    print("\n" + table)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(table)
+    write_table(f"pandas {pd.__version__}, {os.cpu_count()} CPUs, workers {workers}; "
+                f"medians of {args.repeat} warm and {args.cold_repeat} cold runs",
+                rows, args.output)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,12 @@ WORKLOADS = {
                  lambda s: s.map(cheap), lambda s: s.parallel.map(cheap), 1_000_000),
     ]
 }
+
+
+def write_table(header: str, rows: list[str], output: str | None) -> None:
+    """Print a Markdown table under ``header``; also write it to ``output``."""
+    table = header + "\n\n" + "\n".join(rows) + "\n"
+    print("\n" + table)
+    if output:
+        with open(output, "w") as fh:
+            fh.write(table)

@@ -1,7 +1,7 @@
 """Gather: run tasks on a pool, collect outcomes as they finish.
 
-Where forking is safe (see :func:`fork_available`), a call's workers are
-forked for it (:func:`run_forked`). Otherwise the local default is loky's
+Where forking is safe, a call's workers are forked for it (see
+:mod:`pandas_parallel.forking`). Otherwise the local default is loky's
 reusable executor, driven directly: it stays warm between calls, hands
 chunks out as workers free up, and - unlike
 ``joblib.Parallel``, which terminates every worker when one task raises -
@@ -16,7 +16,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import gc
 import linecache
 import logging
 import re
@@ -37,7 +36,7 @@ from pandas_parallel.worker import Outcome, Task, initialize_worker, run_chunk
 
 logger = logging.getLogger("pandas_parallel")
 
-_POLL_SECONDS = 0.25
+POLL_SECONDS = 0.25
 _IDLE_WORKER_TIMEOUT = 300
 
 
@@ -210,7 +209,7 @@ def _code_files(func: Any) -> dict[str, str]:
     return found
 
 
-def _crash_error(exc: BaseException, running: list[int],
+def crash_error(exc: BaseException, running: list[int],
                  describe: Callable[[int], str]) -> WorkerCrashedError:
     chunks = "; ".join(describe(i) for i in running) or "an unknown chunk"
     text = str(exc)
@@ -263,7 +262,7 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
                     outcome = future.result()
                 except (TerminatedWorkerError, BrokenProcessPool) as exc:
                     running = _running_chunks(states)
-                    raise _crash_error(exc, running, reporter.describe) from exc
+                    raise crash_error(exc, running, reporter.describe) from exc
                 if outcome.failure is not None:
                     reporter.raise_failure(outcome)
                 progress.done(outcome.chunk)
@@ -273,86 +272,6 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
         logger.debug("interrupted: stopping the worker processes")
         executor.shutdown(wait=False, kill_workers=True)
         raise
-
-
-def fork_available() -> bool:
-    """Whether worker processes may be forked from this one now.
-
-    On Linux, with no other Python thread running (a fork copies only the
-    calling thread: a lock another thread held would stay locked in the
-    child), and no OpenMP runtime loaded (GNU OpenMP's thread pool does not
-    survive a fork: a child that uses it after the parent did hangs).
-    """
-    return (sys.platform == "linux" and threading.active_count() == 1
-            and not _openmp_loaded())
-
-
-_OPENMP_LIBRARY = re.compile(r"/lib(?:gomp|iomp5|omp)\b[^/\n]*\.so")
-_openmp_seen = False
-
-
-def _openmp_loaded() -> bool:
-    """Whether an OpenMP runtime is mapped into this process (read from
-    ``/proc/self/maps``: about a millisecond; once seen, it stays)."""
-    global _openmp_seen
-    if not _openmp_seen:
-        try:
-            with open("/proc/self/maps") as maps:
-                _openmp_seen = _OPENMP_LIBRARY.search(maps.read()) is not None
-        except OSError:
-            _openmp_seen = True  # cannot tell: do not fork
-    return _openmp_seen
-
-
-_inherited: list[Task] = []  # the call's tasks, as forked workers find them
-
-
-def _run_inherited(i: int) -> Outcome:
-    return run_chunk(_inherited[i])
-
-
-def run_forked(tasks: Iterable[Task], n_workers: int, progress: Progress,
-               reporter: Reporter, states: np.ndarray | None) -> Iterator[Outcome]:
-    """Run ``tasks`` on processes forked from this one for this call only.
-
-    Forked workers start in milliseconds with everything imported, and cut
-    their chunks from their copy of this process's memory, so nothing is
-    shipped. Results come back pickled. A failure or Ctrl-C kills them; a
-    worker death raises :class:`WorkerCrashedError`.
-    """
-    import multiprocessing
-    from concurrent.futures.process import BrokenProcessPool
-
-    global _inherited
-    _inherited = list(tasks)
-    # Each child first leaves the objects it inherited out of its garbage
-    # collections: a full collection would otherwise walk (and so copy) all
-    # of them, tens of milliseconds. (Freezing here, in the parent, would
-    # delay the collection of this process's own garbage.)
-    pool = concurrent.futures.ProcessPoolExecutor(
-        n_workers, mp_context=multiprocessing.get_context("fork"), initializer=gc.freeze)
-    finished = False
-    try:
-        in_flight = {pool.submit(_run_inherited, i): _inherited[i]
-                     for i in range(len(_inherited))}
-        while in_flight:
-            for future in _finished(in_flight):
-                try:
-                    outcome = future.result()
-                except BrokenProcessPool as exc:
-                    raise _crash_error(exc, _running_chunks(states),
-                                       reporter.describe) from exc
-                yield _deliver(outcome, progress, reporter)
-            progress.refresh()
-        finished = True
-    finally:
-        if not finished:
-            # The executor can only wait for running tasks: stop them.
-            for process in list(getattr(pool, "_processes", {}).values()):
-                with contextlib.suppress(Exception):
-                    process.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
-        _inherited = []
 
 
 def _top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
@@ -371,7 +290,7 @@ def _finished(in_flight: dict[Any, Task]) -> list[Any]:
     """Wait a moment for tasks in flight; remove and return those done."""
     if not in_flight:
         return []
-    done, _ = concurrent.futures.wait(in_flight, timeout=_POLL_SECONDS,
+    done, _ = concurrent.futures.wait(in_flight, timeout=POLL_SECONDS,
                                       return_when=concurrent.futures.FIRST_COMPLETED)
     for future in done:
         in_flight.pop(future)
@@ -448,7 +367,7 @@ def _worker_losses(label: str, backend: str) -> Iterator[None]:
             "less memory per task.") from exc
 
 
-def _deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome:
+def deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome:
     if outcome.failure is not None:
         reporter.raise_failure(outcome)
     progress.done(outcome.chunk)
@@ -476,7 +395,7 @@ def run_joblib(tasks: Iterable[Task], n_workers: int, backend: str,
                 outcome = next(outcomes, None)
             if outcome is None:
                 return
-            yield _deliver(outcome, progress, reporter)
+            yield deliver(outcome, progress, reporter)
     finally:
         with contextlib.suppress(Exception), warnings.catch_warnings():
             # joblib warns that results of chunks still running go unused.
@@ -506,7 +425,7 @@ def run_dask(tasks: Iterable[Task], progress: Progress, reporter: Reporter
         for future in as_completed(futures):
             with _worker_losses(reporter.label, "dask"):
                 outcome = future.result()
-            yield _deliver(outcome, progress, reporter)
+            yield deliver(outcome, progress, reporter)
     finally:
         client.cancel([future for future in futures if not future.done()])
 

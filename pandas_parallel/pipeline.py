@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import clusters, executor, planning, transport
+from pandas_parallel import clusters, executor, forking, planning, transport
 from pandas_parallel.combine import CannotCombine
 from pandas_parallel.options import Options, resolve_n_jobs
 from pandas_parallel.splitting import Units
@@ -146,7 +146,7 @@ def _worker_start(options: Options, n_workers: int) -> str:
     another backend) or ``"cold"`` (the warm pool must start)."""
     if options.backend != "loky":
         return "warm"
-    if options.fork and executor.fork_available():
+    if options.fork and forking.fork_available():
         return "fork"
     return "warm" if _warm_workers == n_workers else "cold"
 
@@ -379,7 +379,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         try:
             reporter = executor.Reporter(op.label, describe, op.func)
             if fork:
-                outcomes = executor.run_forked(tasks, n_workers, progress, reporter, states)
+                outcomes = forking.run_forked(list(tasks), n_workers, progress, reporter)
             elif backend == "loky":
                 outcomes = executor.run_local(tasks, n_workers, progress, reporter,
                                               states, pool_warm=_warm_workers == n_workers)

@@ -1,0 +1,209 @@
+"""Workers forked from this process for one call.
+
+Where it is safe (:func:`fork_available`), each call forks its own workers:
+they start in milliseconds with everything imported, and cut their chunks
+from their copy of this process's memory, so nothing is shipped to them.
+The pool is a few pipes, with no threads of its own, so the process stays
+single-threaded and the next call can fork again:
+
+- each worker reads chunk numbers from its task pipe and answers each one
+  with a pickled :class:`~pandas_parallel.worker.Outcome` on its result pipe;
+- chunks are handed out one at a time, as workers free up;
+- a worker that dies closes its result pipe, and this process knows exactly
+  which chunk it held;
+- a failure, Ctrl-C or the end of the call stops the workers and reaps them.
+  Workers also die with this process (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Iterator
+from multiprocessing.connection import Connection, Pipe, wait
+
+from pandas_parallel import worker
+from pandas_parallel.executor import POLL_SECONDS, Progress, Reporter, crash_error, deliver
+from pandas_parallel.worker import Outcome, Task, run_chunk
+
+logger = logging.getLogger("pandas_parallel")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def fork_available() -> bool:
+    """Whether worker processes may be forked from this one now.
+
+    On Linux, with no other Python thread running (a fork copies only the
+    calling thread: a lock another thread held would stay locked in the
+    child), and no OpenMP runtime loaded (GNU OpenMP's thread pool does not
+    survive a fork: a child that uses it after the parent did hangs).
+    """
+    return (sys.platform == "linux" and threading.active_count() == 1
+            and not _openmp_loaded())
+
+
+_OPENMP_LIBRARY = re.compile(r"/lib(?:gomp|iomp5|omp)\b[^/\n]*\.so")
+_openmp_seen = False
+
+
+def _openmp_loaded() -> bool:
+    """Whether an OpenMP runtime is mapped into this process (read from
+    ``/proc/self/maps``: about a millisecond; once seen, it stays)."""
+    global _openmp_seen
+    if not _openmp_seen:
+        try:
+            with open("/proc/self/maps") as maps:
+                _openmp_seen = _OPENMP_LIBRARY.search(maps.read()) is not None
+        except OSError:
+            _openmp_seen = True  # cannot tell: do not fork
+    return _openmp_seen
+
+
+class _Worker:
+    """One forked process and the two pipes that connect it to this one."""
+
+    def __init__(self, pid: int, tasks: Connection, results: Connection) -> None:
+        self.pid = pid
+        self.tasks = tasks  # chunk numbers to the worker
+        self.results = results  # outcomes from the worker
+        self.chunk: int | None = None  # the chunk it is running
+
+    def hand(self, chunk: int | None) -> None:
+        """Give the worker its next chunk, or tell it to exit (``None``)."""
+        self.chunk = chunk
+        with contextlib.suppress(OSError):  # it may have died: its result pipe says so
+            self.tasks.send(-1 if chunk is None else chunk)
+
+    def close(self) -> None:
+        self.tasks.close()
+        self.results.close()
+
+    def exit_status(self) -> str:
+        """How the (dead) worker ended, for a person."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            return "it ended in an unknown way"
+        self.pid = 0
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            return f"it was killed by signal {signal.Signals(number).name}"
+        return f"it exited with status {os.WEXITSTATUS(status)}"
+
+
+def _fork(tasks: list[Task], siblings: list[_Worker]) -> _Worker:
+    task_reader, task_writer = Pipe(duplex=False)
+    result_reader, result_writer = Pipe(duplex=False)
+    pid = os.fork()
+    if pid == 0:  # the worker: never returns
+        code = 1
+        try:
+            task_writer.close()
+            result_reader.close()
+            for sibling in siblings:
+                sibling.close()
+            _serve(tasks, task_reader, result_writer)
+            code = 0
+        except BaseException:  # nothing may escape a forked child
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    task_reader.close()
+    result_writer.close()
+    return _Worker(pid, task_writer, result_reader)
+
+
+def _serve(tasks: list[Task], inbox: Connection, outbox: Connection) -> None:
+    """The worker's loop: run the chunks it is handed until told to stop."""
+    # Ctrl-C reaches the whole process group: the parent stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the line above
+        return
+    worker.initialize_worker()
+    # Leave inherited objects out of garbage collections: a full collection
+    # would walk (and so copy) all of them, tens of milliseconds.
+    gc.freeze()
+    while True:
+        try:
+            chunk = inbox.recv()
+        except EOFError:
+            return
+        if chunk < 0:
+            return
+        outbox.send(run_chunk(tasks[chunk]))
+
+
+def run_forked(tasks: list[Task], n_workers: int, progress: Progress,
+               reporter: Reporter) -> Iterator[Outcome]:
+    """Run ``tasks`` on processes forked from this one for this call only,
+    yielding outcomes as they finish.
+
+    Chunks are handed out in the order given, one at a time as workers free
+    up. A failure or Ctrl-C kills the workers; a worker's death raises
+    :class:`~pandas_parallel.errors.WorkerCrashedError` naming its chunk.
+    """
+    waiting = deque(range(len(tasks)))
+    workers: list[_Worker] = []
+    # A child would write what this process has buffered a second time.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        for _ in range(min(n_workers, len(tasks))):
+            workers.append(_fork(tasks, workers))
+            workers[-1].hand(waiting.popleft())
+        busy = {w.results: w for w in workers}
+        while busy:
+            for ready in wait(list(busy), timeout=POLL_SECONDS):
+                assert isinstance(ready, Connection)
+                current = busy[ready]
+                try:
+                    outcome: Outcome = ready.recv()
+                except (EOFError, OSError):  # it died, maybe in mid-message
+                    raise _crashed(current, reporter) from None
+                if waiting:
+                    current.hand(waiting.popleft())
+                else:
+                    current.hand(None)
+                    del busy[ready]
+                yield deliver(outcome, progress, reporter)
+            progress.refresh()
+    finally:
+        _stop(workers)
+
+
+def _crashed(dead: _Worker, reporter: Reporter) -> BaseException:
+    how = dead.exit_status()
+    chunk = [dead.chunk] if dead.chunk is not None else []
+    return crash_error(RuntimeError(f"the worker process died: {how}"), chunk,
+                       reporter.describe)
+
+
+def _stop(workers: list[_Worker]) -> None:
+    """Kill the workers still running (after a failure or Ctrl-C) and reap
+    all of them; those told to exit are gone or about to be."""
+    for current in workers:
+        if current.pid and current.chunk is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(current.pid, signal.SIGKILL)
+        current.close()
+    for current in workers:
+        if current.pid:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(current.pid, 0)

@@ -51,7 +51,9 @@ class Options:
         sessions for work expected to take more than a couple of seconds.
     transport : {"auto", "arrow", "pickle"}
         How chunks travel to workers and back. ``"auto"`` uses Arrow IPC in
-        shared memory when a frame round-trips exactly, pickle otherwise.
+        shared memory when a frame round-trips exactly, pickle otherwise
+        and for small results (up to about 500,000 values). ``"arrow"``
+        also sends small results through Arrow.
     concurrency : int
         For ``async def`` functions: calls in flight at once.
     timeout : float or None

@@ -32,9 +32,10 @@ def scratch_dirs() -> list[str]:
 @pytest.fixture(params=["forked", "pool"])
 def forced(request):
     """Real parallel execution: two workers, one-row chunks, no fallback;
-    on workers forked for each call, and on the warm loky pool."""
+    on workers forked for each call, and on the warm loky pool. Results
+    come back through Arrow (``"auto"`` would pickle such small ones)."""
     with pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=1,
-                                progress=False,
+                                progress=False, transport="arrow",
                                 fork=request.param == "forked") as options:
         yield options
 

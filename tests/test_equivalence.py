@@ -238,7 +238,7 @@ def test_empty_and_tiny_inputs():
                       lambda: one.parallel.apply(lambda r: r.a * 2, axis=1))
 
 
-def test_transport_modes_agree():
+def test_transport_modes_agree(forced):
     df = pd.DataFrame({"a": np.arange(20), "s": [f"v{i}" for i in range(20)],
                        "o": [1, "x"] * 10})
     expected = df.apply(lambda r: f"{r.a}-{r.s}-{r.o}", axis=1)

@@ -38,10 +38,20 @@ def test_round_trip_is_exact_or_pickled(tmp_path, kind):
 @pytest.mark.parametrize("kind", ARROW_EXACT)
 def test_results_come_back_exactly(tmp_path, kind):
     column = make_column(kind, [1, 2, 3], [False, True, False]).rename("r")
-    payload = transport.ship_result(column, str(tmp_path), "result.arrow", "auto")
+    payload = transport.ship_result(column, str(tmp_path), "result.arrow", "arrow")
     assert isinstance(payload, transport.ArrowSlice)
     pd.testing.assert_series_equal(transport.fetch_result(payload), column)
     assert os.listdir(tmp_path) == []  # the parent deletes what it has read
+
+
+def test_small_results_come_back_pickled_and_large_ones_by_arrow(tmp_path):
+    small = pd.Series(np.arange(10.0), name="r")
+    large = pd.DataFrame({"a": np.arange(transport.INLINE_RESULT_VALUES), "b": 1.5})
+    payload = transport.ship_result(small, str(tmp_path), "small.arrow", "auto")
+    assert isinstance(payload, transport.Inline) and os.listdir(tmp_path) == []
+    payload = transport.ship_result(large, str(tmp_path), "large.arrow", "auto")
+    assert isinstance(payload, transport.ArrowSlice)
+    pd.testing.assert_frame_equal(transport.fetch_result(payload), large)
 
 
 @pytest.mark.parametrize("frame", [

@@ -23,6 +23,11 @@ def slow(row):
     return row["a"]
 
 
+def stuck(row):
+    slow(row)
+    threading.Event().wait()  # never returns: only a signal ends it
+
+
 async def slow_async(value):
     import asyncio
 
@@ -50,6 +55,8 @@ if __name__ == "__main__":
             pandas_parallel.config(fork=False)
             frame.iloc[:4].parallel.apply(lambda row: row["a"], axis=1)
             frame.parallel.apply(slow, axis=1)
+        elif mode == "stuck":
+            frame.parallel.apply(stuck, axis=1)
         else:  # workers forked from this process for the call
             frame.parallel.apply(slow, axis=1)
     except KeyboardInterrupt:

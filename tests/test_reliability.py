@@ -189,6 +189,37 @@ def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
         stop_leftover(proc)
 
 
+def test_forked_workers_die_with_a_killed_parent():
+    """SIGKILL leaves the parent no chance to clean up: its forked workers
+    die with it, and the next call removes its scratch directory."""
+    script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    # The workers' function never returns.
+    proc = subprocess.Popen([sys.executable, script, "stuck"], stdout=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    workers: list[psutil.Process] = []
+    try:
+        lines = _read_lines_until(
+            proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2, timeout=60)
+        parent = int(next(x for x in lines if x.startswith("parent")).split()[1])
+        workers = [psutil.Process(int(x.split()[1])) for x in lines if x.startswith("worker")]
+        assert all(w.ppid() == parent for w in workers)  # forked, not a pool's
+        proc.kill()
+        proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived their parent: {alive}"
+        from pandas_parallel import transport
+
+        transport.sweep_stale_scratch()
+        leftovers = [name for base in ("/dev/shm", "/tmp") for name in os.listdir(base)
+                     if name.startswith(f"pandas_parallel-{parent}-")]
+        assert leftovers == []
+    finally:
+        stop_leftover(proc)
+        for stray in psutil.wait_procs(workers, timeout=0)[1]:
+            stray.kill()
+
+
 # -- workers forked for each call -----------------------------------------------------------
 FIRST_CALL = """
 import os, sys
@@ -230,7 +261,9 @@ def test_first_call_forks_its_workers_and_survives_their_death(tmp_path, crash_a
     worker's death is a WorkerCrashedError with no process left behind."""
     out = _run_script(tmp_path, FIRST_CALL.replace("CRASH_AT", str(crash_at)))
     if crash_at >= 0:
-        assert out.startswith("crashed: a worker process died"), out
+        assert out.startswith("crashed: a worker process died while running chunk 4 of "
+                              "10: rows [120 ... 159]"), out
+        assert "it exited with status 3" in out, out
     else:
         assert out.split() == ["1", "False"], out  # one command line: the parent's
 

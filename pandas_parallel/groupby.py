@@ -133,13 +133,8 @@ class _Plan:
         codes = gb.ngroup().to_numpy()
         if codes.dtype.kind == "f":
             codes = np.where(np.isnan(codes), -1, codes)
-        self.codes = codes.astype(np.int64)
-        self.n_groups = len(spec.result_index)
-        counts = np.bincount(self.codes[self.codes >= 0], minlength=self.n_groups)
-        # Groups with no rows (unobserved categories, empty time bins) are
-        # numbered differently by ngroup, and pandas calls the function on
-        # them: such groupbys stay with pandas.
-        self.has_empty_groups = len(counts) != self.n_groups or bool((counts == 0).any())
+        codes = codes.astype(np.int64, copy=False)
+        n_groups = len(spec.result_index)
 
         keys: list[tuple[str, Any]] = []
         carried: list[np.ndarray | pd.api.extensions.ExtensionArray] = []
@@ -151,8 +146,15 @@ class _Plan:
                 else:
                     level_values = index.get_level_values(position)
                     keys.append(("carried", index.names[position]))
-                    carried.append(level_values.take(np.maximum(self.codes, 0)).array)
-        layout, self.carrier = Carrier.wrap(obj, carried)
+                    carried.append(level_values.take(np.maximum(codes, 0)).array)
+        layout, carrier = Carrier.wrap(obj, carried)
+        self.units = Units.groups(carrier, codes, n_groups)
+        # Groups with no rows (unobserved categories, empty time bins) are
+        # numbered differently by ngroup, and pandas calls the function on
+        # them: such groupbys stay with pandas.
+        sizes = self.units.weights
+        assert sizes is not None
+        self.has_empty_groups = len(sizes) != n_groups or bool((sizes == 0).any())
         self.regroup = Regroup(
             layout=layout, keys=tuple(keys), level=spec.level, sort=spec.sort, dropna=spec.dropna,
             as_index=spec.as_index, group_keys=spec.group_keys,
@@ -258,7 +260,7 @@ class GroupByParallelAccessor(Configurable):
         label = f"groupby.{'agg' if name == 'aggregate' else name}"
         operation = Operation(
             label=label, unit="groups",
-            units=Units.groups(plan.carrier, plan.codes, plan.n_groups),
+            units=plan.units,
             runner=(functools.partial(call_grouped_apply, plan.regroup) if name == "apply"
                     else functools.partial(call_grouped, name, plan.regroup)),
             func=func, args=args[1:], kwargs=kwargs,

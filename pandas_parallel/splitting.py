@@ -165,8 +165,8 @@ class Units:
     def groups(cls, obj: pd.DataFrame | pd.Series, codes: np.ndarray,
                n_groups: int) -> Units:
         """One unit per group, numbered in pandas' group order."""
-        valid = codes >= 0
-        return cls(obj, np.bincount(codes[valid], minlength=n_groups), codes=codes)
+        grouped = codes if codes.min(initial=0) >= 0 else codes[codes >= 0]
+        return cls(obj, np.bincount(grouped, minlength=n_groups), codes=codes)
 
     @classmethod
     def for_partition(cls, obj: pd.DataFrame | pd.Series, partition: str) -> Units:

@@ -209,35 +209,34 @@ def _execute(op: Operation) -> Any:
     workers = _worker_start(options, n_workers)
     n_bytes = op.units.nbytes()
     if options.serial_fallback and options.chunk_size is None:
-        spent = last = 0.0
-        size = 1
-        for size in planning.probe_sizes(n_units):
+        per_row = planning.recall(op.func, _cost_kind(op))
+        if per_row is not None:
+            per_unit = per_row * _work_rows(op, 0, n_units) / n_units
+            measured = "cost remembered from the last call"
+        else:
             began = time.perf_counter()
-            with _chunk_failures(op):
-                pieces.append(op.run_here(start, start + size))
-            last = time.perf_counter() - began
-            spent += last
-            start += size
-            # Stop once one sample alone is long enough that pandas' fixed
-            # cost per call (and its first-call warm-up) no longer dominates.
-            if last >= planning.PROBE_SECONDS:
-                break
-        per_unit = last / size
+            start, per_unit = _sample(op, pieces)
+            measured = (f"sampled {start} {op.unit} in {time.perf_counter() - began:.4f}s")
         remaining = n_units - start
         remaining_bytes = n_bytes * remaining // n_units
         guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
                                   workers, cluster)
         expected = guess.serial
-        logger.debug("%s: sampled %d %s in %.4fs (%.2e s/unit); remaining %d: "
-                     "serial %.3fs, parallel %.3fs (workers %s)", op.label, start,
-                     op.unit, spent, per_unit, remaining, guess.serial,
+        logger.debug("%s: %s (%.2e s/unit); remaining %d: serial %.3fs, parallel %.3fs "
+                     "(workers %s)", op.label, measured, per_unit, remaining, guess.serial,
                      guess.parallel, workers)
         if not guess.parallel_wins:
             logger.debug("%s: serial (parallel would not be faster)", op.label)
-            if start < n_units:
-                with _chunk_failures(op):
-                    pieces.extend(_run_here_with_progress(op, start, guess.serial))
-            result = _combine_or_serial(op, pieces)
+            began = time.perf_counter()
+            if start == 0 and not _show_progress(options, guess.serial):
+                result = op.serial()  # nothing sampled: plain pandas, as is
+            else:
+                if start < n_units:
+                    with _chunk_failures(op):
+                        pieces.extend(_run_here_with_progress(op, start, guess.serial))
+                result = _combine_or_serial(op, pieces)
+            planning.remember(op.func, _cost_kind(op), time.perf_counter() - began,
+                              _work_rows(op, start, n_units))
             if (workers == "cold"
                     and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
                     and planning.estimate(per_unit, remaining, n_workers,
@@ -271,6 +270,40 @@ def _execute(op: Operation) -> Any:
     if options.backend == "loky" and not fork:
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces)
+
+
+def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float]:
+    """Run the first units here in samples of growing size, timed, adding
+    their pieces to ``pieces``; return the units done and the cost per unit."""
+    start = 0
+    last = 0.0
+    size = 1
+    for size in planning.probe_sizes(len(op.units)):
+        began = time.perf_counter()
+        with _chunk_failures(op):
+            pieces.append(op.run_here(start, start + size))
+        last = time.perf_counter() - began
+        start += size
+        # Stop once one sample alone is long enough that pandas' fixed
+        # cost per call (and its first-call warm-up) no longer dominates.
+        if last >= planning.PROBE_SECONDS:
+            break
+    return start, last / size
+
+
+def _cost_kind(op: Operation) -> tuple[Any, ...]:
+    """What a function's remembered cost depends on besides itself: the
+    operation, and the columns a row holds."""
+    obj = op.units.obj
+    return (op.label, op.unit, type(obj), obj.shape[1:])
+
+
+def _work_rows(op: Operation, start: int, stop: int) -> int:
+    """The rows that units ``[start, stop)`` hold (all rows of each column,
+    for column units): what a function's cost is proportional to."""
+    if op.units.columns:
+        return (stop - start) * len(op.units.obj)
+    return op.units.rows_in(start, stop)
 
 
 def _run_here_with_progress(op: Operation, start: int, expected: float) -> list[Piece]:
@@ -404,6 +437,9 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
             logger.debug("%s: prepared in %.3fs; chunks ran %.3fs in total; all "
                          "results back after %.3fs", op.label, shipped - began,
                          worker_seconds, time.perf_counter() - shipped)
+            if options.chunk_size is None:  # tiny chunks would overstate the cost
+                planning.remember(op.func, _cost_kind(op), worker_seconds,
+                                  _work_rows(op, ranges[0][0], ranges[-1][1]))
         except (KeyboardInterrupt, executor.WorkerCrashedError):
             _warm_workers = 0  # the pool was stopped or replaced
             raise

@@ -2,16 +2,23 @@
 
 The estimate is measured, not guessed: the first few units (rows, columns,
 groups) run in this process, timed, and their results are kept as the
-first piece of the answer - the function never runs twice on a row. From
-the per-unit cost, the known cost of starting workers and of moving bytes,
-the planner picks serial or parallel and sizes chunks so each takes a
-useful fraction of a second, several per worker.
+first piece of the answer - the function never runs twice on a row. A
+function called again on the same kind of input skips the sample: the cost
+per row measured over all of its last call is remembered
+(:func:`remember`, :func:`recall`). From the per-unit cost, the known cost
+of starting workers and of moving bytes, the planner picks serial or
+parallel and sizes chunks so each takes a useful fraction of a second,
+several per worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+import weakref
+from collections.abc import Hashable
+from typing import Any
 
 # Measured on a 2-core machine; conservative so parallel is chosen only
 # when it clearly wins (see benchmarks/).
@@ -41,6 +48,9 @@ CLUSTER_TARGET_CHUNK_SECONDS = (0.25, 10.0)
 # Start workers for next time only when a later call like this one would
 # save a meaningful amount (starting them costs CPU).
 MIN_SECONDS_TO_START_POOL = 0.5
+# A measured cost is remembered only from this much work: on less, pandas'
+# fixed cost per call would inflate the cost per row.
+MIN_SECONDS_TO_REMEMBER = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,3 +126,33 @@ def probe_sizes(units: int) -> list[int]:
         taken += size
         size *= 2
     return sizes
+
+
+_costs: weakref.WeakKeyDictionary[Any, dict[Hashable, float]] = weakref.WeakKeyDictionary()
+_costs_lock = threading.Lock()
+
+
+def remember(func: Any, kind: Hashable, seconds: float, rows: int) -> None:
+    """Note that ``func`` took ``seconds`` over ``rows`` rows, in a call of
+    ``kind`` (the operation and the shape of a row), for later calls.
+
+    Kept as long as the function object lives; nothing is kept for objects
+    that cannot be weakly referenced (mappings, some built-ins).
+    """
+    if seconds < MIN_SECONDS_TO_REMEMBER or rows <= 0:
+        return
+    try:
+        with _costs_lock:
+            _costs.setdefault(func, {})[kind] = seconds / rows
+    except TypeError:
+        pass
+
+
+def recall(func: Any, kind: Hashable) -> float | None:
+    """Seconds per row that ``func`` took in the last call of ``kind``
+    long enough to measure, or ``None``."""
+    try:
+        with _costs_lock:
+            return _costs.get(func, {}).get(kind)
+    except TypeError:
+        return None

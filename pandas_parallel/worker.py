@@ -139,7 +139,7 @@ class Outcome:
     chunk: int
     payload: Payload | None = None
     failure: Failure | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # in the pandas call itself (not loading or shipping)
 
 
 class _Counters:
@@ -284,7 +284,6 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def run_chunk(task: Task) -> Outcome:
     """Run the call's program on one chunk."""
-    started = time.perf_counter()
     outer = getattr(_local, "active", False)
     _local.active = True
     counters = _Counters(task.counters)
@@ -298,6 +297,7 @@ def run_chunk(task: Task) -> Outcome:
             func = _watching(func, counters, task.chunk, n_chunks)
         elif task.count_calls and counters.array is not None and program.calls_per_unit:
             func = _counting(func, counters, task.chunk)
+        started = time.perf_counter()
         try:
             result = program.runner(data, func, program.args, program.kwargs)
         except Exception as exc:
@@ -309,13 +309,14 @@ def run_chunk(task: Task) -> Outcome:
             )
             return Outcome(task.chunk, failure=failure,
                            seconds=time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         if task.in_band:
             payload = in_band(result, task.transport)
         else:
             directory = None if counters.call_over else task.result_dir
             payload = ship_result(result, directory,
                                   f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
-        return Outcome(task.chunk, payload, seconds=time.perf_counter() - started)
+        return Outcome(task.chunk, payload, seconds=seconds)
     finally:
         counters.set(n_chunks + task.chunk, 2)
         _local.active = outer

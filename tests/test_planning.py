@@ -1,0 +1,122 @@
+"""The planner: sampling, the serial fallback, and costs remembered between calls."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pandas_parallel
+from pandas_parallel import planning
+
+
+def _busy(row: pd.Series) -> float:
+    """About 30 microseconds of Python work per row."""
+    value, total = int(row["a"]), 0.0
+    for i in range(300):
+        total += (value * i) % 7
+    return total
+
+
+@pytest.fixture
+def planned():
+    """The planner decides (the default); two workers."""
+    with pandas_parallel.config(n_jobs=2, serial_fallback=True, chunk_size=None,
+                                progress=False) as options:
+        yield options
+
+
+def test_sampled_rows_are_computed_once(planned, tmp_path, caplog):
+    """Sampled rows' results are kept: every row reaches the function once."""
+    log = tmp_path / "calls"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def noted(row):
+        os.write(fd, f"{int(row['a'])}\n".encode())  # one atomic append per call
+        return _busy(row)
+
+    frame = pd.DataFrame({"a": np.arange(8000)})
+    try:
+        with caplog.at_level("DEBUG", logger="pandas_parallel"):
+            result = frame.parallel.apply(noted, axis=1)
+    finally:
+        os.close(fd)
+    assert "sampled" in caplog.text and "parallel on 2" in caplog.text
+    calls = sorted(int(line) for line in log.read_text().split())
+    assert calls == list(range(8000))
+    pd.testing.assert_series_equal(result, frame.apply(_busy, axis=1))
+
+
+def test_a_function_called_again_reuses_its_measured_cost(planned, caplog):
+    frame = pd.DataFrame({"a": np.arange(20_000)})
+
+    def work(row):
+        return _busy(row)
+
+    expected = frame.apply(work, axis=1)
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        first = frame.parallel.apply(work, axis=1)
+        assert "sampled" in caplog.text and "remembered" not in caplog.text
+        caplog.clear()
+        second = frame.parallel.apply(work, axis=1)
+        assert "remembered" in caplog.text and "sampled" not in caplog.text
+    pd.testing.assert_series_equal(first, expected)
+    pd.testing.assert_series_equal(second, expected)
+    # Another kind of call (a frame with more columns) measures afresh.
+    wider = frame.assign(b=1)
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        pd.testing.assert_series_equal(wider.parallel.apply(work, axis=1),
+                                       wider.apply(work, axis=1))
+    assert "sampled" in caplog.text
+
+
+def test_a_remembered_serial_decision_is_plain_pandas(planned, caplog):
+    def cheap(v):
+        return v + 1
+
+    pd.Series(np.arange(2_000_000.0)).parallel.map(cheap)  # long enough to measure
+    small = pd.Series(np.arange(20_000.0), name="x")
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        result = small.parallel.map(cheap)
+    assert "remembered" in caplog.text and "serial (parallel would not" in caplog.text
+    assert "combined" not in caplog.text  # no pieces: pandas' own call
+    pd.testing.assert_series_equal(result, small.map(cheap))
+
+
+def test_costs_of_tiny_work_are_not_remembered(planned, caplog):
+    def tiny(v):
+        return v * 2
+
+    s = pd.Series(np.arange(500))
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        s.parallel.map(tiny)
+        caplog.clear()
+        pd.testing.assert_series_equal(s.parallel.map(tiny), s.map(tiny))
+    # Measured on so little work, pandas' fixed cost per call would have
+    # inflated the cost per row: the second call samples again.
+    assert "sampled" in caplog.text
+    assert planning.recall(tiny, ("map", "rows", pd.Series, ())) is None
+
+
+def test_remembered_costs_do_not_keep_functions_alive():
+    def work(v):
+        return v
+
+    planning.remember(work, "kind", 1.0, 1000)
+    assert planning.recall(work, "kind") == pytest.approx(1e-3)
+    ref = weakref.ref(work)
+    del work
+    gc.collect()
+    assert ref() is None
+
+
+def test_mappings_are_not_remembered_and_still_work(planned):
+    mapping = {i: i * 2 for i in range(1000)}
+    planning.remember(mapping, "kind", 1.0, 1000)  # not weakly referenceable
+    assert planning.recall(mapping, "kind") is None
+    s = pd.Series(np.arange(1000))
+    pd.testing.assert_series_equal(s.parallel.map(mapping), s.map(mapping))

@@ -32,21 +32,22 @@ def planned():
 
 def test_sampled_rows_are_computed_once(planned, tmp_path, caplog):
     """Sampled rows' results are kept: every row reaches the function once."""
-    log = tmp_path / "calls"
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    log = str(tmp_path / "calls")
 
     def noted(row):
-        os.write(fd, f"{int(row['a'])}\n".encode())  # one atomic append per call
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            os.write(fd, f"{int(row['a'])}\n".encode())  # one atomic append per call
+        finally:
+            os.close(fd)
         return _busy(row)
 
     frame = pd.DataFrame({"a": np.arange(8000)})
-    try:
-        with caplog.at_level("DEBUG", logger="pandas_parallel"):
-            result = frame.parallel.apply(noted, axis=1)
-    finally:
-        os.close(fd)
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        result = frame.parallel.apply(noted, axis=1)
     assert "sampled" in caplog.text and "parallel on 2" in caplog.text
-    calls = sorted(int(line) for line in log.read_text().split())
+    with open(log) as fh:
+        calls = sorted(int(line) for line in fh.read().split())
     assert calls == list(range(8000))
     pd.testing.assert_series_equal(result, frame.apply(_busy, axis=1))
 

@@ -293,9 +293,9 @@ def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float]:
 
 def _cost_kind(op: Operation) -> tuple[Any, ...]:
     """What a function's remembered cost depends on besides itself: the
-    operation, and the columns a row holds."""
+    operation, the columns a row holds, and where it runs."""
     obj = op.units.obj
-    return (op.label, op.unit, type(obj), obj.shape[1:])
+    return (op.label, op.unit, type(obj), obj.shape[1:], op.options.backend)
 
 
 def _work_rows(op: Operation, start: int, stop: int) -> int:

@@ -73,6 +73,12 @@ def test_a_function_called_again_reuses_its_measured_cost(planned, caplog):
         pd.testing.assert_series_equal(wider.parallel.apply(work, axis=1),
                                        wider.apply(work, axis=1))
     assert "sampled" in caplog.text
+    # So does the same call on another backend: threads cost what processes do not.
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        pd.testing.assert_series_equal(frame.parallel(backend="threading").apply(work, axis=1),
+                                       expected)
+    assert "sampled" in caplog.text and "remembered" not in caplog.text
 
 
 def test_a_remembered_serial_decision_is_plain_pandas(planned, caplog):
@@ -100,7 +106,7 @@ def test_costs_of_tiny_work_are_not_remembered(planned, caplog):
     # Measured on so little work, pandas' fixed cost per call would have
     # inflated the cost per row: the second call samples again.
     assert "sampled" in caplog.text
-    assert planning.recall(tiny, ("map", "rows", pd.Series, ())) is None
+    assert not planning._costs.get(tiny)  # under any operation or backend
 
 
 def test_remembered_costs_do_not_keep_functions_alive():

@@ -193,7 +193,7 @@ def test_ctrl_c_stops_async_and_thread_runs(mode):
     import subprocess
     import sys
 
-    from tests.test_reliability import _read_lines_until, stop_leftover
+    from tests.test_subprocesses import _read_lines_until, stop_leftover
 
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))

@@ -1,21 +1,17 @@
-"""Never hang, never lose data: errors, crashes, Ctrl-C, bad input, clean-up,
-and a progress bar that tells the truth."""
+"""Never hang, never lose data: errors, crashes, bad input, clean-up, and a
+progress bar that tells the truth. (Ctrl-C and a killed parent are in
+test_subprocesses.py.)"""
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import re
-import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 import pandas_parallel
@@ -120,193 +116,6 @@ def test_worker_death_is_a_clear_error_within_seconds(crash):
     assert "worker process died while running chunk" in message
     assert "smaller chunk_size or fewer n_jobs" in message
     pd.testing.assert_series_equal(s.parallel.map(lambda v: v + 1), s + 1)
-
-
-# -- Ctrl-C -----------------------------------------------------------------------------
-def _read_lines_until(proc, predicate, timeout):
-    """Read the subprocess's stdout until ``predicate(lines)``, or fail.
-
-    Reads the raw descriptor: a buffered reader could hold lines that
-    ``select`` no longer reports.
-    """
-    fd = proc.stdout.fileno()
-    lines, pending, deadline = [], b"", time.monotonic() + timeout
-    while not predicate(lines):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"timed out; output so far: {lines}"
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
-            data = os.read(fd, 65536)
-            assert data, f"subprocess ended early: {lines}"
-            *complete, pending = (pending + data).split(b"\n")
-            lines.extend(line.decode().strip() for line in complete)
-    return lines
-
-
-def stop_leftover(proc) -> None:
-    """After a failed run: kill the subprocess only. Its workers exit when it
-    dies, and loky's resource tracker then removes its semaphores from
-    /dev/shm, which killing the whole process group would prevent."""
-    if proc.poll() is not None:
-        return
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.kill()
-    proc.wait()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        child.kill()
-
-
-@pytest.mark.parametrize("pool", ["processes", "warm-processes"])
-@pytest.mark.parametrize("target", ["process", "process-group"])
-def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
-    proc = subprocess.Popen([sys.executable, script, pool], stdout=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
-    try:
-        lines = _read_lines_until(
-            proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2, timeout=60)
-        parent = int(next(x for x in lines if x.startswith("parent")).split()[1])
-        workers = [psutil.Process(int(x.split()[1])) for x in lines if x.startswith("worker")]
-        sent = time.monotonic()
-        if target == "process":
-            os.kill(proc.pid, signal.SIGINT)
-        else:  # what a terminal's Ctrl-C does
-            os.killpg(proc.pid, signal.SIGINT)
-        returncode = proc.wait(timeout=10)
-        elapsed = time.monotonic() - sent
-        out = proc.stdout.read()
-        assert returncode == 130, out
-        assert "interrupted" in out
-        assert elapsed < 2.0, f"took {elapsed:.2f}s to stop"
-        _, alive = psutil.wait_procs(workers, timeout=5)
-        assert not alive, f"workers still running: {alive}"
-        leftovers = [name for base in ("/dev/shm", "/tmp") for name in os.listdir(base)
-                     if name.startswith(f"pandas_parallel-{parent}-")]
-        assert leftovers == []
-    finally:
-        stop_leftover(proc)
-
-
-def test_forked_workers_die_with_a_killed_parent():
-    """SIGKILL leaves the parent no chance to clean up: its forked workers
-    die with it, and the next call removes its scratch directory."""
-    script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
-    # The workers' function never returns.
-    proc = subprocess.Popen([sys.executable, script, "stuck"], stdout=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
-    workers: list[psutil.Process] = []
-    try:
-        lines = _read_lines_until(
-            proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2, timeout=60)
-        parent = int(next(x for x in lines if x.startswith("parent")).split()[1])
-        workers = [psutil.Process(int(x.split()[1])) for x in lines if x.startswith("worker")]
-        assert all(w.ppid() == parent for w in workers)  # forked, not a pool's
-        proc.kill()
-        proc.wait(timeout=10)
-        _, alive = psutil.wait_procs(workers, timeout=5)
-        assert not alive, f"workers outlived their parent: {alive}"
-        from pandas_parallel import transport
-
-        transport.sweep_stale_scratch()
-        leftovers = [name for base in ("/dev/shm", "/tmp") for name in os.listdir(base)
-                     if name.startswith(f"pandas_parallel-{parent}-")]
-        assert leftovers == []
-    finally:
-        stop_leftover(proc)
-        for stray in psutil.wait_procs(workers, timeout=0)[1]:
-            stray.kill()
-
-
-# -- workers forked for each call -----------------------------------------------------------
-FIRST_CALL = """
-import os, sys
-import pandas as pd, pandas_parallel
-
-def where(row):
-    if row["a"] == CRASH_AT:
-        os._exit(3)
-    with open("/proc/self/cmdline", "rb") as fh:
-        return fh.read().replace(b"\\0", b" ").decode()
-
-frame = pd.DataFrame({"a": range(400)})
-with pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=40, progress=False):
-    try:
-        commands = frame.parallel.apply(where, axis=1)
-    except pandas_parallel.WorkerCrashedError as exc:
-        print("crashed:", exc)
-        sys.exit(0)
-    pd.testing.assert_series_equal(commands, frame.apply(where, axis=1))
-print(commands.nunique(), "loky" in " ".join(commands))
-"""
-
-
-def _run_script(tmp_path, text: str) -> str:
-    script = tmp_path / "script.py"
-    script.write_text(text)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
-    proc = psutil.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True, env=env)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    return out
-
-
-@pytest.mark.parametrize("crash_at", [-1, 123])
-def test_first_call_forks_its_workers_and_survives_their_death(tmp_path, crash_at):
-    """In a fresh single-threaded process, the first call's workers are forked
-    (they run this very script: same command line), results are exact, and a
-    worker's death is a WorkerCrashedError with no process left behind."""
-    out = _run_script(tmp_path, FIRST_CALL.replace("CRASH_AT", str(crash_at)))
-    if crash_at >= 0:
-        assert out.startswith("crashed: a worker process died while running chunk 4 of "
-                              "10: rows [120 ... 159]"), out
-        assert "it exited with status 3" in out, out
-    else:
-        assert out.split() == ["1", "False"], out  # one command line: the parent's
-
-
-START_METHODS = """
-import ctypes, ctypes.util, threading
-import pandas as pd, pandas_parallel, psutil
-
-def where(row):
-    with open("/proc/self/cmdline", "rb") as fh:
-        return fh.read().replace(b"\\0", b" ").decode()
-
-frame = pd.DataFrame({"a": range(100)})
-
-def workers():
-    commands = frame.parallel.apply(where, axis=1)
-    return "pool" if "loky" in " ".join(commands) else "forked"
-
-pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=10, progress=False)
-seen = [workers(), workers(), str(len(psutil.Process().children()))]
-CHANGE
-seen.append(workers())
-print(*seen)
-"""
-
-
-@pytest.mark.parametrize("change, then", [
-    ("pass", "forked"),
-    # A progress bar leaves no thread behind (tqdm's monitor would).
-    ("frame.parallel(progress=True).apply(where, axis=1)", "forked"),
-    ("pandas_parallel.config(fork=False)", "pool"),
-    ("threading.Thread(target=threading.Event().wait, daemon=True).start()", "pool"),
-    pytest.param("ctypes.CDLL(ctypes.util.find_library('gomp'))", "pool",
-                 marks=pytest.mark.skipif(ctypes.util.find_library("gomp") is None,
-                                          reason="needs GNU OpenMP")),
-])
-def test_calls_fork_only_while_it_is_safe(tmp_path, change, then):
-    """Each call forks its workers (none outlive it) while the process has a
-    single thread and no OpenMP runtime; with ``fork=False``, another thread
-    running, or libgomp loaded (its thread pool hangs in a forked child),
-    calls run on the warm loky pool."""
-    out = _run_script(tmp_path, START_METHODS.replace("CHANGE", change))
-    assert out.split() == ["forked", "forked", "0", then]
 
 
 # -- bad input ------------------------------------------------------------------------

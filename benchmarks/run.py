@@ -1,109 +1,472 @@
-"""Benchmark: plain pandas vs pandas_parallel, side by side in one run.
+"""Benchmark: pandas_parallel against every peer, side by side in one run.
 
 Usage::
 
-    python benchmarks/run.py                     # all workloads
-    python benchmarks/run.py --workloads rowwise_heavy --repeat 5
-    python benchmarks/run.py --no-fork           # on the warm loky pool, as in Jupyter
+    python benchmarks/peers.py                                   # everything
+    python benchmarks/peers.py --workloads string_map --peers pandarallel dask
+    python benchmarks/peers.py --fallback-python /path/to/pandas22-venv/bin/python
 
-For each workload it reports the median of ``--repeat`` warm runs (workers
-already started) of serial pandas and of ``.parallel``, interleaved so both
-see the same machine load, and the median of ``--cold-repeat`` cold first
-calls, each in a fresh Python process. Results are checked for equality.
-Writes a Markdown table (``--output``) and prints it.
+Contenders: serial pandas (the baseline), pandas_parallel, pandarallel,
+mapply, swifter, parallel-pandas, dask (``dask.dataframe`` on its process
+scheduler) and a hand-written ``multiprocessing.Pool`` over row chunks.
+
+Each (contender, workload) runs in a fresh Python process, so every
+contender's cold first call starts its own workers. In that process: one
+cold call, then ``--repeat`` warm calls interleaved with serial pandas (same
+machine load), medians. Every result is compared with pandas' own; a
+contender that returns something else is marked, not hidden. Peak memory is
+the proportional set size (PSS) summed over the process and all of its
+children, plus what the call added to ``/dev/shm``, sampled every 20 ms
+in one more run of its own (sampling costs CPU, so timed runs are not
+sampled).
+
+A peer that cannot import with this interpreter's pandas runs under
+``--fallback-python`` (a virtual environment with the newest pandas it
+supports), and the table says which pandas it ran on. A peer that fails is
+reported with its error.
+
+Writes ``docs/peers.md`` and, when matplotlib is installed,
+``docs/peers.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from collections.abc import Callable
+from typing import Any
 
-import pandas as pd
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS, write_table
-
-import pandas_parallel
-
-
-def _timed(func, data):
-    began = time.perf_counter()
-    result = func(data)
-    return time.perf_counter() - began, result
+N_WORKERS = os.cpu_count() or 2
+CONTENDERS = ["pandas_parallel", "pandarallel", "mapply", "swifter", "parallel_pandas",
+              "dask", "mp_pool"]
+WORKLOAD_ORDER = ["rowwise_heavy", "string_map", "groupby_apply", "groupby_transform",
+                  "cheap_map", "rolling_apply", "wide_columns"]
 
 
-def warm(name: str, repeat: int) -> dict:
-    workload = WORKLOADS[name]
-    data = workload.make(workload.size)
-    with pandas_parallel.config(serial_fallback=False):
-        workload.parallel(data)  # start the workers
-    serial, parallel = [], []
-    for _ in range(repeat):
-        seconds, expected = _timed(workload.serial, data)
-        serial.append(seconds)
-        seconds, actual = _timed(workload.parallel, data)
-        parallel.append(seconds)
+# --------------------------------------------------------------------------
+# Each contender's way of running each workload (None: it has no such call)
+# --------------------------------------------------------------------------
+def _setup(name: str) -> dict[str, Callable[[Any], Any] | None]:
+    import numpy as np
+    import pandas as pd
+    import workloads as w
+
+    G = ["price", "qty"]
+    if name == "pandas_parallel":
+        import pandas_parallel
+
+        pandas_parallel.config(progress=False)
+        return {k: v.parallel for k, v in w.WORKLOADS.items()}
+    if name == "pandarallel":
+        from pandarallel import pandarallel
+
+        pandarallel.initialize(nb_workers=N_WORKERS, progress_bar=False, verbose=0)
+        return {
+            "rowwise_heavy": lambda df: df.parallel_apply(w.heavy_row, axis=1),
+            "string_map": lambda s: s.parallel_map(w.parse_line),
+            "groupby_apply": lambda df: df.groupby("store")[G].parallel_apply(
+                w.weighted_median),
+            "groupby_transform": None,
+            "cheap_map": lambda s: s.parallel_map(w.cheap),
+            "rolling_apply": lambda s: s.rolling(100).parallel_apply(
+                w.range_position, raw=True),
+            "wide_columns": lambda df: df.parallel_apply(w.rank_column),
+        }
+    if name == "mapply":
+        import mapply
+
+        mapply.init(n_workers=N_WORKERS, progressbar=False)
+        return {
+            "rowwise_heavy": lambda df: df.mapply(w.heavy_row, axis=1),
+            "string_map": lambda s: s.mapply(w.parse_line),
+            "groupby_apply": None, "groupby_transform": None,
+            "cheap_map": lambda s: s.mapply(w.cheap),
+            "rolling_apply": None,
+            "wide_columns": lambda df: df.mapply(w.rank_column),
+        }
+    if name == "swifter":
+        import swifter  # noqa: F401
+
+        return {
+            "rowwise_heavy": lambda df: df.swifter.progress_bar(False).apply(
+                w.heavy_row, axis=1),
+            "string_map": lambda s: s.swifter.progress_bar(False).apply(w.parse_line),
+            "groupby_apply": lambda df: df.swifter.progress_bar(False).groupby(
+                "store")[G].apply(w.weighted_median),
+            "groupby_transform": None,
+            "cheap_map": lambda s: s.swifter.progress_bar(False).apply(w.cheap),
+            "rolling_apply": lambda s: s.swifter.progress_bar(False).rolling(100).apply(
+                w.range_position, raw=True),
+            "wide_columns": lambda df: df.swifter.progress_bar(False).apply(w.rank_column),
+        }
+    if name == "parallel_pandas":
+        from parallel_pandas import ParallelPandas
+
+        ParallelPandas.initialize(n_cpu=N_WORKERS, disable_pr_bar=True)
+        return {
+            "rowwise_heavy": lambda df: df.p_apply(w.heavy_row, axis=1),
+            "string_map": lambda s: s.p_map(w.parse_line),
+            "groupby_apply": lambda df: df.groupby("store")[G].p_apply(w.weighted_median),
+            "groupby_transform": lambda df: df.groupby("store")["price"].p_transform(
+                w.weighted_demean),
+            "cheap_map": lambda s: s.p_map(w.cheap),
+            "rolling_apply": lambda s: s.rolling(100).p_apply(w.range_position, raw=True),
+            "wide_columns": lambda df: df.p_apply(w.rank_column),
+        }
+    if name == "dask":
+        import dask
+        import dask.dataframe as dd
+
+        dask.config.set(scheduler="processes", num_workers=N_WORKERS)
+        parts = 4 * N_WORKERS
+
+        def by_group(df, call):
+            # dask shuffles groups: sort back into pandas' order.
+            return call(dd.from_pandas(df, npartitions=parts).groupby("store")).compute()
+
+        return {
+            "rowwise_heavy": lambda df: dd.from_pandas(df, npartitions=parts).apply(
+                w.heavy_row, axis=1, meta=(None, "float64")).compute(),
+            "string_map": lambda s: dd.from_pandas(s, npartitions=parts).map(
+                w.parse_line, meta=(s.name, "int64")).compute(),
+            "groupby_apply": lambda df: by_group(df, lambda g: g[G].apply(
+                w.weighted_median, meta=(None, "float64"))).sort_index(),
+            "groupby_transform": lambda df: by_group(df, lambda g: g["price"].transform(
+                w.weighted_demean, meta=("price", "float64"))).sort_index(),
+            "cheap_map": lambda s: dd.from_pandas(s, npartitions=parts).map(
+                w.cheap, meta=(s.name, "float64")).compute(),
+            "rolling_apply": lambda s: dd.from_pandas(s, npartitions=parts).rolling(
+                100).apply(w.range_position, raw=True).compute(),
+            "wide_columns": None,  # dask has no column-wise apply (axis=0)
+        }
+    if name == "mp_pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(N_WORKERS)
+        parts = 4 * N_WORKERS
+
+        def rows(obj):
+            edges = np.linspace(0, len(obj), parts + 1).astype(int)
+            return [obj.iloc[a:b] for a, b in itertools.pairwise(edges)]
+
+        def by_key(df):
+            return [df[df["store"] % parts == i] for i in range(parts)]
+
+        return {
+            "rowwise_heavy": lambda df: pd.concat(pool.map(w.apply_heavy_rows, rows(df))),
+            "string_map": lambda s: pd.concat(pool.map(w.map_parse_line, rows(s))),
+            "groupby_apply": lambda df: pd.concat(
+                pool.map(w.group_weighted_median, by_key(df))).sort_index(),
+            "groupby_transform": lambda df: pd.concat(
+                pool.map(w.group_weighted_demean, by_key(df))).sort_index(),
+            "cheap_map": lambda s: pd.concat(pool.map(w.map_cheap, rows(s))),
+            "rolling_apply": None,  # needs overlapping chunks: not a one-liner
+            "wide_columns": lambda df: pd.concat(
+                pool.map(w.rank_columns, [df.iloc[:, i::parts] for i in range(parts)]),
+                axis=1)[df.columns],
+        }
+    raise ValueError(name)
+
+
+# --------------------------------------------------------------------------
+# Peak memory: PSS of this process and its children, plus /dev/shm growth
+# --------------------------------------------------------------------------
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory:
+    """Samples the summed PSS of this process tree every 20 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._shm_base = self._shm()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _shm() -> int:
+        try:
+            return shutil.disk_usage("/dev/shm").used
+        except OSError:
+            return 0
+
+    def _sample(self) -> int:
+        pids = [self._me.pid]
+        with contextlib.suppress(Exception):
+            pids += [c.pid for c in self._me.children(recursive=True)]
+        return sum(_pss(pid) for pid in pids) + max(0, self._shm() - self._shm_base)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._sample())
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+# --------------------------------------------------------------------------
+# One contender on one workload, in this (fresh) process
+# --------------------------------------------------------------------------
+def _same(expected: Any, actual: Any) -> bool:
+    import pandas as pd
+
+    try:
         if isinstance(expected, pd.Series):
             pd.testing.assert_series_equal(actual, expected)
         else:
             pd.testing.assert_frame_equal(actual, expected)
-    return {"serial": statistics.median(serial), "parallel": statistics.median(parallel)}
+        return True
+    except AssertionError:
+        return False
 
 
-def cold_once(name: str, kind: str) -> float:
-    """In a fresh process: the first call of one kind (serial or parallel)."""
-    workload = WORKLOADS[name]
-    data = workload.make(workload.size)
-    seconds, _ = _timed(getattr(workload, kind), data)
-    return seconds
+def _timed(call: Callable[[Any], Any], data: Any) -> tuple[float, int, Any]:
+    """Seconds, peak memory and result of one call."""
+    with PeakMemory() as memory:
+        began = time.perf_counter()
+        result = call(data)
+        seconds = time.perf_counter() - began
+    return seconds, memory.peak, result
 
 
-def cold(name: str, repeat: int, fork: bool) -> dict:
-    """Each first call in its own fresh process, so neither is measured
-    while the other's workers start or pandas warms up."""
-    runs: dict[str, list[float]] = {"serial": [], "parallel": []}
-    for _ in range(repeat):
-        for kind in runs:
-            out = subprocess.run([sys.executable, __file__, "--cold-once", name, kind,
-                                  *([] if fork else ["--no-fork"])],
-                                 capture_output=True, text=True, check=True)
-            runs[kind].append(float(out.stdout.strip().splitlines()[-1]))
-    return {k: statistics.median(v) for k, v in runs.items()}
+def _seconds(call: Callable[[Any], Any], data: Any) -> float:
+    began = time.perf_counter()
+    call(data)
+    return time.perf_counter() - began
+
+
+def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[str, Any]:
+    import pandas as pd
+    import workloads as w
+
+    spec = w.WORKLOADS[workload]
+    data = spec.make(max(1, int(spec.size * scale)))
+    out: dict[str, Any] = {"pandas": pd.__version__}
+    if contender == "serial":
+        times = [_seconds(spec.serial, data) for _ in range(repeat)]
+        return {**out, "warm": statistics.median(times), "cold": times[0],
+                "peak": _timed(spec.serial, data)[1]}
+    try:
+        call = _setup(contender).get(workload)
+    except Exception as exc:
+        return {**out, "error": f"setup: {type(exc).__name__}: {exc}"}
+    if call is None:
+        return {**out, "unsupported": True}
+    try:
+        expected = spec.serial(data)
+        began = time.perf_counter()
+        result = call(data)
+        cold = time.perf_counter() - began
+        serial, parallel = [], []
+        for _ in range(repeat):
+            serial.append(_seconds(spec.serial, data))
+            parallel.append(_seconds(call, data))
+        # Memory in a run of its own: sampling /proc costs CPU time.
+        peak = _timed(call, data)[1]
+    except Exception as exc:
+        tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return {**out, "error": tail[:300]}
+    return {**out, "cold": cold, "warm": statistics.median(parallel),
+            "serial_warm": statistics.median(serial), "peak": peak,
+            "same": _same(expected, result)}
+
+
+# --------------------------------------------------------------------------
+# The orchestrator
+# --------------------------------------------------------------------------
+def _usable(python: str, contender: str) -> bool:
+    """Whether ``contender`` imports and initializes under ``python``."""
+    probe = subprocess.run([python, __file__, "--probe", contender], capture_output=True,
+                           cwd=HERE, timeout=300)
+    return probe.returncode == 0
+
+
+def _measure(python: str, contender: str, workload: str, repeat: int,
+             scale: float) -> dict[str, Any]:
+    try:
+        done = subprocess.run([python, __file__, "--run", contender, workload,
+                               "--repeat", str(repeat), "--scale", str(scale)],
+                              capture_output=True, text=True,
+                              cwd=HERE, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {"error": "took more than 30 minutes"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["crashed"])[-1][:300]}
+    return json.loads(lines[-1])
+
+
+def _cell(result: dict[str, Any], serial: dict[str, Any]) -> str:
+    if "error" in result:
+        return "error"
+    if result.get("unsupported"):
+        return "n/a"
+    base = result.get("serial_warm", serial["warm"])
+    mark = "" if result.get("same", True) else " ≠"
+    return (f"{base / result['warm']:.2f}x / {serial['cold'] / result['cold']:.2f}x / "
+            f"{result['peak'] / serial['peak']:.1f}x{mark}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--cold-repeat", type=int, default=3)
-    parser.add_argument("--output", default=None, help="write the Markdown table here")
-    parser.add_argument("--no-fork", action="store_true",
-                        help="use the warm loky pool (as in a process with threads, "
-                             "e.g. Jupyter) instead of workers forked for each call")
-    parser.add_argument("--cold-once", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", nargs="*", default=WORKLOAD_ORDER)
+    parser.add_argument("--peers", nargs="*", default=CONTENDERS)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="data size relative to the standard workloads (quick runs)")
+    parser.add_argument("--fallback-python", default=None,
+                        help="interpreter for peers that cannot import here")
+    parser.add_argument("--output", default=os.path.join(HERE, "..", "docs", "peers.md"))
+    parser.add_argument("--run", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    pandas_parallel.config(progress=False, fork=not args.no_fork)
-    if args.cold_once:
-        print(cold_once(*args.cold_once))
+    if args.probe:
+        _setup(args.probe)
+        os._exit(0)  # without waiting for the contender's pools
+    if args.run:
+        print(json.dumps(run_one(*args.run, args.repeat, args.scale)), flush=True)
         return
-    rows = ["| workload | serial pandas (s) | parallel warm (s) | speed-up warm | "
-            "parallel cold (s) | speed-up cold |", "|---|---|---|---|---|---|"]
-    for name in args.workloads:
-        w = warm(name, args.repeat)
-        c = cold(name, args.cold_repeat, fork=not args.no_fork)
-        rows.append(f"| {WORKLOADS[name].description} | {w['serial']:.2f} | "
-                    f"{w['parallel']:.2f} | {w['serial'] / w['parallel']:.2f}x | "
-                    f"{c['parallel']:.2f} | {c['serial'] / c['parallel']:.2f}x |")
-        print(rows[-1], flush=True)
-    workers = ("a warm loky pool (fork=False)" if args.no_fork
-               else "forked for each call")
-    write_table(f"pandas {pd.__version__}, {os.cpu_count()} CPUs, workers {workers}; "
-                f"medians of {args.repeat} warm and {args.cold_repeat} cold runs",
-                rows, args.output)
+
+    pythons: dict[str, str] = {}
+    notes: list[str] = []
+    for contender in args.peers:
+        if _usable(sys.executable, contender):
+            pythons[contender] = sys.executable
+        elif args.fallback_python and _usable(args.fallback_python, contender):
+            pythons[contender] = args.fallback_python
+        else:
+            notes.append(f"- **{contender}** could not be imported with any interpreter "
+                         "given; not measured.")
+    results: dict[str, dict[str, Any]] = {}
+    for workload in args.workloads:
+        row: dict[str, Any] = {}
+        for python in sorted(set(pythons.values())):
+            row[f"serial@{python}"] = _measure(python, "serial", workload, args.repeat,
+                                                   args.scale)
+        for contender, python in pythons.items():
+            result = _measure(python, contender, workload, args.repeat, args.scale)
+            result["python"] = python
+            if "error" in result and args.fallback_python and python != args.fallback_python:
+                # Broken on this pandas: measure it where it still works, too.
+                retry = _measure(args.fallback_python, contender, workload, args.repeat,
+                                 args.scale)
+                if "error" not in retry:
+                    fallback = f"serial@{args.fallback_python}"
+                    if fallback not in row:
+                        row[fallback] = _measure(args.fallback_python, "serial", workload,
+                                                 args.repeat, args.scale)
+                    retry.update(python=args.fallback_python, first_error=result["error"])
+                    result = retry
+            row[contender] = result
+            print(workload, contender, row[contender], file=sys.stderr, flush=True)
+        results[workload] = row
+
+    import workloads as w
+
+    header = ["workload", "serial pandas (s)", *pythons]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for workload, row in results.items():
+        serial = row[f"serial@{sys.executable}"] if f"serial@{sys.executable}" in row \
+            else next(v for k, v in row.items() if k.startswith("serial@"))
+        cells = [w.WORKLOADS[workload].description, f"{serial['warm']:.2f}"]
+        for contender in pythons:
+            result = row[contender]
+            cell = _cell(result, row[f"serial@{result['python']}"])
+            if "first_error" in result:
+                cell += f" (pandas {result['pandas']})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    import pandas as pd
+
+    for contender, python in pythons.items():
+        versions = {row[contender].get("pandas") for row in results.values()}
+        if python != sys.executable:
+            notes.append(f"- **{contender}** does not import with this pandas; it ran on "
+                         f"pandas {', '.join(sorted(v for v in versions if v))} "
+                         f"(`{python}`), against serial pandas on that same interpreter.")
+        for workload, row in results.items():
+            result = row[contender]
+            if "error" in result or "first_error" in result:
+                notes.append(f"- **{contender}** failed on `{workload}` with pandas "
+                             f"{pd.__version__}: "
+                             f"`{result.get('first_error', result.get('error'))}`"
+                             + (f"; measured on pandas {result['pandas']} instead"
+                                if "first_error" in result else ""))
+    text = (f"pandas {pd.__version__} (unless noted), {N_WORKERS} CPUs, "
+            f"{N_WORKERS} workers each; each cell: **warm speed-up / cold speed-up / "
+            "peak memory** relative to serial pandas (medians of "
+            f"{args.repeat} warm runs interleaved with serial pandas; cold = first call "
+            "in a fresh process, workers starting). `n/a`: no such call; `≠`: the result "
+            "differs from pandas'.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
+    with open(args.output, "w") as fh:
+        fh.write(text)
+    with open(os.path.splitext(args.output)[0] + ".json", "w") as fh:
+        json.dump(results, fh, indent=1)
+    print(text)
+    _chart(results, pythons, os.path.splitext(args.output)[0] + ".png")
+
+
+def _chart(results: dict[str, dict[str, Any]], pythons: dict[str, str], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+        return
+    workloads = list(results)
+    contenders = list(pythons)
+    width = 0.8 / max(1, len(contenders))
+    fig, ax = plt.subplots(figsize=(12, 5))
+    for i, contender in enumerate(contenders):
+        values = []
+        for workload in workloads:
+            r = results[workload][contender]
+            serial = results[workload][f"serial@{r.get('python', pythons[contender])}"]
+            ok = "warm" in r
+            values.append(r.get("serial_warm", serial["warm"]) / r["warm"] if ok else 0.0)
+        ax.bar([x + i * width for x in range(len(workloads))], values, width,
+               label=contender)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(workloads))])
+    ax.set_xticklabels(workloads, rotation=15)
+    ax.set_ylabel("warm speed-up over serial pandas")
+    ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

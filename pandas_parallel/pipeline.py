@@ -338,7 +338,7 @@ def _sizes_text(sizes: list[int]) -> str:
 def _combine_or_serial(op: Operation, pieces: list[Piece]) -> Any:
     try:
         began = time.perf_counter()
-        result = op.combine(pieces)
+        result = transport.detach(op.combine(pieces))
         logger.debug("%s: combined %d pieces in %.3fs", op.label, len(pieces),
                      time.perf_counter() - began)
         return result

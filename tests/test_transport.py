@@ -44,6 +44,62 @@ def test_results_come_back_exactly(tmp_path, kind):
     assert os.listdir(tmp_path) == []  # the parent deletes what it has read
 
 
+PLAIN_COLUMNS = {
+    "float64": np.array([np.nan, -0.0, np.inf, 1.5]),
+    "float32": np.array([np.nan, 1, -0.0, 2], dtype=np.float32),
+    "float16": np.array([np.nan, 1, 2, 3], dtype=np.float16),
+    "int8": np.array([-128, 0, 1, 127], dtype=np.int8),
+    "uint64": np.array([0, 1, 2, 2**64 - 1], dtype=np.uint64),
+    "bool": np.array([True, False, True, True]),
+    "datetime64[s]": np.array(["NaT", "2020-01-01", "1700-01-01", "2262-05-01"],
+                              dtype="datetime64[s]"),
+    "timedelta64[ms]": np.array([1, "NaT", -5, 0], dtype="timedelta64[ms]"),
+}
+
+
+def test_plain_numeric_results_come_back_bit_for_bit_and_writable(tmp_path):
+    """Numeric columns go to Arrow straight from numpy (NaN stays NaN, not
+    a null) and are read back as views of the mapped file; what the caller
+    finally gets owns its memory, as pandas' own result does."""
+    frame = pd.DataFrame(PLAIN_COLUMNS, index=pd.Index(list("wxyz"), name="k"))
+    payload = transport.ship_result(frame, str(tmp_path), "r.arrow", "arrow")
+    assert isinstance(payload, transport.ArrowSlice)
+    loaded = transport.fetch_result(payload)
+    assert os.listdir(tmp_path) == []  # unlinked; the mapping lives on
+    pd.testing.assert_frame_equal(loaded, frame)
+    for name in ("float64", "float32"):  # -0.0 and the NaN payload, bit for bit
+        assert loaded[name].to_numpy().tobytes() == frame[name].to_numpy().tobytes()
+    assert transport._borrows(loaded["float64"])  # zero-copy: a view of the file
+    owned = transport.detach(loaded)
+    assert not any(transport._borrows(owned[c]) for c in owned.columns)
+    owned.iloc[0, 0] = 7.0  # writable, as pandas' own result
+    pd.testing.assert_frame_equal(owned.iloc[1:], frame.iloc[1:])
+    already = frame.copy()
+    assert transport.detach(already) is already  # nothing borrowed: no copy
+
+
+def _double(part):
+    return part * 2
+
+
+@pytest.mark.parametrize("method, options, kwargs", [
+    ("map_partitions", {"chunk_size": 10**6}, {}),
+    ("apply", {}, {}),  # columns, set side by side
+    ("apply", {}, {"axis": 1}),
+], ids=["one-chunk", "columns", "rows"])
+def test_results_own_their_memory(forced, method, options, kwargs):
+    """Where combining does not copy (one chunk, columns set side by side),
+    the result is still writable in place and leaves no file mapped."""
+    frame = pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40)})
+    result = getattr(frame.parallel(**options), method)(_double, **kwargs)
+    expected = _double(frame) if method == "map_partitions" else frame.apply(_double, **kwargs)
+    pd.testing.assert_frame_equal(result, expected)
+    assert not any(transport._borrows(result[c]) for c in result.columns)
+    result.iloc[0, 0] = -1.0
+    result.loc[result.index[1], "b"] = -1
+    assert result.iloc[0, 0] == -1.0 and result["b"].iloc[1] == -1
+
+
 def test_small_results_come_back_pickled_and_large_ones_by_arrow(tmp_path):
     small = pd.Series(np.arange(10.0), name="r")
     large = pd.DataFrame({"a": np.arange(transport.INLINE_RESULT_VALUES), "b": 1.5})

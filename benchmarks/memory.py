@@ -43,7 +43,7 @@ def scale_column(column):
 
 
 def _one(kind: str, gigabytes: float) -> dict[str, float]:
-    from peers import PeakMemory
+    from workloads import PeakMemory
 
     import pandas_parallel
 

@@ -1,10 +1,11 @@
-"""Benchmark: plain pandas vs pandas_parallel, side by side in one run.
+"""Benchmark: plain pandas vs pandas_parallel alone, side by side in one run
+(``run.py`` adds every peer).
 
 Usage::
 
-    python benchmarks/run.py                     # all workloads
-    python benchmarks/run.py --workloads rowwise_heavy --repeat 5
-    python benchmarks/run.py --no-fork           # on the warm loky pool, as in Jupyter
+    python benchmarks/pandas_alone.py                     # all workloads
+    python benchmarks/pandas_alone.py --workloads rowwise_heavy --repeat 5
+    python benchmarks/pandas_alone.py --no-fork           # on the warm loky pool, as in Jupyter
 
 For each workload it reports the median of ``--repeat`` warm runs (workers
 already started) of serial pandas and of ``.parallel``, interleaved so both

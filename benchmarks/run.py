@@ -1,10 +1,12 @@
-"""Benchmark: pandas_parallel against every peer, side by side in one run.
+"""The benchmark suite: pandas_parallel against serial pandas and every peer,
+side by side in one run.
 
 Usage::
 
-    python benchmarks/peers.py                                   # everything
-    python benchmarks/peers.py --workloads string_map --peers pandarallel dask
-    python benchmarks/peers.py --fallback-python /path/to/pandas22-venv/bin/python
+    pip install -e ".[bench]"                               # the peers, the chart
+    python benchmarks/run.py                                # everything
+    python benchmarks/run.py --workloads string_map --peers pandarallel dask
+    python benchmarks/run.py --scale 0.1 --repeat 1         # a quick look
 
 Contenders: serial pandas (the baseline), pandas_parallel, pandarallel,
 mapply, swifter, parallel-pandas, dask (``dask.dataframe`` on its process
@@ -20,27 +22,26 @@ children, plus what the call added to ``/dev/shm``, sampled every 20 ms
 in one more run of its own (sampling costs CPU, so timed runs are not
 sampled).
 
-A peer that cannot import with this interpreter's pandas runs under
-``--fallback-python`` (a virtual environment with the newest pandas it
-supports), and the table says which pandas it ran on. A peer that fails is
-reported with its error.
+A peer that cannot import with this interpreter's pandas runs in a virtual
+environment with the newest pandas 2.2 (``benchmarks/.venvs/pandas-2.2``,
+made and filled on first use; ``--fallback-python`` names another), and the
+table says which pandas it ran on, against serial pandas on that same
+interpreter. A peer that fails is reported with its error.
 
-Writes ``docs/peers.md`` and, when matplotlib is installed,
-``docs/peers.png``.
+Writes ``docs/peers.md``, ``docs/peers.json`` and, when matplotlib is
+installed, ``docs/peers.png``. ``pandas_alone.py`` measures pandas_parallel
+alone in more detail (forked workers and the warm pool, cold and warm).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -59,6 +60,13 @@ WORKLOAD_ORDER = ["rowwise_heavy", "string_map", "groupby_apply", "groupby_trans
 # --------------------------------------------------------------------------
 # Each contender's way of running each workload (None: it has no such call)
 # --------------------------------------------------------------------------
+FALLBACK_PANDAS = "pandas>=2.2,<2.3"
+FALLBACK_VENV = os.path.join(HERE, ".venvs", "pandas-2.2")
+# What each peer installs as, in the fallback environment.
+PEER_PACKAGES = {"pandarallel": "pandarallel", "mapply": "mapply", "swifter": "swifter",
+                 "parallel_pandas": "parallel-pandas", "dask": "dask[dataframe]"}
+
+
 def _setup(name: str) -> dict[str, Callable[[Any], Any] | None]:
     import numpy as np
     import pandas as pd
@@ -182,60 +190,6 @@ def _setup(name: str) -> dict[str, Callable[[Any], Any] | None]:
 
 
 # --------------------------------------------------------------------------
-# Peak memory: PSS of this process and its children, plus /dev/shm growth
-# --------------------------------------------------------------------------
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class PeakMemory:
-    """Samples the summed PSS of this process tree every 20 ms."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._me = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-        self._shm_base = self._shm()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _shm() -> int:
-        try:
-            return shutil.disk_usage("/dev/shm").used
-        except OSError:
-            return 0
-
-    def _sample(self) -> int:
-        pids = [self._me.pid]
-        with contextlib.suppress(Exception):
-            pids += [c.pid for c in self._me.children(recursive=True)]
-        return sum(_pss(pid) for pid in pids) + max(0, self._shm() - self._shm_base)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._sample())
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._sample())
-
-
-# --------------------------------------------------------------------------
 # One contender on one workload, in this (fresh) process
 # --------------------------------------------------------------------------
 def _same(expected: Any, actual: Any) -> bool:
@@ -253,6 +207,8 @@ def _same(expected: Any, actual: Any) -> bool:
 
 def _timed(call: Callable[[Any], Any], data: Any) -> tuple[float, int, Any]:
     """Seconds, peak memory and result of one call."""
+    from workloads import PeakMemory
+
     with PeakMemory() as memory:
         began = time.perf_counter()
         result = call(data)
@@ -312,6 +268,27 @@ def _usable(python: str, contender: str) -> bool:
     return probe.returncode == 0
 
 
+def _fallback_environment(contenders: list[str]) -> str | None:
+    """The interpreter of a virtual environment with the newest pandas 2.2
+    and the peers in ``contenders``, made (or completed) now; ``None`` if
+    it cannot be made here (the reason is printed)."""
+    python = os.path.join(FALLBACK_VENV, "bin", "python")
+    packages = sorted(PEER_PACKAGES[c] for c in contenders if c in PEER_PACKAGES)
+    if not packages:
+        return None
+    print(f"{', '.join(contenders)} cannot import here: installing them with "
+          f"{FALLBACK_PANDAS} in {FALLBACK_VENV}", file=sys.stderr, flush=True)
+    try:
+        if not os.path.exists(python):
+            subprocess.run([sys.executable, "-m", "venv", FALLBACK_VENV], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", FALLBACK_PANDAS, "psutil",
+                        *packages], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"could not make {FALLBACK_VENV}: {exc}", file=sys.stderr)
+        return None
+    return python
+
+
 def _measure(python: str, contender: str, workload: str, repeat: int,
              scale: float) -> dict[str, Any]:
     try:
@@ -360,14 +337,17 @@ def main() -> None:
 
     pythons: dict[str, str] = {}
     notes: list[str] = []
+    unusable = [c for c in args.peers if not _usable(sys.executable, c)]
+    if unusable and args.fallback_python is None:
+        args.fallback_python = _fallback_environment(unusable)
     for contender in args.peers:
-        if _usable(sys.executable, contender):
+        if contender not in unusable:
             pythons[contender] = sys.executable
         elif args.fallback_python and _usable(args.fallback_python, contender):
             pythons[contender] = args.fallback_python
         else:
-            notes.append(f"- **{contender}** could not be imported with any interpreter "
-                         "given; not measured.")
+            notes.append(f"- **{contender}** could not be imported here nor under "
+                         f"{FALLBACK_PANDAS}; not measured.")
     results: dict[str, dict[str, Any]] = {}
     for workload in args.workloads:
         row: dict[str, Any] = {}

@@ -86,28 +86,54 @@ def _kind_of_type(cls: type) -> str:
     return "None" if cls is type(None) else "scalar"
 
 
+@dataclasses.dataclass(frozen=True)
+class Returned:
+    """What ``func`` returned across one chunk's groups, as pandas' apply
+    sees it: the kinds of value, and whether any group's value was not
+    indexed like the group (pandas' "mutated": then results stay in group
+    order, else they go back to row order)."""
+
+    kinds: frozenset[str]
+    mutated: bool
+
+
+def _indexed_like(value: Any, group: Any) -> bool:
+    """pandas' own test (``groupby.ops._is_indexed_like``, the same on 2.2
+    and 3.x): a Series is like a Series group with the same index, a frame
+    like any group with the same index; nothing else is."""
+    if isinstance(value, pd.Series):
+        return isinstance(group, pd.Series) and value.index.equals(group.index)
+    if isinstance(value, pd.DataFrame):
+        return value.index.equals(group.index)
+    return False
+
+
 def call_grouped_apply(regroup: Regroup, chunk: pd.DataFrame, func: Any,
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tagged:
-    """``apply`` on a chunk, noting what kinds of value ``func`` returned.
+    """``apply`` on a chunk, noting what ``func`` returned (:class:`Returned`).
 
-    pandas shapes apply's output from what *all* groups returned (scalars or
-    pandas objects); the combine step needs to know it for every chunk.
-    Built-in functions are passed unwrapped (pandas may swap them for its
-    own implementations), so their kinds are unknown (``None``).
+    pandas shapes apply's output from what *all* groups returned; the
+    combine step needs to know it for every chunk. Built-in functions are
+    passed unwrapped (pandas may swap them for its own implementations), so
+    what they return is unknown (``None``).
     """
     if not hasattr(func, "__code__") and not hasattr(func, "__wrapped__"):
         return Tagged(regroup.groupby(chunk).apply(func, *args, **kwargs), None)
     types: set[type] = set()
     note = types.add
+    mutated = False
 
     @functools.wraps(func)
-    def noting(*a: Any, **k: Any) -> Any:
-        value = func(*a, **k)
+    def noting(group: Any, *a: Any, **k: Any) -> Any:
+        nonlocal mutated
+        value = func(group, *a, **k)
         note(value.__class__)  # cheap per group; classified once, below
+        if not mutated and not _indexed_like(value, group):
+            mutated = True  # once true, pandas stops checking too
         return value
 
     result = regroup.groupby(chunk).apply(noting, *args, **kwargs)
-    return Tagged(result, frozenset(_kind_of_type(t) for t in types))
+    return Tagged(result, Returned(frozenset(_kind_of_type(t) for t in types), mutated))
 
 
 def _as_list(keys: Any) -> list[Any]:
@@ -323,37 +349,40 @@ class GroupByParallelAccessor(Configurable):
         return result
 
     def _combine_apply(self, pieces: list[Piece]) -> Any:
-        tags = [p.result.tag for p in pieces]
+        returned: list[Returned | None] = [p.result.tag for p in pieces]
         results = [p.result.value for p in pieces]
         spec = self._plan.spec
-        kinds = set().union(*tags) if all(t is not None for t in tags) else None
+        known = [r for r in returned if r is not None]
+        kinds = set().union(*(r.kinds for r in known)) if len(known) == len(returned) else None
         if kinds is not None and "None" in kinds:
             # pandas skips None results when it concatenates pandas objects,
             # but a chunk whose groups all returned None has no shape to skip.
+            only_none = [r.kinds == {"None"} for r in known]
             if not (kinds - {"None"}) or "scalar" in kinds:
-                if any(tag == {"None"} for tag in tags):
+                if any(only_none):
                     raise combine.CannotCombine("all groups of a chunk returned None")
             else:
-                keep = [tag != {"None"} for tag in tags]
+                keep = [not none for none in only_none]
                 pieces = [p for p, k in zip(pieces, keep) if k]
                 results = [r for r, k in zip(results, keep) if k]
+                known = [r for r, k in zip(known, keep) if k]
         if kinds is not None and kinds <= {"scalar", "None"}:
             return self._scalar_results(results)
         if not all(isinstance(r, (pd.Series, pd.DataFrame)) for r in results):
             raise combine.CannotCombine("apply returned something other than pandas objects")
+        if kinds is None:
+            raise combine.CannotCombine("the kinds of values returned are unknown")
         if not spec.group_keys:
-            # Like-indexed results (every group returned its own rows) come
-            # back in original row order; any others in group order.
-            aligned = [r.index.equals(self._chunk_index(p)) for p, r in zip(pieces, results)]
-            if all(aligned):
+            # Results indexed like their groups (pandas' test, group by
+            # group) come back in original row order; any others in group
+            # order. A chunk of each cannot be told apart from the whole.
+            if not any(r.mutated for r in known):
                 if spec.obj.index.has_duplicates:
                     # pandas then orders rows by label, then by group.
                     raise combine.CannotCombine("like-indexed results on duplicate labels")
                 return self._in_row_order(results, pieces, fill_dropped=False)
-            if any(aligned):
+            if not all(r.mutated for r in known):
                 raise combine.CannotCombine("some chunks returned like-indexed results")
-        if kinds is None:
-            raise combine.CannotCombine("the kinds of values returned are unknown")
         if "scalar" in kinds:
             raise combine.CannotCombine("groups returned both scalars and pandas objects")
         if kinds <= {"Series", "None"}:

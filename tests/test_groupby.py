@@ -172,6 +172,23 @@ def test_many_small_groups_use_few_chunks():
     pd.testing.assert_series_equal(result, df.groupby("k")[["v"]].apply(lambda g: g["v"].median()))
 
 
+@pytest.mark.parametrize("name", ["head_series", "like_indexed", "head_frame",
+                                  "identity_frame"])
+def test_apply_orders_rows_by_pandas_test_of_each_group(name):
+    """pandas returns apply's rows in row order only when *every* group's
+    result is indexed like the group, by its own test: a Series from a
+    frame group never is. A chunk whose groups already lie in row order
+    (here: labels "r0", "r1", "r10", ... sorted as strings) must not be
+    mistaken for one that was put back in row order."""
+    df = pd.DataFrame({"v": np.arange(12), "w": np.arange(12.0)},
+                      index=pd.Index([f"r{i}" for i in range(12)], name="row"))
+    func = FRAME_APPLY[name]
+    for as_index in (True, False):
+        make = lambda: df.groupby(level=0, as_index=as_index, group_keys=False)  # noqa: E731
+        check_like_pandas(lambda: make().apply(func),
+                          lambda: make().parallel(chunk_size=2).apply(func))
+
+
 def test_one_huge_group_balances_around_it():
     from pandas_parallel.splitting import balanced_cuts
 

@@ -56,11 +56,21 @@ def plain_callable(func: Any) -> bool:
     return callable(func) and not isinstance(func, (str, np.ufunc, type))
 
 
+_signatures: dict[tuple[type, str], inspect.Signature] = {}
+
+
+def _pandas_signature(cls: type, name: str) -> inspect.Signature:
+    """The signature of pandas' ``cls.name`` (built once: 0.1 ms a call)."""
+    key = (cls, name)
+    if key not in _signatures:
+        _signatures[key] = inspect.signature(getattr(cls, name))
+    return _signatures[key]
+
+
 def bind_like_pandas(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
           ) -> dict[str, Any]:
     """Bind a call against pandas' own signature (TypeError as pandas)."""
-    signature = inspect.signature(getattr(type(obj), name))
-    bound = signature.bind(obj, *args, **kwargs)
+    bound = _pandas_signature(type(obj), name).bind(obj, *args, **kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)
 
@@ -68,7 +78,7 @@ def bind_like_pandas(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[st
 def _split_func(name: str, obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """Separate the function from the rest of the call's arguments."""
-    parameter = list(inspect.signature(getattr(type(obj), name)).parameters)[1]
+    parameter = list(_pandas_signature(type(obj), name).parameters)[1]
     if parameter in kwargs:
         rest = dict(kwargs)
         return rest.pop(parameter), args, rest

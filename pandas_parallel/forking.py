@@ -40,16 +40,18 @@ logger = logging.getLogger("pandas_parallel")
 _PR_SET_PDEATHSIG = 1
 
 
-def fork_available() -> bool:
+def fork_available(check_openmp: bool = True) -> bool:
     """Whether worker processes may be forked from this one now.
 
     On Linux, with no other Python thread running (a fork copies only the
     calling thread: a lock another thread held would stay locked in the
     child), and no OpenMP runtime loaded (GNU OpenMP's thread pool does not
     survive a fork: a child that uses it after the parent did hangs).
+    ``check_openmp=False`` skips the last check (a millisecond), for plans
+    that check again before they fork.
     """
     return (sys.platform == "linux" and threading.active_count() == 1
-            and not _openmp_loaded())
+            and not (check_openmp and _openmp_loaded()))
 
 
 _OPENMP_LIBRARY = re.compile(r"/lib(?:gomp|iomp5|omp)\b[^/\n]*\.so")

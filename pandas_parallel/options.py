@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from typing import Any, Literal
 
 import joblib
@@ -259,13 +260,29 @@ class config:
             _current = self._previous
 
 
+_cpu_count: tuple[float, int] = (-1.0, 0)  # (when counted, count)
+_CPU_COUNT_SECONDS = 5.0
+
+
+def _usable_cpus() -> int:
+    """joblib's count of usable CPUs, counted at most every few seconds
+    (it reads cgroup files: 0.3 ms, a tenth of a small call)."""
+    global _cpu_count
+    counted, cpus = _cpu_count
+    now = time.monotonic()
+    if now - counted > _CPU_COUNT_SECONDS:
+        cpus = joblib.cpu_count()
+        _cpu_count = (now, cpus)
+    return cpus
+
+
 def resolve_n_jobs(n_jobs: int | None) -> int:
     """The number of workers ``n_jobs`` means on this machine, at least 1.
 
     Counts only the CPUs this process may use (affinity mask, cgroup quota),
     as joblib/loky do, not the host's total.
     """
-    cpus = joblib.cpu_count()
+    cpus = _usable_cpus()
     if n_jobs is None:
         return max(1, cpus)
     if n_jobs < 0:

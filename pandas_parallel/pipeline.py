@@ -140,13 +140,17 @@ def _serial_reason(op: Operation, n_workers: int) -> str | None:
     return None
 
 
-def _worker_start(options: Options, n_workers: int) -> str:
+def _worker_start(options: Options, n_workers: int, planning_only: bool = False) -> str:
     """How a call gets its worker processes now: ``"fork"`` (forked from
     this process for the call), ``"warm"`` (already running, or owned by
-    another backend) or ``"cold"`` (the warm pool must start)."""
+    another backend) or ``"cold"`` (the warm pool must start).
+
+    ``planning_only`` skips the slower part of the fork check: for a plan
+    that asks again, in full, before it starts any worker.
+    """
     if options.backend != "loky":
         return "warm"
-    if options.fork and forking.fork_available():
+    if options.fork and forking.fork_available(check_openmp=not planning_only):
         return "fork"
     return "warm" if _warm_workers == n_workers else "cold"
 
@@ -206,7 +210,7 @@ def _execute(op: Operation) -> Any:
     start = 0
     per_unit: float | None = None
     expected: float | None = None
-    workers = _worker_start(options, n_workers)
+    workers = _worker_start(options, n_workers, planning_only=True)
     n_bytes = op.units.nbytes()
     if options.serial_fallback and options.chunk_size is None:
         per_row = planning.recall(op.func, _cost_kind(op))
@@ -221,6 +225,10 @@ def _execute(op: Operation) -> Any:
         remaining_bytes = n_bytes * remaining // n_units
         guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
                                   workers, cluster)
+        if guess.parallel_wins and workers == "fork":
+            workers = _worker_start(options, n_workers)  # in full, now it matters
+            guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
+                                      workers, cluster)
         expected = guess.serial
         logger.debug("%s: %s (%.2e s/unit); remaining %d: serial %.3fs, parallel %.3fs "
                      "(workers %s)", op.label, measured, per_unit, remaining, guess.serial,
@@ -285,8 +293,11 @@ def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float]:
         last = time.perf_counter() - began
         start += size
         # Stop once one sample alone is long enough that pandas' fixed
-        # cost per call (and its first-call warm-up) no longer dominates.
-        if last >= planning.PROBE_SECONDS:
+        # cost per call (and its first-call warm-up) no longer dominates,
+        # or once even that inflated cost says the rest is too little work
+        # for any worker to pay off (more samples would only cost time).
+        if (last >= planning.PROBE_SECONDS
+                or last / size * (len(op.units) - start) < planning.CLEARLY_SERIAL_SECONDS):
             break
     return start, last / size
 

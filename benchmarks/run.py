@@ -60,6 +60,9 @@ WORKLOAD_ORDER = ["rowwise_heavy", "string_map", "groupby_apply", "groupby_trans
 # --------------------------------------------------------------------------
 # Each contender's way of running each workload (None: it has no such call)
 # --------------------------------------------------------------------------
+# A contender whose first call takes this many times serial pandas' time gets
+# one warm call, not --repeat: at 20x slower, repeats cost the suite an hour.
+SLOW_FACTOR = 5.0
 FALLBACK_PANDAS = "pandas>=2.2,<2.3"
 FALLBACK_VENV = os.path.join(HERE, ".venvs", "pandas-2.2")
 # What each peer installs as, in the fallback environment.
@@ -245,6 +248,9 @@ def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[st
         result = call(data)
         cold = time.perf_counter() - began
         serial, parallel = [], []
+        if cold > SLOW_FACTOR * _seconds(spec.serial, data):
+            repeat = 1  # far slower than pandas: one warm call says enough
+            out["timed_once"] = True
         for _ in range(repeat):
             serial.append(_seconds(spec.serial, data))
             parallel.append(_seconds(call, data))
@@ -261,11 +267,14 @@ def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[st
 # --------------------------------------------------------------------------
 # The orchestrator
 # --------------------------------------------------------------------------
-def _usable(python: str, contender: str) -> bool:
-    """Whether ``contender`` imports and initializes under ``python``."""
+def _import_error(python: str, contender: str) -> str | None:
+    """Why ``contender`` does not import and initialize under ``python``
+    (the error's last line), or ``None`` when it does."""
     probe = subprocess.run([python, __file__, "--probe", contender], capture_output=True,
-                           cwd=HERE, timeout=300)
-    return probe.returncode == 0
+                           text=True, cwd=HERE, timeout=300)
+    if probe.returncode == 0:
+        return None
+    return (probe.stderr.strip().splitlines() or ["failed"])[-1][:300]
 
 
 def _fallback_environment(contenders: list[str]) -> str | None:
@@ -310,7 +319,7 @@ def _cell(result: dict[str, Any], serial: dict[str, Any]) -> str:
     if result.get("unsupported"):
         return "n/a"
     base = result.get("serial_warm", serial["warm"])
-    mark = "" if result.get("same", True) else " ≠"
+    mark = ("" if result.get("same", True) else " ≠") + (" ¹" if result.get("timed_once") else "")
     return (f"{base / result['warm']:.2f}x / {serial['cold'] / result['cold']:.2f}x / "
             f"{result['peak'] / serial['peak']:.1f}x{mark}")
 
@@ -337,13 +346,14 @@ def main() -> None:
 
     pythons: dict[str, str] = {}
     notes: list[str] = []
-    unusable = [c for c in args.peers if not _usable(sys.executable, c)]
+    import_errors = {c: _import_error(sys.executable, c) for c in args.peers}
+    unusable = [c for c, error in import_errors.items() if error is not None]
     if unusable and args.fallback_python is None:
         args.fallback_python = _fallback_environment(unusable)
     for contender in args.peers:
         if contender not in unusable:
             pythons[contender] = sys.executable
-        elif args.fallback_python and _usable(args.fallback_python, contender):
+        elif args.fallback_python and _import_error(args.fallback_python, contender) is None:
             pythons[contender] = args.fallback_python
         else:
             notes.append(f"- **{contender}** could not be imported here nor under "
@@ -392,7 +402,8 @@ def main() -> None:
     for contender, python in pythons.items():
         versions = {row[contender].get("pandas") for row in results.values()}
         if python != sys.executable:
-            notes.append(f"- **{contender}** does not import with this pandas; it ran on "
+            notes.append(f"- **{contender}** does not import with this pandas "
+                         f"(`{import_errors[contender]}`); it ran on "
                          f"pandas {', '.join(sorted(v for v in versions if v))} "
                          f"(`{python}`), against serial pandas on that same interpreter.")
         for workload, row in results.items():
@@ -408,7 +419,9 @@ def main() -> None:
             "peak memory** relative to serial pandas (medians of "
             f"{args.repeat} warm runs interleaved with serial pandas; cold = first call "
             "in a fresh process, workers starting). `n/a`: no such call; `≠`: the result "
-            "differs from pandas'.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
+            f"differs from pandas'; `¹`: over {SLOW_FACTOR:.0f}x slower than pandas on its "
+            "first call, so timed warm once.\n\n"
+            + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
     with open(args.output, "w") as fh:
         fh.write(text)
     with open(os.path.splitext(args.output)[0] + ".json", "w") as fh:

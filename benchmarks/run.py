@@ -334,6 +334,11 @@ def main() -> None:
     parser.add_argument("--fallback-python", default=None,
                         help="interpreter for peers that cannot import here")
     parser.add_argument("--output", default=os.path.join(HERE, "..", "docs", "peers.md"))
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other workloads' results already in the output's "
+                             ".json (run workloads one at a time)")
+    parser.add_argument("--render", action="store_true",
+                        help="only write the table and chart from the output's .json")
     parser.add_argument("--run", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -342,6 +347,10 @@ def main() -> None:
         os._exit(0)  # without waiting for the contender's pools
     if args.run:
         print(json.dumps(run_one(*args.run, args.repeat, args.scale)), flush=True)
+        return
+    if args.render:
+        with open(os.path.splitext(args.output)[0] + ".json") as fh:
+            render(json.load(fh), args.output)
         return
 
     pythons: dict[str, str] = {}
@@ -358,36 +367,64 @@ def main() -> None:
         else:
             notes.append(f"- **{contender}** could not be imported here nor under "
                          f"{FALLBACK_PANDAS}; not measured.")
-    results: dict[str, dict[str, Any]] = {}
+    state_path = os.path.splitext(args.output)[0] + ".json"
+    state: dict[str, Any] = {"results": {}}
+    if args.update and os.path.exists(state_path):
+        with open(state_path) as fh:
+            state = json.load(fh)
+    state.update(pythons=pythons, import_errors=import_errors, not_measured=notes,
+                 repeat=args.repeat, pandas=_pandas_version(), executable=sys.executable)
     for workload in args.workloads:
-        row: dict[str, Any] = {}
-        for python in sorted(set(pythons.values())):
-            row[f"serial@{python}"] = _measure(python, "serial", workload, args.repeat,
-                                                   args.scale)
-        for contender, python in pythons.items():
-            result = _measure(python, contender, workload, args.repeat, args.scale)
-            result["python"] = python
-            if "error" in result and args.fallback_python and python != args.fallback_python:
-                # Broken on this pandas: measure it where it still works, too.
-                retry = _measure(args.fallback_python, contender, workload, args.repeat,
-                                 args.scale)
-                if "error" not in retry:
-                    fallback = f"serial@{args.fallback_python}"
-                    if fallback not in row:
-                        row[fallback] = _measure(args.fallback_python, "serial", workload,
-                                                 args.repeat, args.scale)
-                    retry.update(python=args.fallback_python, first_error=result["error"])
-                    result = retry
-            row[contender] = result
-            print(workload, contender, row[contender], file=sys.stderr, flush=True)
-        results[workload] = row
+        state["results"][workload] = _measure_workload(workload, pythons, args)
+        with open(state_path, "w") as fh:  # after each workload: a long run's record
+            json.dump(state, fh, indent=1)
+    render(state, args.output)
 
+
+def _pandas_version() -> str:
+    import pandas as pd
+
+    return str(pd.__version__)
+
+
+def _measure_workload(workload: str, pythons: dict[str, str],
+                      args: argparse.Namespace) -> dict[str, Any]:
+    """Every contender on ``workload``, with serial pandas on each interpreter."""
+    row: dict[str, Any] = {}
+    for python in sorted(set(pythons.values())):
+        row[f"serial@{python}"] = _measure(python, "serial", workload, args.repeat,
+                                           args.scale)
+    for contender, python in pythons.items():
+        result = _measure(python, contender, workload, args.repeat, args.scale)
+        result["python"] = python
+        if "error" in result and args.fallback_python and python != args.fallback_python:
+            # Broken on this pandas: measure it where it still works, too.
+            retry = _measure(args.fallback_python, contender, workload, args.repeat,
+                             args.scale)
+            if "error" not in retry:
+                fallback = f"serial@{args.fallback_python}"
+                if fallback not in row:
+                    row[fallback] = _measure(args.fallback_python, "serial", workload,
+                                             args.repeat, args.scale)
+                retry.update(python=args.fallback_python, first_error=result["error"])
+                result = retry
+        row[contender] = result
+        print(workload, contender, row[contender], file=sys.stderr, flush=True)
+    return row
+
+
+def render(state: dict[str, Any], output: str) -> None:
+    """Write the Markdown table (``output``) and the chart from measured state."""
     import workloads as w
 
+    pythons: dict[str, str] = state["pythons"]
+    executable: str = state["executable"]
+    results = {k: state["results"][k] for k in WORKLOAD_ORDER if k in state["results"]}
+    notes = list(state["not_measured"])
     header = ["workload", "serial pandas (s)", *pythons]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for workload, row in results.items():
-        serial = row[f"serial@{sys.executable}"] if f"serial@{sys.executable}" in row \
+        serial = row[f"serial@{executable}"] if f"serial@{executable}" in row \
             else next(v for k, v in row.items() if k.startswith("serial@"))
         cells = [w.WORKLOADS[workload].description, f"{serial['warm']:.2f}"]
         for contender in pythons:
@@ -397,37 +434,33 @@ def main() -> None:
                 cell += f" (pandas {result['pandas']})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
-    import pandas as pd
-
     for contender, python in pythons.items():
         versions = {row[contender].get("pandas") for row in results.values()}
-        if python != sys.executable:
+        if python != executable:
             notes.append(f"- **{contender}** does not import with this pandas "
-                         f"(`{import_errors[contender]}`); it ran on "
+                         f"(`{state['import_errors'][contender]}`); it ran on "
                          f"pandas {', '.join(sorted(v for v in versions if v))} "
                          f"(`{python}`), against serial pandas on that same interpreter.")
         for workload, row in results.items():
             result = row[contender]
             if "error" in result or "first_error" in result:
                 notes.append(f"- **{contender}** failed on `{workload}` with pandas "
-                             f"{pd.__version__}: "
+                             f"{state['pandas']}: "
                              f"`{result.get('first_error', result.get('error'))}`"
                              + (f"; measured on pandas {result['pandas']} instead"
                                 if "first_error" in result else ""))
-    text = (f"pandas {pd.__version__} (unless noted), {N_WORKERS} CPUs, "
+    text = (f"pandas {state['pandas']} (unless noted), {N_WORKERS} CPUs, "
             f"{N_WORKERS} workers each; each cell: **warm speed-up / cold speed-up / "
             "peak memory** relative to serial pandas (medians of "
-            f"{args.repeat} warm runs interleaved with serial pandas; cold = first call "
+            f"{state['repeat']} warm runs interleaved with serial pandas; cold = first call "
             "in a fresh process, workers starting). `n/a`: no such call; `≠`: the result "
             f"differs from pandas'; `¹`: over {SLOW_FACTOR:.0f}x slower than pandas on its "
             "first call, so timed warm once.\n\n"
             + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
-    with open(args.output, "w") as fh:
+    with open(output, "w") as fh:
         fh.write(text)
-    with open(os.path.splitext(args.output)[0] + ".json", "w") as fh:
-        json.dump(results, fh, indent=1)
     print(text)
-    _chart(results, pythons, os.path.splitext(args.output)[0] + ".png")
+    _chart(results, pythons, os.path.splitext(output)[0] + ".png")
 
 
 def _chart(results: dict[str, dict[str, Any]], pythons: dict[str, str], path: str) -> None:

@@ -43,7 +43,7 @@ def scale_column(column):
 
 
 def _one(kind: str, gigabytes: float) -> dict[str, float]:
-    from workloads import PeakMemory
+    from peak_memory import PeakMemory
 
     import pandas_parallel
 

@@ -18,9 +18,10 @@ cold call, then ``--repeat`` warm calls interleaved with serial pandas (same
 machine load), medians. Every result is compared with pandas' own; a
 contender that returns something else is marked, not hidden. Peak memory is
 the proportional set size (PSS) summed over the process and all of its
-children, plus what the call added to ``/dev/shm``, sampled every 20 ms
-in one more run of its own (sampling costs CPU, so timed runs are not
-sampled).
+children, plus what the call added to ``/dev/shm``, sampled every 20 ms by a
+process of its own (a thread would stop pandas_parallel from forking), in
+one more call after the timed ones (sampling costs CPU). ``--memory-only``
+measures just that again, keeping the times.
 
 A peer that cannot import with this interpreter's pandas runs in a virtual
 environment with the newest pandas 2.2 (``benchmarks/.venvs/pandas-2.2``,
@@ -39,6 +40,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -210,7 +212,7 @@ def _same(expected: Any, actual: Any) -> bool:
 
 def _timed(call: Callable[[Any], Any], data: Any) -> tuple[float, int, Any]:
     """Seconds, peak memory and result of one call."""
-    from workloads import PeakMemory
+    from peak_memory import PeakMemory
 
     with PeakMemory() as memory:
         began = time.perf_counter()
@@ -225,13 +227,16 @@ def _seconds(call: Callable[[Any], Any], data: Any) -> float:
     return time.perf_counter() - began
 
 
-def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[str, Any]:
+def run_one(contender: str, workload: str, repeat: int, scale: float,
+            memory_only: bool = False) -> dict[str, Any]:
     import pandas as pd
     import workloads as w
 
     spec = w.WORKLOADS[workload]
     data = spec.make(max(1, int(spec.size * scale)))
     out: dict[str, Any] = {"pandas": pd.__version__}
+    if memory_only:
+        return {**out, **_peak_only(contender, workload, spec, data)}
     if contender == "serial":
         times = [_seconds(spec.serial, data) for _ in range(repeat)]
         return {**out, "warm": statistics.median(times), "cold": times[0],
@@ -267,6 +272,18 @@ def run_one(contender: str, workload: str, repeat: int, scale: float) -> dict[st
 # --------------------------------------------------------------------------
 # The orchestrator
 # --------------------------------------------------------------------------
+def _peak_only(contender: str, workload: str, spec: Any, data: Any) -> dict[str, Any]:
+    """Peak memory of a warm call (after a first call), and nothing else."""
+    try:
+        call = spec.serial if contender == "serial" else _setup(contender).get(workload)
+        if call is None:
+            return {"unsupported": True}
+        call(data)
+        return {"peak": _timed(call, data)[1]}
+    except Exception as exc:
+        return {"error": traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]}
+
+
 def _import_error(python: str, contender: str) -> str | None:
     """Why ``contender`` does not import and initialize under ``python``
     (the error's last line), or ``None`` when it does."""
@@ -279,12 +296,14 @@ def _import_error(python: str, contender: str) -> str | None:
 
 def _fallback_environment(contenders: list[str]) -> str | None:
     """The interpreter of a virtual environment with the newest pandas 2.2
-    and the peers in ``contenders``, made (or completed) now; ``None`` if
-    it cannot be made here (the reason is printed)."""
+    and the peers, made (or completed) now for ``contenders``, which cannot
+    import here; ``None`` if it cannot be made (the reason is printed)."""
     python = os.path.join(FALLBACK_VENV, "bin", "python")
-    packages = sorted(PEER_PACKAGES[c] for c in contenders if c in PEER_PACKAGES)
-    if not packages:
+    if not any(c in PEER_PACKAGES for c in contenders):
         return None
+    # Every peer, not just these: one that imports here but fails on a
+    # workload is measured again there.
+    packages = sorted(PEER_PACKAGES.values())
     print(f"{', '.join(contenders)} cannot import here: installing them with "
           f"{FALLBACK_PANDAS} in {FALLBACK_VENV}", file=sys.stderr, flush=True)
     try:
@@ -299,10 +318,11 @@ def _fallback_environment(contenders: list[str]) -> str | None:
 
 
 def _measure(python: str, contender: str, workload: str, repeat: int,
-             scale: float) -> dict[str, Any]:
+             scale: float, memory_only: bool = False) -> dict[str, Any]:
     try:
         done = subprocess.run([python, __file__, "--run", contender, workload,
-                               "--repeat", str(repeat), "--scale", str(scale)],
+                               "--repeat", str(repeat), "--scale", str(scale),
+                               *(["--memory-only"] if memory_only else [])],
                               capture_output=True, text=True,
                               cwd=HERE, timeout=1800)
     except subprocess.TimeoutExpired:
@@ -339,6 +359,9 @@ def main() -> None:
                              ".json (run workloads one at a time)")
     parser.add_argument("--render", action="store_true",
                         help="only write the table and chart from the output's .json")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="measure peak memory again, for the workloads and contenders "
+                             "already in the output's .json, keeping their times")
     parser.add_argument("--run", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -346,7 +369,11 @@ def main() -> None:
         _setup(args.probe)
         os._exit(0)  # without waiting for the contender's pools
     if args.run:
-        print(json.dumps(run_one(*args.run, args.repeat, args.scale)), flush=True)
+        print(json.dumps(run_one(*args.run, args.repeat, args.scale, args.memory_only)),
+              flush=True)
+        return
+    if args.memory_only:
+        _measure_memory_again(args)
         return
     if args.render:
         with open(os.path.splitext(args.output)[0] + ".json") as fh:
@@ -377,6 +404,27 @@ def main() -> None:
     for workload in args.workloads:
         state["results"][workload] = _measure_workload(workload, pythons, args)
         with open(state_path, "w") as fh:  # after each workload: a long run's record
+            json.dump(state, fh, indent=1)
+    render(state, args.output)
+
+
+def _measure_memory_again(args: argparse.Namespace) -> None:
+    """Replace every peak in the output's .json with a new measurement."""
+    state_path = os.path.splitext(args.output)[0] + ".json"
+    with open(state_path) as fh:
+        state = json.load(fh)
+    for workload in args.workloads:
+        for key, result in state["results"].get(workload, {}).items():
+            if "peak" not in result:
+                continue
+            serial = key.startswith("serial@")
+            python = key.split("@", 1)[1] if serial else result["python"]
+            again = _measure(python, "serial" if serial else key, workload, 1, args.scale,
+                             memory_only=True)
+            print(workload, key, again, file=sys.stderr, flush=True)
+            if "peak" in again:
+                result["peak"] = again["peak"]
+        with open(state_path, "w") as fh:
             json.dump(state, fh, indent=1)
     render(state, args.output)
 
@@ -438,22 +486,25 @@ def render(state: dict[str, Any], output: str) -> None:
         versions = {row[contender].get("pandas") for row in results.values()}
         if python != executable:
             notes.append(f"- **{contender}** does not import with this pandas "
-                         f"(`{state['import_errors'][contender]}`); it ran on "
+                         f"(`{_short(state['import_errors'][contender])}`); it ran on "
                          f"pandas {', '.join(sorted(v for v in versions if v))} "
-                         f"(`{python}`), against serial pandas on that same interpreter.")
+                         f"(`{_short(python)}`), against serial pandas on that same "
+                         "interpreter.")
         for workload, row in results.items():
             result = row[contender]
             if "error" in result or "first_error" in result:
                 notes.append(f"- **{contender}** failed on `{workload}` with pandas "
                              f"{state['pandas']}: "
-                             f"`{result.get('first_error', result.get('error'))}`"
+                             f"`{_short(result.get('first_error', result.get('error')))}`"
                              + (f"; measured on pandas {result['pandas']} instead"
                                 if "first_error" in result else ""))
     text = (f"pandas {state['pandas']} (unless noted), {N_WORKERS} CPUs, "
             f"{N_WORKERS} workers each; each cell: **warm speed-up / cold speed-up / "
             "peak memory** relative to serial pandas (medians of "
             f"{state['repeat']} warm runs interleaved with serial pandas; cold = first call "
-            "in a fresh process, workers starting). `n/a`: no such call; `≠`: the result "
+            "in a fresh process, workers starting; peak memory: PSS summed over all "
+            "processes plus /dev/shm, sampled from a process of its own). "
+            "`n/a`: no such call; `≠`: the result "
             f"differs from pandas'; `¹`: over {SLOW_FACTOR:.0f}x slower than pandas on its "
             "first call, so timed warm once.\n\n"
             + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
@@ -461,6 +512,13 @@ def render(state: dict[str, Any], output: str) -> None:
         fh.write(text)
     print(text)
     _chart(results, pythons, os.path.splitext(output)[0] + ".png")
+
+
+def _short(text: str) -> str:
+    """``text`` without this machine's paths: modules from site-packages,
+    interpreters from the suite's environments."""
+    text = re.sub(r"[^\s(`]*/site-packages/", "", text)
+    return re.sub(r"[^\s(`]*/(benchmarks/\.venvs/)", r"\1", text)
 
 
 def _chart(results: dict[str, dict[str, Any]], pythons: dict[str, str], path: str) -> None:

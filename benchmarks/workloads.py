@@ -6,11 +6,8 @@ and functions are shared so peers can be measured on exactly the same work.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import shutil
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -179,56 +176,3 @@ def write_table(header: str, rows: list[str], output: str | None) -> None:
         with open(output, "w") as fh:
             fh.write(table)
 
-
-# --------------------------------------------------------------------------
-# Peak memory: PSS of this process and its children, plus /dev/shm growth
-# --------------------------------------------------------------------------
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class PeakMemory:
-    """Samples the summed PSS of this process tree every 20 ms."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._me = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-        self._shm_base = self._shm()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _shm() -> int:
-        try:
-            return shutil.disk_usage("/dev/shm").used
-        except OSError:
-            return 0
-
-    def _sample(self) -> int:
-        pids = [self._me.pid]
-        with contextlib.suppress(Exception):
-            pids += [c.pid for c in self._me.children(recursive=True)]
-        return sum(_pss(pid) for pid in pids) + max(0, self._shm() - self._shm_base)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._sample())
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._sample())

@@ -201,6 +201,20 @@ def _execute(op: Operation) -> Any:
         logger.debug("%s: serial (%s)", op.label, reason)
         return op.serial()
 
+    kind = _cost_kind(op)
+    if (options.serial_fallback and options.chunk_size is None
+            and len(op.units) <= planning.cheap_up_to(op.func, kind)
+            and not _show_progress(options, 0.0)):
+        # As small as a call of this function that was clearly too cheap
+        # for workers: pandas' own call, without sampling (the function was
+        # pickled then, so it still fails alike at any size).
+        began = time.perf_counter()
+        result = op.serial()
+        planning.remember_cheap(op.func, kind, len(op.units), time.perf_counter() - began)
+        logger.debug("%s: serial (calls this small were clearly too cheap for workers)",
+                     op.label)
+        return result
+
     # Fail on an unpicklable function before any work, and pickle it once.
     program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
     blob: bytes | Program = (program if options.backend in _IN_PROCESS_BACKENDS
@@ -213,14 +227,16 @@ def _execute(op: Operation) -> Any:
     workers = _worker_start(options, n_workers, planning_only=True)
     n_bytes = op.units.nbytes()
     if options.serial_fallback and options.chunk_size is None:
-        per_row = planning.recall(op.func, _cost_kind(op))
+        per_row = planning.recall(op.func, kind)
+        sampled_seconds = 0.0
         if per_row is not None:
             per_unit = per_row * _work_rows(op, 0, n_units) / n_units
             measured = "cost remembered from the last call"
         else:
             began = time.perf_counter()
             start, per_unit = _sample(op, pieces)
-            measured = (f"sampled {start} {op.unit} in {time.perf_counter() - began:.4f}s")
+            sampled_seconds = time.perf_counter() - began
+            measured = f"sampled {start} {op.unit} in {sampled_seconds:.4f}s"
         remaining = n_units - start
         remaining_bytes = n_bytes * remaining // n_units
         guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
@@ -243,8 +259,9 @@ def _execute(op: Operation) -> Any:
                     with _chunk_failures(op):
                         pieces.extend(_run_here_with_progress(op, start, guess.serial))
                 result = _combine_or_serial(op, pieces)
-            planning.remember(op.func, _cost_kind(op), time.perf_counter() - began,
-                              _work_rows(op, start, n_units))
+            seconds = time.perf_counter() - began
+            planning.remember(op.func, kind, seconds, _work_rows(op, start, n_units))
+            planning.remember_cheap(op.func, kind, n_units, sampled_seconds + seconds)
             if (workers == "cold"
                     and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
                     and planning.estimate(per_unit, remaining, n_workers,

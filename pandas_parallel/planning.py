@@ -133,31 +133,61 @@ def probe_sizes(units: int) -> list[int]:
     return sizes
 
 
-_costs: weakref.WeakKeyDictionary[Any, dict[Hashable, float]] = weakref.WeakKeyDictionary()
-_costs_lock = threading.Lock()
+# What was learned of each function, per kind of call (the operation and the
+# shape of a row): kept as long as the function object lives; nothing is kept
+# for objects that cannot be weakly referenced (mappings, some built-ins).
+_Memory = weakref.WeakKeyDictionary[Any, dict[Hashable, Any]]
+_costs: _Memory = weakref.WeakKeyDictionary()  # seconds per row
+_cheap: _Memory = weakref.WeakKeyDictionary()  # units that were clearly serial
+_memory_lock = threading.Lock()
+
+
+def _note(memory: _Memory, func: Any, kind: Hashable, value: Any) -> None:
+    try:
+        with _memory_lock:
+            known = memory.setdefault(func, {})
+            if value is None:
+                known.pop(kind, None)
+            else:
+                known[kind] = value
+    except TypeError:
+        pass
+
+
+def _known(memory: _Memory, func: Any, kind: Hashable) -> Any:
+    try:
+        with _memory_lock:
+            return memory.get(func, {}).get(kind)
+    except TypeError:
+        return None
 
 
 def remember(func: Any, kind: Hashable, seconds: float, rows: int) -> None:
     """Note that ``func`` took ``seconds`` over ``rows`` rows, in a call of
-    ``kind`` (the operation and the shape of a row), for later calls.
-
-    Kept as long as the function object lives; nothing is kept for objects
-    that cannot be weakly referenced (mappings, some built-ins).
-    """
-    if seconds < MIN_SECONDS_TO_REMEMBER or rows <= 0:
-        return
-    try:
-        with _costs_lock:
-            _costs.setdefault(func, {})[kind] = seconds / rows
-    except TypeError:
-        pass
+    ``kind``, for later calls (only from enough work to measure soundly)."""
+    if seconds >= MIN_SECONDS_TO_REMEMBER and rows > 0:
+        _note(_costs, func, kind, seconds / rows)
 
 
 def recall(func: Any, kind: Hashable) -> float | None:
     """Seconds per row that ``func`` took in the last call of ``kind``
     long enough to measure, or ``None``."""
-    try:
-        with _costs_lock:
-            return _costs.get(func, {}).get(kind)
-    except TypeError:
-        return None
+    return _known(_costs, func, kind)
+
+
+def remember_cheap(func: Any, kind: Hashable, units: int, seconds: float) -> None:
+    """Note a whole call of ``kind`` over ``units`` units that took only
+    ``seconds``: calls no larger can go to pandas without sampling. One no
+    larger that took :data:`CLEARLY_SERIAL_SECONDS` or more unlearns it."""
+    known = cheap_up_to(func, kind)
+    if seconds >= CLEARLY_SERIAL_SECONDS:
+        if units <= known:
+            _note(_cheap, func, kind, None)
+    elif units > known:
+        _note(_cheap, func, kind, units)
+
+
+def cheap_up_to(func: Any, kind: Hashable) -> int:
+    """Calls of ``kind`` with up to this many units were clearly too cheap
+    for workers (0 when nothing is known)."""
+    return int(_known(_cheap, func, kind) or 0)

@@ -172,9 +172,10 @@ def test_many_small_groups_use_few_chunks():
     pd.testing.assert_series_equal(result, df.groupby("k")[["v"]].apply(lambda g: g["v"].median()))
 
 
+@pytest.mark.parametrize("as_index", [True, False])
 @pytest.mark.parametrize("name", ["head_series", "like_indexed", "head_frame",
                                   "identity_frame"])
-def test_apply_orders_rows_by_pandas_test_of_each_group(name):
+def test_apply_orders_rows_by_pandas_test_of_each_group(name, as_index):
     """pandas returns apply's rows in row order only when *every* group's
     result is indexed like the group, by its own test: a Series from a
     frame group never is. A chunk whose groups already lie in row order
@@ -183,10 +184,9 @@ def test_apply_orders_rows_by_pandas_test_of_each_group(name):
     df = pd.DataFrame({"v": np.arange(12), "w": np.arange(12.0)},
                       index=pd.Index([f"r{i}" for i in range(12)], name="row"))
     func = FRAME_APPLY[name]
-    for as_index in (True, False):
-        make = lambda: df.groupby(level=0, as_index=as_index, group_keys=False)  # noqa: E731
-        check_like_pandas(lambda: make().apply(func),
-                          lambda: make().parallel(chunk_size=2).apply(func))
+    make = lambda: df.groupby(level=0, as_index=as_index, group_keys=False)  # noqa: E731
+    check_like_pandas(lambda: make().apply(func),
+                      lambda: make().parallel(chunk_size=2).apply(func))
 
 
 def test_one_huge_group_balances_around_it():

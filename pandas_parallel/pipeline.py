@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 import uuid
@@ -229,18 +230,21 @@ def _execute(op: Operation) -> Any:
     if options.serial_fallback and options.chunk_size is None:
         per_row = planning.recall(op.func, kind)
         sampled_seconds = 0.0
+        clearly_serial = False
         if per_row is not None:
             per_unit = per_row * _work_rows(op, 0, n_units) / n_units
             measured = "cost remembered from the last call"
         else:
             began = time.perf_counter()
-            start, per_unit = _sample(op, pieces)
+            start, per_unit, clearly_serial = _sample(op, pieces)
             sampled_seconds = time.perf_counter() - began
             measured = f"sampled {start} {op.unit} in {sampled_seconds:.4f}s"
         remaining = n_units - start
         remaining_bytes = n_bytes * remaining // n_units
         guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
                                   workers, cluster)
+        if clearly_serial:
+            guess = planning.Estimate(guess.serial, parallel=math.inf)
         if guess.parallel_wins and workers == "fork":
             workers = _worker_start(options, n_workers)  # in full, now it matters
             guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
@@ -297,9 +301,10 @@ def _execute(op: Operation) -> Any:
     return _combine_or_serial(op, pieces)
 
 
-def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float]:
+def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:
     """Run the first units here in samples of growing size, timed, adding
-    their pieces to ``pieces``; return the units done and the cost per unit."""
+    their pieces to ``pieces``; return the units done, the cost per unit,
+    and whether the rest is clearly too little work for workers."""
     start = 0
     last = 0.0
     size = 1
@@ -313,10 +318,13 @@ def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float]:
         # cost per call (and its first-call warm-up) no longer dominates,
         # or once even that inflated cost says the rest is too little work
         # for any worker to pay off (more samples would only cost time).
-        if (last >= planning.PROBE_SECONDS
-                or last / size * (len(op.units) - start) < planning.CLEARLY_SERIAL_SECONDS):
+        if last / size * (len(op.units) - start) < planning.CLEARLY_SERIAL_SECONDS:
+            # Too small a sample to plan from, but enough to say this: the
+            # projection carries pandas' fixed cost, so it errs high.
+            return start, last / size, True
+        if last >= planning.PROBE_SECONDS:
             break
-    return start, last / size
+    return start, last / size, False
 
 
 def _cost_kind(op: Operation) -> tuple[Any, ...]:

@@ -35,10 +35,11 @@ TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
 PROBE_MAX_FRACTION = 0.1  # never sample more than this share of the work
-# Remaining work projected below this runs serially without sampling more:
-# by estimate(), two workers need over 0.012 s of serial work to win when
-# warm and 0.09 s when forked. The projection from a small sample also
-# carries pandas' fixed cost per call, so it errs high: the safe side.
+# Remaining work projected below this runs serially, without sampling more:
+# too little for workers to win by much (by estimate(), two warm workers
+# need over 0.012 s, forked ones 0.09 s), while the projection from a small
+# sample carries pandas' fixed cost per call and so is no basis to go
+# parallel on.
 CLEARLY_SERIAL_SECONDS = 0.02
 PARALLEL_GAIN_REQUIRED = 0.75  # parallel must take < 75% of the serial time
 TARGET_CHUNK_SECONDS = (0.05, 1.0)  # each chunk's duration lies in this range

@@ -116,6 +116,23 @@ def test_costs_of_tiny_work_are_not_remembered(planned, caplog):
     assert "combined" not in caplog.text
 
 
+def test_tiny_cheap_work_stays_serial_on_a_warm_pool(planned, caplog):
+    """A warm pool needs the least work to win, and a tiny sample's cost per
+    row is inflated by pandas' fixed cost per call: a projection from it
+    that stops sampling must also keep the call serial."""
+    with pandas_parallel.config(fork=False):
+        s = pd.Series(np.arange(500))
+        s.parallel(serial_fallback=False).map(lambda v: v)  # the pool is up, warm
+
+        def double(v):
+            return v * 2
+
+        with caplog.at_level("DEBUG", logger="pandas_parallel"):
+            pd.testing.assert_series_equal(s.parallel.map(double), s.map(double))
+    assert "sampled" in caplog.text and "serial (parallel would not" in caplog.text
+    assert "parallel on" not in caplog.text
+
+
 def test_a_small_call_that_turns_out_slow_samples_again(planned, caplog):
     """What made small calls go straight to pandas is unlearned as soon as
     one of them is slow, so the next such call can use workers again."""

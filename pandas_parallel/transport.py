@@ -456,14 +456,16 @@ def ship_result(
     return ArrowSlice(path, 0, Labels.of(result.iloc[:0]).with_index(result.index))
 
 
-def fetch_result(payload: Payload) -> Any:
+def fetch_result(payload: Payload, borrow: bool = True) -> Any:
     """Called in the parent: load a result and delete its file.
 
-    Numeric columns are borrowed from the mapped file, not copied: the
-    combine step copies them into the result anyway. Pass what the combine
-    step returns through :func:`detach`.
+    With ``borrow``, numeric columns are views of the mapped file, not
+    copies: for combine steps that copy them into the result anyway (rows
+    stacked). Pass what the combine step returns through :func:`detach`.
+    Without, each result is copied as it arrives and its memory freed: for
+    combine steps that set results side by side without copying.
     """
-    value = payload.load(borrow=True)
+    value = payload.load(borrow=borrow)
     inner = payload.value if isinstance(payload, Tagged) else payload
     if isinstance(inner, ArrowSlice):
         with contextlib.suppress(OSError):

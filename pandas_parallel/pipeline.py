@@ -298,7 +298,7 @@ def _execute(op: Operation) -> Any:
                                     program if fork else blob, fork))
     if options.backend == "loky" and not fork:
         _warm_workers = n_workers
-    return _combine_or_serial(op, pieces)
+    return _combine_or_serial(op, pieces, borrowed=_borrows_results(op))
 
 
 def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:
@@ -325,6 +325,13 @@ def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:
         if last >= planning.PROBE_SECONDS:
             break
     return start, last / size, False
+
+
+def _borrows_results(op: Operation) -> bool:
+    """Whether results are read as views of their files: when the combine
+    step stacks rows, which copies them anyway. Column results are set side
+    by side as they are, so they are copied as they arrive."""
+    return not op.units.columns
 
 
 def _cost_kind(op: Operation) -> tuple[Any, ...]:
@@ -371,10 +378,13 @@ def _sizes_text(sizes: list[int]) -> str:
     return str(sizes[0]) if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
 
 
-def _combine_or_serial(op: Operation, pieces: list[Piece]) -> Any:
+def _combine_or_serial(op: Operation, pieces: list[Piece], borrowed: bool = False) -> Any:
+    """Combine ``pieces``; ``borrowed``: some may be views of result files."""
     try:
         began = time.perf_counter()
-        result = transport.detach(op.combine(pieces))
+        result = op.combine(pieces)
+        if borrowed:
+            result = transport.detach(result)
         logger.debug("%s: combined %d pieces in %.3fs", op.label, len(pieces),
                      time.perf_counter() - began)
         return result
@@ -467,10 +477,8 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
             worker_seconds = 0.0
             for outcome in outcomes:
                 assert outcome.payload is not None
-                # Stacking rows copies them anyway: borrow those from the
-                # result files. Column results are set side by side as they are.
                 results[outcome.chunk] = transport.fetch_result(
-                    outcome.payload, borrow=not op.units.columns)
+                    outcome.payload, borrow=_borrows_results(op))
                 worker_seconds += outcome.seconds
             ok = True
             logger.debug("%s: prepared in %.3fs; chunks ran %.3fs in total; all "

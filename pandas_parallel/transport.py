@@ -230,8 +230,7 @@ class Labels:
 
     def plain(self) -> bool:
         """Whether every column has a plain numpy dtype (see :func:`detach`)."""
-        return self.dtypes is not None and all(
-            isinstance(d, np.dtype) and d.kind in _PLAIN_KINDS for d in self.dtypes)
+        return self.dtypes is not None and _plain(self.dtypes)
 
     def with_index(self, index: pd.Index) -> Labels:
         return dataclasses.replace(self, index=index)
@@ -249,14 +248,16 @@ class ArrowSlice:
     def load(self, borrow: bool = False) -> pd.DataFrame | pd.Series:
         """The frame; with ``borrow``, numeric columns without missing
         values are read-only views of the mapped file instead of copies
-        (the mapping outlives the file: see :func:`detach`)."""
+        (the mapping outlives the file: see :func:`detach`). Without, it
+        owns its memory (Arrow shares even then, e.g. a single column)."""
         with pa.memory_map(self.path) as source:
             batch = pa.ipc.open_file(source).get_batch(self.batch)
             if self.columns is not None:
                 batch = batch.select(list(self.columns))
-            borrow = borrow and self.labels.plain()
-            frame = pa.Table.from_batches([batch]).to_pandas(split_blocks=borrow)
-        return self.labels.apply_to(frame)
+            frame = pa.Table.from_batches([batch]).to_pandas(
+                split_blocks=borrow and self.labels.plain())
+        loaded = self.labels.apply_to(frame)
+        return loaded if borrow else detach(loaded)
 
 
 @dataclasses.dataclass
@@ -348,13 +349,12 @@ def _write_ipc(table: pa.Table, path: str, bounds: Sequence[tuple[int, int]]) ->
 def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:
     """Convert a frame that :func:`use_arrow` accepted; ``None`` if Arrow refuses."""
     frame = _positional(obj)
-    dtypes = list(frame.dtypes)
-    if all(isinstance(d, np.dtype) and d.kind in _PLAIN_KINDS for d in dtypes):
+    if _plain(frame.dtypes):
         # Numbers, booleans and datetimes straight from numpy: zero-copy, and
         # NaN stays NaN (from_pandas turns it into a null, scanning and
         # copying every float column: 20x slower).
         arrays = [pa.array(frame.iloc[:, i].to_numpy(), from_pandas=False)
-                  for i in range(len(dtypes))]
+                  for i in range(frame.shape[1])]
         return pa.Table.from_arrays(arrays, names=list(frame.columns))
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)
@@ -364,6 +364,10 @@ def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:
 
 
 _PLAIN_KINDS = "biufmM"  # numpy kinds whose Arrow type converts back to the same dtype
+
+
+def _plain(dtypes: Any) -> bool:
+    return all(isinstance(d, np.dtype) and d.kind in _PLAIN_KINDS for d in dtypes)
 
 
 def use_arrow(obj: pd.DataFrame | pd.Series, transport: str) -> bool:

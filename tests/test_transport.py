@@ -100,6 +100,21 @@ def test_results_own_their_memory(forced, method, options, kwargs):
     assert result.iloc[0, 0] == -1.0 and result["b"].iloc[1] == -1
 
 
+def _mark_first(part):
+    part.iloc[0, 0] = -1.0  # writes into the chunk it was handed
+    return part
+
+
+def test_chunks_handed_to_functions_are_writable(forced):
+    """A chunk read from its Arrow file owns its memory, even a single
+    column (which Arrow would otherwise share read-only), as the frame
+    pandas hands a function does."""
+    frame = pd.DataFrame({"a": np.arange(40.0)})
+    result = frame.parallel(chunk_size=10).map_partitions(_mark_first)
+    expected = pd.concat([_mark_first(frame.iloc[i:i + 10].copy()) for i in range(0, 40, 10)])
+    pd.testing.assert_frame_equal(result, expected)
+
+
 def test_small_results_come_back_pickled_and_large_ones_by_arrow(tmp_path):
     small = pd.Series(np.arange(10.0), name="r")
     large = pd.DataFrame({"a": np.arange(transport.INLINE_RESULT_VALUES), "b": 1.5})

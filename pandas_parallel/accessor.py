@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import asynchronous, combine
+from pandas_parallel import asynchronous, combine, planning
 from pandas_parallel.options import Options, get_options, validate
-from pandas_parallel.pipeline import Operation, Piece, execute
+from pandas_parallel.pipeline import Operation, Piece, execute, serving
 from pandas_parallel.splitting import Units
 
 _MAP = combine.Inference(combine.reinfer_like_map, combine.reinfer_like_map)
@@ -28,6 +30,7 @@ _MAP = combine.Inference(combine.reinfer_like_map, combine.reinfer_like_map)
 _APPLY_ROWS = combine.Inference(combine.reinfer_like_constructor, None)
 _APPLY_COLUMNS = combine.Inference(combine.reinfer_like_constructor, None)
 _STRICT = combine.Inference(None, None)
+logger = logging.getLogger("pandas_parallel")
 _ROW_AXES = (1, "columns")
 _COLUMN_AXES = (0, "index", "rows")
 
@@ -128,7 +131,73 @@ class Configurable:
     def options(self) -> Options:
         """The options this accessor will use (global, scoped, per-call, and an
         enclosing ``joblib.parallel_config`` when no backend is set)."""
-        return get_options().replace(**self._overrides).resolved()
+        options = get_options()
+        if self._overrides:
+            options = options.replace(**self._overrides)
+        return options.resolved()
+
+    def _input_shape(self) -> tuple[int, Hashable]:
+        """Rows of the input, and what besides them its cost depends on."""
+        return len(self._obj), (type(self._obj), self._obj.shape[1:])
+
+    def _call_shape(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                    ) -> tuple[Any, int, Hashable] | None:
+        """The function of a call, the input's rows, and what else the cost
+        depends on: the other arguments, the type of input and its columns.
+        ``None`` when options make the planner decide (a chunk size, no
+        serial fallback, a progress bar). A call with an argument that is
+        not hashable is never remembered."""
+        options, overrides = get_options(), self._overrides
+        if (overrides.get("chunk_size", options.chunk_size) is not None
+                or not overrides.get("serial_fallback", options.serial_fallback)
+                or overrides.get("progress", options.progress) is True):
+            return None
+        if args:
+            func, rest = args[0], args[1:]
+        else:
+            keyword = next((k for k in _FUNC_KEYWORDS if k in kwargs), None)
+            if keyword is None:
+                return None
+            func, rest = kwargs[keyword], ()
+            kwargs = {k: v for k, v in kwargs.items() if k != keyword}
+        rows, input_kind = self._input_shape()
+        return func, rows, (input_kind, rest, tuple(kwargs.items()))
+
+
+_FUNC_KEYWORDS = ("func", "arg")  # how pandas' methods name the function
+
+
+def straight_to_pandas_when_known_cheap(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Send a call to pandas before any of this library's work (binding,
+    options, grouping, planning) when a call of the same shape, with as
+    many rows or more, was clearly too cheap for workers.
+
+    On a frame of a thousand rows and a cheap function, pandas takes half a
+    millisecond, and that work would add a third to it. Costs are noted
+    by the pipeline under the call's shape (:func:`pipeline.serving`).
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: Configurable, *args: Any, **kwargs: Any) -> Any:
+        shape = self._call_shape(args, kwargs)
+        if shape is None:
+            return method(self, *args, **kwargs)
+        func, rows, kind = shape
+        kind = (name, kind)
+        if 0 < rows <= planning.cheap_up_to(func, kind):
+            logger.debug("%s: serial (calls this small were clearly too cheap for workers)",
+                         name)
+            began = time.perf_counter()
+            result = getattr(self._obj, name)(*args, **kwargs)
+            seconds = time.perf_counter() - began
+            if seconds >= planning.CLEARLY_SERIAL_SECONDS:  # no longer cheap: unlearn
+                planning.remember_cheap(func, kind, rows, seconds)
+            return result
+        with serving(func, kind):
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 class _Base(Configurable):
@@ -146,16 +215,18 @@ class _Base(Configurable):
     def _operation(self, name: str, label: str, units: Units, args: tuple[Any, ...],
                    kwargs: dict[str, Any], combine_pieces: Callable[[list[Piece]], Any],
                    unit: str = "rows", calls_per_unit: int = 1,
-                   runner: Callable[..., Any] | None = None) -> Any:
-        func, rest_args, rest_kwargs = _split_func(name, self._obj, args, kwargs)
-        if asynchronous.is_async(func):
-            return run_async_call(self._obj, name, args, kwargs, label, self.options)
+                   runner: Callable[..., Any] | None = None,
+                   options: Options | None = None) -> Any:
+        """Run ``obj.<name>(*args, **kwargs)`` as an operation; its function
+        is not ``async`` (the public methods sent those elsewhere)."""
+        obj = self._obj
+        func, rest_args, rest_kwargs = _split_func(name, obj, args, kwargs)
         operation = Operation(
             label=label, unit=unit, units=units,
             runner=runner or functools.partial(call_method, name),
             func=func, args=rest_args, kwargs=rest_kwargs,
-            combine=combine_pieces, serial=self._delegate(name, args, kwargs),
-            options=self.options, calls_per_unit=calls_per_unit,
+            combine=combine_pieces, serial=lambda: getattr(obj, name)(*args, **kwargs),
+            options=options or self.options, calls_per_unit=calls_per_unit,
             failures_need_whole=name == "transform")
         return execute(operation)
 
@@ -168,7 +239,7 @@ class _Base(Configurable):
             name, label, Units.for_partition(obj, options.partition), args, kwargs,
             lambda pieces: combine.combine_rows(
                 _ordered(pieces, inference), obj, inference),
-            calls_per_unit=calls_per_unit)
+            calls_per_unit=calls_per_unit, options=options)
 
 
 def _ordered(pieces: list[Piece], inference: combine.Inference) -> list[Any]:
@@ -197,6 +268,7 @@ class DataFrameParallelAccessor(_Base):
 
     _obj: pd.DataFrame
 
+    @straight_to_pandas_when_known_cheap
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Parallel :meth:`pandas.DataFrame.apply`, same parameters and result.
 
@@ -226,6 +298,7 @@ class DataFrameParallelAccessor(_Base):
         return self._columns("apply", "apply(axis=0)", call_args, kwargs,
                              _STRICT if raw else _APPLY_COLUMNS)
 
+    @straight_to_pandas_when_known_cheap
     def map(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """Parallel :meth:`pandas.DataFrame.map` (elementwise), same parameters."""
         call_args = (func, *args)
@@ -239,6 +312,7 @@ class DataFrameParallelAccessor(_Base):
         return self._rows("map", "map", call_args, kwargs, _MAP,
                           calls_per_unit=self._obj.shape[1])
 
+    @straight_to_pandas_when_known_cheap
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """Parallel :meth:`pandas.DataFrame.transform`, same parameters.
 
@@ -310,6 +384,7 @@ class SeriesParallelAccessor(_Base):
 
     _obj: pd.Series
 
+    @straight_to_pandas_when_known_cheap
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Parallel :meth:`pandas.Series.apply`, same parameters and result."""
         call_args = (func, *args)
@@ -322,6 +397,7 @@ class SeriesParallelAccessor(_Base):
         return self._rows("apply", "apply", call_args, kwargs,
                           combine.Inference(combine.reinfer_like_map, None))
 
+    @straight_to_pandas_when_known_cheap
     def map(self, *args: Any, **kwargs: Any) -> pd.Series:
         """Parallel :meth:`pandas.Series.map`, same parameters and result.
 
@@ -338,6 +414,7 @@ class SeriesParallelAccessor(_Base):
             return self._delegate("map", args, kwargs)()
         return self._rows("map", "map", args, kwargs, _MAP)
 
+    @straight_to_pandas_when_known_cheap
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Parallel :meth:`pandas.Series.transform`, same parameters and result."""
         call_args = (func, *args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from pandas_parallel.accessor import (
     bind_like_pandas,
     plain_callable,
     run_async_call,
+    straight_to_pandas_when_known_cheap,
 )
 from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Carrier, Units
@@ -206,7 +208,12 @@ class GroupByParallelAccessor(Configurable):
     def _gb(self) -> Any:
         return self._obj
 
+    def _input_shape(self) -> tuple[int, Hashable]:
+        gb = self._gb
+        return len(gb.obj), (type(gb), gb.obj.shape[1:], gb.ngroups)
+
     # -- public methods, mirroring pandas ---------------------------------------
+    @straight_to_pandas_when_known_cheap
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.apply``: same parameters (including pandas 3's
         ``include_groups``), same result."""
@@ -216,6 +223,7 @@ class GroupByParallelAccessor(Configurable):
         bind_like_pandas(self._gb, "apply", call_args, kwargs)
         return self._run("apply", call_args, kwargs, func, self._combine_apply)
 
+    @straight_to_pandas_when_known_cheap
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.transform`` with a callable; string names go to pandas."""
         call_args = (func, *args)
@@ -226,6 +234,7 @@ class GroupByParallelAccessor(Configurable):
             return self._serial("transform", call_args, kwargs)
         return self._run("transform", call_args, kwargs, func, self._combine_transform)
 
+    @straight_to_pandas_when_known_cheap
     def aggregate(self, func: Any = None, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.aggregate`` with a callable; names, lists and
         dicts of functions, and named aggregation go to pandas."""
@@ -239,6 +248,7 @@ class GroupByParallelAccessor(Configurable):
 
     agg = aggregate
 
+    @straight_to_pandas_when_known_cheap
     def filter(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """Parallel ``GroupBy.filter``: same parameters, same result."""
         call_args = (func, *args)

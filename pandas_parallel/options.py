@@ -7,6 +7,7 @@ Every option is validated the moment it is given (``config(...)`` or
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from typing import Any, Literal
@@ -90,8 +91,7 @@ class Options:
 
         active, n_jobs = get_active_backend()
         name = next((n for n, cls in BACKENDS.items() if type(active) is cls), "loky")
-        return dataclasses.replace(
-            self, backend=name, n_jobs=self.n_jobs if self.n_jobs is not None else n_jobs)
+        return _with_backend(self, name, self.n_jobs if self.n_jobs is not None else n_jobs)
 
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied, after validating them."""
@@ -100,6 +100,13 @@ class Options:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Options)}
+
+
+@functools.lru_cache(maxsize=64)
+def _with_backend(options: Options, backend: str, n_jobs: int | None) -> Options:
+    # Cached: options are resolved on every call, and a new dataclass costs
+    # a noticeable share of a small call.
+    return dataclasses.replace(options, backend=backend, n_jobs=n_jobs)
 
 
 def _joblib_backends() -> tuple[str, ...]:

@@ -11,6 +11,7 @@ operations; this module runs them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -18,7 +19,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,10 @@ logger = logging.getLogger("pandas_parallel")
 
 _warm_workers = 0  # size of the loky pool known to be up, 0 if unknown
 _IN_PROCESS_BACKENDS = ("threading",)  # workers in this process: nothing pickled
+# The public call being served, as the accessor knows it: its function and
+# its shape, under which a clearly cheap call is noted (see serving()).
+_served: contextvars.ContextVar[tuple[Any, Hashable] | None] = contextvars.ContextVar(
+    "pandas_parallel_served", default=None)
 
 
 @dataclasses.dataclass
@@ -179,6 +184,25 @@ def _chunk_failures(op: Operation) -> Iterator[None]:
         raise _PandasDecides(f"{type(exc).__name__}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def serving(func: Any, kind: Hashable) -> Iterator[None]:
+    """While a public call of ``func`` runs: if this call of ``func`` is
+    clearly too cheap for workers, it is noted under ``kind``, the call's
+    shape, where the accessor looks before doing any work of its own."""
+    token = _served.set((func, kind))
+    try:
+        yield
+    finally:
+        _served.reset(token)
+
+
+def _cheap_kind(op: Operation) -> Hashable:
+    served = _served.get()
+    if served is not None and served[0] is op.func:
+        return served[1]
+    return _cost_kind(op)
+
+
 def execute(op: Operation) -> Any:
     """Run ``op``: serially in this process, or on the pool."""
     try:
@@ -202,16 +226,16 @@ def _execute(op: Operation) -> Any:
         logger.debug("%s: serial (%s)", op.label, reason)
         return op.serial()
 
-    kind = _cost_kind(op)
+    kind, cheap_kind, n_rows = _cost_kind(op), _cheap_kind(op), len(op.units.obj)
     if (options.serial_fallback and options.chunk_size is None
-            and len(op.units) <= planning.cheap_up_to(op.func, kind)
+            and n_rows <= planning.cheap_up_to(op.func, cheap_kind)
             and not _show_progress(options, 0.0)):
         # As small as a call of this function that was clearly too cheap
         # for workers: pandas' own call, without sampling (the function was
         # pickled then, so it still fails alike at any size).
         began = time.perf_counter()
         result = op.serial()
-        planning.remember_cheap(op.func, kind, len(op.units), time.perf_counter() - began)
+        planning.remember_cheap(op.func, cheap_kind, n_rows, time.perf_counter() - began)
         logger.debug("%s: serial (calls this small were clearly too cheap for workers)",
                      op.label)
         return result
@@ -265,7 +289,7 @@ def _execute(op: Operation) -> Any:
                 result = _combine_or_serial(op, pieces)
             seconds = time.perf_counter() - began
             planning.remember(op.func, kind, seconds, _work_rows(op, start, n_units))
-            planning.remember_cheap(op.func, kind, n_units, sampled_seconds + seconds)
+            planning.remember_cheap(op.func, cheap_kind, n_rows, sampled_seconds + seconds)
             if (workers == "cold"
                     and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
                     and planning.estimate(per_unit, remaining, n_workers,

@@ -139,7 +139,7 @@ def probe_sizes(units: int) -> list[int]:
 # for objects that cannot be weakly referenced (mappings, some built-ins).
 _Memory = weakref.WeakKeyDictionary[Any, dict[Hashable, Any]]
 _costs: _Memory = weakref.WeakKeyDictionary()  # seconds per row
-_cheap: _Memory = weakref.WeakKeyDictionary()  # units that were clearly serial
+_cheap: _Memory = weakref.WeakKeyDictionary()  # rows that were clearly serial
 _memory_lock = threading.Lock()
 
 
@@ -156,10 +156,10 @@ def _note(memory: _Memory, func: Any, kind: Hashable, value: Any) -> None:
 
 
 def _known(memory: _Memory, func: Any, kind: Hashable) -> Any:
+    # No lock: a lookup is atomic, and this one is on the path of every call.
     try:
-        with _memory_lock:
-            return memory.get(func, {}).get(kind)
-    except TypeError:
+        return memory.get(func, {}).get(kind)
+    except TypeError:  # not weakly referenceable, or the kind not hashable
         return None
 
 
@@ -176,19 +176,19 @@ def recall(func: Any, kind: Hashable) -> float | None:
     return _known(_costs, func, kind)
 
 
-def remember_cheap(func: Any, kind: Hashable, units: int, seconds: float) -> None:
-    """Note a whole call of ``kind`` over ``units`` units that took only
+def remember_cheap(func: Any, kind: Hashable, rows: int, seconds: float) -> None:
+    """Note a whole call of ``kind`` over ``rows`` rows that took only
     ``seconds``: calls no larger can go to pandas without sampling. One no
     larger that took :data:`CLEARLY_SERIAL_SECONDS` or more unlearns it."""
     known = cheap_up_to(func, kind)
     if seconds >= CLEARLY_SERIAL_SECONDS:
-        if units <= known:
+        if rows <= known:
             _note(_cheap, func, kind, None)
-    elif units > known:
-        _note(_cheap, func, kind, units)
+    elif rows > known:
+        _note(_cheap, func, kind, rows)
 
 
 def cheap_up_to(func: Any, kind: Hashable) -> int:
-    """Calls of ``kind`` with up to this many units were clearly too cheap
+    """Calls of ``kind`` with up to this many rows were clearly too cheap
     for workers (0 when nothing is known)."""
     return int(_known(_cheap, func, kind) or 0)

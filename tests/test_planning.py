@@ -173,3 +173,97 @@ def test_mappings_are_not_remembered_and_still_work(planned):
     assert planning.recall(mapping, "kind") is None
     s = pd.Series(np.arange(1000))
     pd.testing.assert_series_equal(s.parallel.map(mapping), s.map(mapping))
+
+
+def _straight_to_pandas(caplog) -> bool:
+    return "clearly too cheap" in caplog.text and "sampled" not in caplog.text
+
+
+def test_a_repeated_small_call_goes_to_pandas_before_any_other_work(planned, caplog,
+                                                                    monkeypatch):
+    """Once a call was clearly too cheap for workers, the next one no larger
+    is pandas' own call: not even bound, grouped or planned."""
+    from pandas_parallel import accessor, pipeline
+
+    def add(v):
+        return v + 1
+
+    s = pd.Series(np.arange(1000.0), name="x")
+    frame = pd.DataFrame({"k": np.arange(1000) % 7, "v": np.arange(1000.0)})
+    s.parallel.map(add)
+    frame.groupby("k")["v"].parallel.transform(add)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the library did work of its own")
+
+    monkeypatch.setattr(accessor, "bind_like_pandas", no_work)
+    monkeypatch.setattr(pipeline, "execute", no_work)
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        pd.testing.assert_series_equal(s.parallel.map(add), s.map(add))
+        pd.testing.assert_series_equal(s.iloc[:10].parallel.map(add), s.iloc[:10].map(add))
+        pd.testing.assert_series_equal(frame.groupby("k")["v"].parallel.transform(add),
+                                       frame.groupby("k")["v"].transform(add))
+    assert caplog.text.count("clearly too cheap") == 3
+
+
+def test_known_cheap_calls_are_told_apart_by_their_shape(planned, caplog):
+    """What is remembered is one shape of call: other arguments, more rows,
+    other columns or another method are planned afresh."""
+    def add(v, by=1):
+        return v + by
+
+    s = pd.Series(np.arange(1000.0))
+    s.parallel.map(add)
+    for call, expected in [
+        (lambda: s.parallel.map(add, na_action="ignore"), s.map(add, na_action="ignore")),
+        (lambda: s.parallel.apply(add, by=2), s.apply(add, by=2)),
+        (lambda: pd.concat([s, s]).parallel.map(add), pd.concat([s, s]).map(add)),
+        (lambda: s.to_frame().parallel.map(add), s.to_frame().map(add)),
+    ]:
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="pandas_parallel"):
+            result = call()
+        assert "sampled" in caplog.text and "clearly too cheap" not in caplog.text
+        if isinstance(expected, pd.Series):
+            pd.testing.assert_series_equal(result, expected)
+        else:
+            pd.testing.assert_frame_equal(result, expected)
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        caplog.clear()
+        pd.testing.assert_series_equal(s.parallel.apply(add, by=2), s.apply(add, by=2))
+    assert _straight_to_pandas(caplog)
+
+
+def test_options_that_decide_keep_a_known_cheap_call_planned(planned, caplog):
+    """A chunk size, serial_fallback=False or a progress bar is the user's
+    decision: such calls never take the shortcut."""
+    def add(v):
+        return v + 1
+
+    s = pd.Series(np.arange(1000.0))
+    s.parallel.map(add)
+    for options in [{"chunk_size": 500}, {"serial_fallback": False}, {"progress": True}]:
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="pandas_parallel"):
+            pd.testing.assert_series_equal(s.parallel(**options).map(add), s.map(add))
+        assert "clearly too cheap" not in caplog.text, options
+    with pandas_parallel.config(chunk_size=500):
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="pandas_parallel"):
+            s.parallel.map(add)
+        assert "parallel on" in caplog.text
+
+
+def test_calls_with_unhashable_arguments_are_planned_every_time(planned, caplog):
+    def scaled(row, factors):
+        return row["a"] * factors[0]
+
+    frame = pd.DataFrame({"a": np.arange(200.0)})
+    expected = frame.apply(scaled, axis=1, args=([2.0],))
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="pandas_parallel"):
+            pd.testing.assert_series_equal(
+                frame.parallel.apply(scaled, axis=1, args=([2.0],)), expected)
+        assert "sampled" in caplog.text
+

@@ -1,0 +1,170 @@
+"""Benchmark: small and cheap calls, where parallel cannot win and
+``.parallel`` must cost next to nothing over pandas (the 5% rule).
+
+Usage::
+
+    python benchmarks/small_calls.py                 # writes docs/small_calls.md
+    python benchmarks/small_calls.py --repeat 101 --output -
+
+Two figures per workload, each a median of calls interleaved with plain
+pandas so both see the same machine load:
+
+- **first call of a function**: a new function object each time, so nothing
+  is known of it: ``.parallel`` pickles it (to fail early if it cannot reach
+  workers), samples and plans;
+- **repeated call**: the same function again, as in a loop or a re-run
+  notebook cell; a call no larger than one that was clearly too cheap for
+  workers goes straight to pandas.
+
+Results are checked against pandas with ``pandas.testing``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import pandas_parallel  # noqa: F401  (registers .parallel)
+
+
+@dataclass
+class Small:
+    title: str
+    make_data: Callable[[], Any]
+    make_func: Callable[[], Callable[..., Any]]  # a new function object per call
+    serial: Callable[[Any, Callable[..., Any]], Any]
+    parallel: Callable[[Any, Callable[..., Any]], Any]
+
+
+def _floats(n: int) -> Callable[[], pd.Series]:
+    return lambda: pd.Series(np.random.default_rng(0).random(n), name="x")
+
+
+def _frame(n: int) -> Callable[[], pd.DataFrame]:
+    def make() -> pd.DataFrame:
+        rng = np.random.default_rng(0)
+        return pd.DataFrame({"a": rng.random(n), "b": rng.random(n),
+                             "k": rng.integers(0, max(1, n // 20), n)})
+    return make
+
+
+def _add_one() -> Callable[[float], float]:
+    return lambda x: x + 1
+
+
+def _row_sum() -> Callable[[pd.Series], float]:
+    return lambda row: row["a"] + row["b"]
+
+
+def _demean() -> Callable[[pd.Series], pd.Series]:
+    return lambda group: group - group.mean()
+
+
+def _maps(n: int) -> Small:
+    return Small(f"s.map(lambda x: x + 1), {n:,} floats", _floats(n), _add_one,
+                 lambda s, f: s.map(f), lambda s, f: s.parallel.map(f))
+
+
+SMALL = [
+    *(_maps(n) for n in (100, 1_000, 5_000, 100_000, 1_000_000)),
+    Small("df.apply(row a + b, axis=1), 1,000 rows", _frame(1_000), _row_sum,
+          lambda df, f: df.apply(f, axis=1), lambda df, f: df.parallel.apply(f, axis=1)),
+    Small("df.apply(row a + b, axis=1), 5,000 rows", _frame(5_000), _row_sum,
+          lambda df, f: df.apply(f, axis=1), lambda df, f: df.parallel.apply(f, axis=1)),
+    Small("df.groupby('k')['a'].transform(demean), 2,000 rows, 100 groups", _frame(2_000),
+          _demean, lambda df, f: df.groupby("k")["a"].transform(f),
+          lambda df, f: df.groupby("k")["a"].parallel.transform(f)),
+]
+
+
+def _check(actual: Any, expected: Any) -> None:
+    if isinstance(expected, pd.Series):
+        pd.testing.assert_series_equal(actual, expected)
+    else:
+        pd.testing.assert_frame_equal(actual, expected)
+
+
+def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
+    began = time.perf_counter()
+    result = call()
+    return time.perf_counter() - began, result
+
+
+def measure(small: Small, repeat: int) -> dict[str, float]:
+    """Medians, in seconds, of pandas and ``.parallel``: first calls of new
+    functions and repeated calls of one function, interleaved."""
+    data = small.make_data()
+    repeat = max(3, repeat if len(data) <= 10_000 else repeat // 10)
+    pandas_first, ours_first = [], []
+    for _ in range(repeat):
+        seconds, expected = _timed(lambda: small.serial(data, small.make_func()))
+        pandas_first.append(seconds)
+        seconds, actual = _timed(lambda: small.parallel(data, small.make_func()))
+        ours_first.append(seconds)
+        _check(actual, expected)
+    func = small.make_func()
+    small.parallel(data, func)  # what a first call learns
+    pandas_again, ours_again = [], []
+    for _ in range(repeat):
+        seconds, expected = _timed(lambda: small.serial(data, func))
+        pandas_again.append(seconds)
+        seconds, actual = _timed(lambda: small.parallel(data, func))
+        ours_again.append(seconds)
+        _check(actual, expected)
+    return {name: statistics.median(times) for name, times in [
+        ("pandas_first", pandas_first), ("first", ours_first),
+        ("pandas_again", pandas_again), ("again", ours_again)]}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.1f}"
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| workload | pandas (ms) | .parallel, first call (ms) | ratio | "
+        "pandas (ms) | .parallel, repeated (ms) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for title, r in results.items():
+        lines.append(
+            f"| {title} | {_ms(r['pandas_first'])} | {_ms(r['first'])} | "
+            f"{r['pandas_first'] / r['first']:.2f}x | {_ms(r['pandas_again'])} | "
+            f"{_ms(r['again'])} | {r['pandas_again'] / r['again']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=201)
+    parser.add_argument("--output", default="docs/small_calls.md",
+                        help="Markdown file to write, or - for none")
+    args = parser.parse_args()
+    results = {}
+    for small in SMALL:
+        results[small.title] = measure(small, args.repeat)
+        print(small.title, {k: round(v * 1e3, 3) for k, v in results[small.title].items()},
+              file=sys.stderr)
+    text = table(results)
+    print(text)
+    if args.output != "-":
+        with open(args.output, "w") as fh:
+            fh.write(
+                "# Small and cheap calls\n\n"
+                f"pandas {pd.__version__}; `python benchmarks/small_calls.py`. Medians of "
+                f"{args.repeat} calls (a tenth as many above 10,000 rows), each interleaved "
+                "with plain pandas; ratio = pandas time / `.parallel` time (1.00x: no "
+                "cost). A first call uses a new function object, so nothing is known of "
+                "it; a repeated call reuses one.\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

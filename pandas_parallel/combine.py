@@ -199,10 +199,28 @@ def concat_rows(pieces: Sequence[Any], inference: Inference) -> pd.DataFrame | p
     return _reinfer_mixed(result, pieces, inference.for_result(result))
 
 
+def _stack_plain_series(pieces: Sequence[Any]) -> pd.Series | None:
+    """What ``pd.concat(pieces)`` gives but for its index, in the common
+    case it can be built directly: Series of one numpy dtype and one plain
+    name. ``pd.concat`` costs a quarter of a millisecond even on three small
+    Series, a share of a small call; ``None`` in any other case."""
+    first = pieces[0]
+    if type(first) is not pd.Series:
+        return None
+    dtype, name = first.dtype, first.name
+    if not (isinstance(dtype, np.dtype)
+            and (name is None or type(name) in (str, int))
+            and all(type(p) is pd.Series and p.dtype == dtype
+                    and type(p.name) is type(name) and p.name == name for p in pieces)):
+        return None
+    return pd.Series(np.concatenate([p.to_numpy() for p in pieces]), name=name, copy=False)
+
+
 def combine_rows(pieces: Sequence[Any], original: pd.DataFrame | pd.Series,
                  inference: Inference) -> pd.DataFrame | pd.Series:
     """Results of an operation that keeps one result row per input row."""
-    result = concat_rows(pieces, inference)
+    stacked = _stack_plain_series(pieces) if pieces else None
+    result = concat_rows(pieces, inference) if stacked is None else stacked
     if len(result) != len(original):
         raise CannotCombine(f"{len(result)} result rows for {len(original)} input rows")
     result.index = original.index

@@ -119,14 +119,17 @@ def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
 def probe_sizes(units: int) -> list[int]:
     """Doubling sample sizes within the sampling budget.
 
-    The first sample is 0.5% of the work (at least one unit). Samples'
+    The first sample is 1% of the work (at least one unit). Samples'
     results are kept, so a sample costs only the parallelism it forgoes
     (half its time, on two cores), while each one pays pandas' fixed cost
     per call (a groupby's is a couple of milliseconds): on typical work
-    this takes two samples where starting at 0.1% took four.
+    this takes two samples where starting at 0.1% took four, and on cheap
+    work over a few thousand rows one sample shows it is too little for
+    workers (a smaller one would carry so much of pandas' fixed cost that
+    it could not tell).
     """
     limit = max(1, int(units * PROBE_MAX_FRACTION))
-    sizes, size, taken = [], max(1, units // 200), 0
+    sizes, size, taken = [], max(1, units // 100), 0
     while taken + size <= limit:
         sizes.append(size)
         taken += size

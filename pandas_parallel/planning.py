@@ -55,8 +55,11 @@ CLUSTER_TARGET_CHUNK_SECONDS = (0.25, 10.0)
 # save a meaningful amount (starting them costs CPU).
 MIN_SECONDS_TO_START_POOL = 0.5
 # A measured cost is remembered only from this much work: on less, pandas'
-# fixed cost per call would inflate the cost per row.
-MIN_SECONDS_TO_REMEMBER = 0.05
+# fixed cost per call (up to a couple of milliseconds for a groupby) would
+# inflate the cost per row by more than a tenth. Below it, a call is clearly
+# serial (remember_cheap), so every call size is remembered one way or the
+# other and no repeated call samples again.
+MIN_SECONDS_TO_REMEMBER = CLEARLY_SERIAL_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)

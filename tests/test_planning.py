@@ -267,3 +267,13 @@ def test_calls_with_unhashable_arguments_are_planned_every_time(planned, caplog)
                 frame.parallel.apply(scaled, axis=1, args=([2.0],)), expected)
         assert "sampled" in caplog.text
 
+
+
+@pytest.mark.parametrize("n_workers", [2, 3, 4])
+@pytest.mark.parametrize("seconds", [0.3, 4.8, 23.0, 101.0])
+def test_every_worker_gets_as_many_chunks(n_workers, seconds):
+    """Equal chunks in a whole number per worker, so all finish together."""
+    units = 1_000_000
+    count = planning.chunk_count(seconds / units, units, n_workers, 0)
+    assert count % n_workers == 0
+    assert count >= n_workers * 2

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 N_WORKERS = os.cpu_count() or 2
@@ -309,22 +310,34 @@ def _fallback_environment(contenders: list[str]) -> str | None:
     try:
         if not os.path.exists(python):
             subprocess.run([sys.executable, "-m", "venv", FALLBACK_VENV], check=True)
+        # And this checkout's dependencies: pandas_parallel is measured there
+        # too, against the peers on their own pandas (imported from this
+        # checkout: see _measure).
         subprocess.run([python, "-m", "pip", "install", "-q", FALLBACK_PANDAS, "psutil",
-                        *packages], check=True)
+                        *packages, ROOT], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"could not make {FALLBACK_VENV}: {exc}", file=sys.stderr)
         return None
     return python
 
 
+def _setup_name(contender: str) -> str:
+    """The contender's entry in :func:`_setup`: ``"pandas_parallel"`` for
+    ``"pandas_parallel on pandas 2.2"`` too."""
+    return contender.split(" ")[0]
+
+
 def _measure(python: str, contender: str, workload: str, repeat: int,
              scale: float, memory_only: bool = False) -> dict[str, Any]:
+    # pandas_parallel comes from this checkout under every interpreter.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     try:
-        done = subprocess.run([python, __file__, "--run", contender, workload,
+        done = subprocess.run([python, __file__, "--run", _setup_name(contender), workload,
                                "--repeat", str(repeat), "--scale", str(scale),
                                *(["--memory-only"] if memory_only else [])],
                               capture_output=True, text=True,
-                              cwd=HERE, timeout=1800)
+                              cwd=HERE, timeout=1800, env=env)
     except subprocess.TimeoutExpired:
         return {"error": "took more than 30 minutes"}
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -394,6 +407,10 @@ def main() -> None:
         else:
             notes.append(f"- **{contender}** could not be imported here nor under "
                          f"{FALLBACK_PANDAS}; not measured.")
+    fallback = args.fallback_python
+    if "pandas_parallel" in pythons and fallback and fallback in pythons.values():
+        # Like for like with the peers that ran there: the same pandas.
+        pythons[f"pandas_parallel on pandas {_pandas_version(fallback)}"] = fallback
     state_path = os.path.splitext(args.output)[0] + ".json"
     state: dict[str, Any] = {"results": {}}
     if args.update and os.path.exists(state_path):
@@ -429,10 +446,14 @@ def _measure_memory_again(args: argparse.Namespace) -> None:
     render(state, args.output)
 
 
-def _pandas_version() -> str:
-    import pandas as pd
+def _pandas_version(python: str | None = None) -> str:
+    """The pandas version of this interpreter, or of ``python``."""
+    if python is None:
+        import pandas as pd
 
-    return str(pd.__version__)
+        return str(pd.__version__)
+    return subprocess.run([python, "-c", "import pandas; print(pandas.__version__)"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def _measure_workload(workload: str, pythons: dict[str, str],
@@ -484,7 +505,11 @@ def render(state: dict[str, Any], output: str) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     for contender, python in pythons.items():
         versions = {row[contender].get("pandas") for row in results.values()}
-        if python != executable:
+        if python != executable and contender not in state["import_errors"]:
+            notes.append(f"- **{contender}**: pandas_parallel again, on the interpreter "
+                         f"of the peers that do not import here (`{_short(python)}`), "
+                         "like for like with them.")
+        elif python != executable:
             notes.append(f"- **{contender}** does not import with this pandas "
                          f"(`{_short(state['import_errors'][contender])}`); it ran on "
                          f"pandas {', '.join(sorted(v for v in versions if v))} "

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pandas_parallel._compat import PANDAS_3
+
 Reinfer = Callable[[Sequence[pd.Series]], pd.Series]
 """Combine one result column from its chunks' pieces, whose dtypes differ."""
 
@@ -196,7 +198,24 @@ def concat_rows(pieces: Sequence[Any], inference: Inference) -> pd.DataFrame | p
                   for p in pieces]
     pieces = _nonempty(pieces)
     result = pd.concat(pieces, axis=0) if len(pieces) > 1 else pieces[0].copy()
+    if kind is pd.DataFrame and len(pieces) > 1 and not PANDAS_3:
+        _restore_missing_markers(result, pieces)
     return _reinfer_mixed(result, pieces, inference.for_result(result))
+
+
+def _restore_missing_markers(result: pd.DataFrame, pieces: Sequence[pd.DataFrame]) -> None:
+    """pandas 2.2's concat writes NaN over a piece whose object block is all
+    missing, whatever it held (``None``, ``NaT``); on the whole frame pandas
+    keeps them. Put the pieces' own values back in object columns."""
+    object_dtype = np.dtype(object)
+    for i in range(result.shape[1]):
+        if result.dtypes.iloc[i] != object_dtype:
+            continue
+        columns = [p.iloc[:, i] for p in pieces]
+        if (all(c.dtype == object_dtype for c in columns)
+                and any(c.isna().all() for c in columns)):
+            values = np.concatenate([c.to_numpy() for c in columns])
+            result.isetitem(i, pd.Series(values, index=result.index, dtype=object))
 
 
 def _stack_plain_series(pieces: Sequence[Any]) -> pd.Series | None:

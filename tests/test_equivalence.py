@@ -357,3 +357,13 @@ def test_none_stays_none_where_pandas_keeps_objects(caplog):
         check_like_pandas(lambda: s.map(lambda v: None if v == 4 else v),
                           lambda: s.parallel.map(lambda v: None if v == 4 else v))
     assert "recomputing serially" not in caplog.text
+
+
+def test_rows_all_missing_keep_their_markers():
+    """pandas 2.2's concat wrote NaN over a chunk whose object values were all
+    missing (None here); pandas, on the whole frame, keeps None."""
+    frame = pd.DataFrame({"col0": [0.0, np.nan],
+                          "col1": pd.Series([1, None], dtype=object)})
+    check_like_pandas(lambda: frame.transform(lambda x: x, axis=1),
+                      lambda: frame.parallel(chunk_size=1).transform(lambda x: x, axis=1))
+    assert frame.parallel(chunk_size=1).transform(lambda x: x, axis=1).iloc[1, 1] is None

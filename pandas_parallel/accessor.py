@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
-import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -21,7 +19,7 @@ import pandas as pd
 
 from pandas_parallel import asynchronous, combine, planning
 from pandas_parallel.options import Options, get_options, validate
-from pandas_parallel.pipeline import Operation, Piece, execute, serving
+from pandas_parallel.pipeline import Operation, Piece, execute, run_known_cheap, serving
 from pandas_parallel.splitting import Units
 
 _MAP = combine.Inference(combine.reinfer_like_map, combine.reinfer_like_map)
@@ -30,7 +28,6 @@ _MAP = combine.Inference(combine.reinfer_like_map, combine.reinfer_like_map)
 _APPLY_ROWS = combine.Inference(combine.reinfer_like_constructor, None)
 _APPLY_COLUMNS = combine.Inference(combine.reinfer_like_constructor, None)
 _STRICT = combine.Inference(None, None)
-logger = logging.getLogger("pandas_parallel")
 _ROW_AXES = (1, "columns")
 _COLUMN_AXES = (0, "index", "rows")
 
@@ -186,14 +183,8 @@ def straight_to_pandas_when_known_cheap(method: Callable[..., Any]) -> Callable[
         func, rows, kind = shape
         kind = (name, kind)
         if 0 < rows <= planning.cheap_up_to(func, kind):
-            logger.debug("%s: serial (calls this small were clearly too cheap for workers)",
-                         name)
-            began = time.perf_counter()
-            result = getattr(self._obj, name)(*args, **kwargs)
-            seconds = time.perf_counter() - began
-            if seconds >= planning.CLEARLY_SERIAL_SECONDS:  # no longer cheap: unlearn
-                planning.remember_cheap(func, kind, rows, seconds)
-            return result
+            return run_known_cheap(name, func, kind, rows,
+                                   lambda: getattr(self._obj, name)(*args, **kwargs))
         with serving(func, kind):
             return method(self, *args, **kwargs)
 

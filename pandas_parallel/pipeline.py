@@ -196,6 +196,20 @@ def serving(func: Any, kind: Hashable) -> Iterator[None]:
         _served.reset(token)
 
 
+def run_known_cheap(label: str, func: Any, kind: Hashable, rows: int,
+                    call: Callable[[], Any]) -> Any:
+    """Run ``call``, pandas' own call of ``func`` over ``rows`` rows, known
+    to be clearly too cheap for workers (by :func:`planning.cheap_up_to`);
+    unlearn that if it turns out slow."""
+    logger.debug("%s: serial (calls this small were clearly too cheap for workers)", label)
+    began = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - began
+    if seconds >= planning.CLEARLY_SERIAL_SECONDS:
+        planning.remember_cheap(func, kind, rows, seconds)
+    return result
+
+
 def _cheap_kind(op: Operation) -> Hashable:
     served = _served.get()
     if served is not None and served[0] is op.func:
@@ -233,12 +247,7 @@ def _execute(op: Operation) -> Any:
         # As small as a call of this function that was clearly too cheap
         # for workers: pandas' own call, without sampling (the function was
         # pickled then, so it still fails alike at any size).
-        began = time.perf_counter()
-        result = op.serial()
-        planning.remember_cheap(op.func, cheap_kind, n_rows, time.perf_counter() - began)
-        logger.debug("%s: serial (calls this small were clearly too cheap for workers)",
-                     op.label)
-        return result
+        return run_known_cheap(op.label, op.func, cheap_kind, n_rows, op.serial)
 
     # Fail on an unpicklable function before any work, and pickle it once.
     program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)

@@ -459,6 +459,12 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                 return transport.in_band(op.units.local(*ranges[i]), options.transport)
         else:
             payload = op.units.ship(ranges, directory, options.transport).payload
+        handed_out: dict[int, transport.Payload] = {}
+
+        def hand_out(i: int) -> transport.Payload:
+            handed_out[i] = payload(i)
+            return handed_out[i]
+
         directory_for_results = directory if local_processes else None
         shipped = time.perf_counter()
         counters: Any = None
@@ -476,7 +482,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
         # per row: only for a visible bar.
         order = sorted(range(len(ranges)), key=lambda i: -calls[i])
         watch = options.timeout is not None and backend == "threading"
-        tasks = (Task(call_id, i, payload(i), blob, sizes[i], directory_for_results,
+        tasks = (Task(call_id, i, hand_out(i), blob, sizes[i], directory_for_results,
                       options.transport, counters, count_calls=show, watch_calls=watch,
                       in_band=not local_processes and not threads)
                  for i in order)
@@ -512,6 +518,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                 assert outcome.payload is not None
                 results[outcome.chunk] = transport.fetch_result(
                     outcome.payload, borrow=_borrows_results(op))
+                transport.release_input(handed_out.pop(outcome.chunk))
                 worker_seconds += outcome.seconds
             ok = True
             logger.debug("%s: prepared in %.3fs; chunks ran %.3fs in total; all "

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pandas_parallel.errors import UnpicklableFunctionError
-from pandas_parallel.transport import Payload, in_band, ship_result
+from pandas_parallel.transport import Payload, in_band, load_input, ship_result
 
 _local = threading.local()
 _in_worker_process = False
@@ -291,7 +291,7 @@ def run_chunk(task: Task) -> Outcome:
     counters.set(n_chunks + task.chunk, 1)
     try:
         program = _decode_program(task.call_id, task.program)
-        data = task.payload.load()
+        data = load_input(task.payload)
         func = program.func
         if task.watch_calls and counters.array is not None:
             func = _watching(func, counters, task.chunk, n_chunks)

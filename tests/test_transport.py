@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import numpy as np
@@ -106,13 +107,65 @@ def _mark_first(part):
 
 
 def test_chunks_handed_to_functions_are_writable(forced):
-    """A chunk read from its Arrow file owns its memory, even a single
-    column (which Arrow would otherwise share read-only), as the frame
-    pandas hands a function does."""
+    """A chunk read from its Arrow file is writable, even a single column
+    (which Arrow would otherwise share read-only), as the frame pandas
+    hands a function is."""
     frame = pd.DataFrame({"a": np.arange(40.0)})
     result = frame.parallel(chunk_size=10).map_partitions(_mark_first)
     expected = pd.concat([_mark_first(frame.iloc[i:i + 10].copy()) for i in range(0, 40, 10)])
     pd.testing.assert_frame_equal(result, expected)
+
+
+def _mapped_from_file(column: pd.Series) -> bool:
+    root = column.to_numpy()
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return isinstance(root.base, memoryview) and isinstance(root.base.obj, mmap.mmap)
+
+
+def test_workers_read_numeric_chunks_without_copying(tmp_path):
+    """A worker's chunk of numeric columns is a private mapping of its
+    file, not a copy: equal to the rows sent, writable, and what the
+    function writes stays in its own copy."""
+    plain = {k: v for k, v in PLAIN_COLUMNS.items() if k != "bool"}
+    frame = pd.DataFrame(plain, index=pd.Index(list("wxyz"), name="k"))
+    shipment = transport.Shipment(frame, [(0, 1), (1, 4)], str(tmp_path), "arrow")
+    for i, (a, b) in enumerate([(0, 1), (1, 4)]):
+        chunk = transport.load_input(shipment.payload(i))
+        pd.testing.assert_frame_equal(chunk, frame.iloc[a:b])
+        viewed = [c for c in chunk.columns if _mapped_from_file(chunk[c])]
+        assert viewed == [c for c in chunk.columns if not frame[c].iloc[a:b].isna().any()
+                          or frame[c].dtype.kind == "f"]  # NaT is an Arrow null
+        chunk.iloc[0, 0] = 7.0
+        chunk.loc[chunk.index[0], "int8"] = 5
+        again = transport.load_input(shipment.payload(i))
+        pd.testing.assert_frame_equal(again, frame.iloc[a:b])
+
+
+@pytest.mark.parametrize("kind", ["bool", "Int64", "category"])
+def test_chunks_arrow_cannot_lend_are_copied(tmp_path, kind):
+    column = make_column(kind, [1, 0, 1], [False, True, False])
+    frame = pd.DataFrame({"x": column.array, "y": [1.5, 2.5, 3.5]})
+    payload = transport.Shipment(frame, [(0, 3)], str(tmp_path), "arrow").payload(0)
+    chunk = transport.load_input(payload)
+    pd.testing.assert_frame_equal(chunk, frame)
+    assert not _mapped_from_file(chunk["y"])
+
+
+def test_a_chunks_input_file_is_deleted_once_its_result_is_back(tmp_path):
+    frame = pd.DataFrame({"a": np.arange(6.0)})
+    rows = transport.Shipment(frame, [(0, 3), (3, 6)], str(tmp_path), "arrow")
+    first, second = rows.payload(0), rows.payload(1)
+    transport.release_input(first)
+    assert os.listdir(tmp_path) == ["input-1.arrow"]
+    pd.testing.assert_frame_equal(transport.load_input(second), frame.iloc[3:])
+    os.unlink(second.path)
+    columns = transport.Shipment(frame.assign(b=1), [], str(tmp_path), "arrow",
+                                 columns=[[0], [1]])
+    transport.release_input(columns.payload(0))  # the file is every chunk's
+    assert os.listdir(tmp_path) == ["input.arrow"]
+    pd.testing.assert_series_equal(transport.load_input(columns.payload(1))["b"],
+                                   frame.assign(b=1)["b"])
 
 
 def test_small_results_come_back_pickled_and_large_ones_by_arrow(tmp_path):

@@ -249,10 +249,13 @@ def _execute(op: Operation) -> Any:
         # pickled then, so it still fails alike at any size).
         return run_known_cheap(op.label, op.func, cheap_kind, n_rows, op.serial)
 
-    # Fail on an unpicklable function before any work, and pickle it once.
     program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
-    blob: bytes | Program = (program if options.backend in _IN_PROCESS_BACKENDS
-                             else encode_program(program))
+    planned = options.serial_fallback and options.chunk_size is None
+    per_row = planning.recall(op.func, kind) if planned else None
+    # Fail on an unpicklable function before any of its work (a sample runs
+    # it), and pickle it once. Planned from a remembered cost, the call runs
+    # none of it before deciding: it pickles only to go parallel.
+    blob = None if per_row is not None else _encoded(program, options)
     n_units = len(op.units)
     pieces: list[Piece] = []
     start = 0
@@ -260,8 +263,7 @@ def _execute(op: Operation) -> Any:
     expected: float | None = None
     workers = _worker_start(options, n_workers, planning_only=True)
     n_bytes = op.units.nbytes()
-    if options.serial_fallback and options.chunk_size is None:
-        per_row = planning.recall(op.func, kind)
+    if planned:
         sampled_seconds = 0.0
         clearly_serial = False
         if per_row is not None:
@@ -326,12 +328,21 @@ def _execute(op: Operation) -> Any:
                  op.label, n_workers, "forked" if fork else options.backend, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)
     done_here = op.progress_size(0, start)
+    if blob is None:
+        blob = _encoded(program, options)
     with _chunk_failures(op):
         pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here,
                                     program if fork else blob, fork))
     if options.backend == "loky" and not fork:
         _warm_workers = n_workers
     return _combine_or_serial(op, pieces, borrowed=_borrows_results(op))
+
+
+def _encoded(program: Program, options: Options) -> bytes | Program:
+    """``program`` as workers get it: pickled (raising
+    :class:`UnpicklableFunctionError` if it cannot be), or as it is for
+    threads in this process."""
+    return program if options.backend in _IN_PROCESS_BACKENDS else encode_program(program)
 
 
 def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:

@@ -221,8 +221,10 @@ class Units:
 
     def nbytes(self) -> int:
         """Bytes of column data (what transport moves)."""
-        usage = self.obj.memory_usage(index=False, deep=False)
-        return int(np.sum(usage))
+        if isinstance(self.obj, pd.Series):
+            return int(self.obj.nbytes)
+        # Summed column by column: memory_usage builds a Series, 4x slower.
+        return int(sum(column.nbytes for _, column in self.obj.items()))
 
     def ship(self, ranges: Sequence[tuple[int, int]], directory: str | None,
              mode: str) -> transport.Shipped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 import weakref
 
@@ -95,6 +96,25 @@ def test_a_remembered_serial_decision_is_plain_pandas(planned, caplog):
     assert "remembered" in caplog.text and "serial (parallel would not" in caplog.text
     assert "combined" not in caplog.text  # no pieces: pandas' own call
     pd.testing.assert_series_equal(result, small.map(cheap))
+
+
+def test_a_call_planned_from_a_remembered_cost_pickles_only_to_go_parallel(planned):
+    """Nothing of the function runs before a remembered cost decides, so
+    pickling waits for that decision: a serial call does not pay for it, and
+    a parallel one still fails before any work when pickling fails."""
+    held: list[object] = [None]
+
+    def work(row):
+        return _busy(row) if held else None  # held travels with work, pickled
+
+    frame = pd.DataFrame({"a": np.arange(20_000)})
+    expected = frame.apply(_busy, axis=1)
+    pd.testing.assert_series_equal(frame.parallel.apply(work, axis=1), expected)
+    held[0] = threading.Lock()  # no longer picklable
+    small = frame.iloc[:100]
+    pd.testing.assert_series_equal(small.parallel.apply(work, axis=1), expected.iloc[:100])
+    with pytest.raises(pandas_parallel.UnpicklableFunctionError, match="cannot pickle"):
+        frame.parallel.apply(work, axis=1)
 
 
 def test_costs_of_tiny_work_are_not_remembered(planned, caplog):

@@ -347,28 +347,36 @@ def _encoded(program: Program, options: Options) -> bytes | Program:
 
 def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:
     """Run the first units here in samples of growing size, timed, adding
-    their pieces to ``pieces``; return the units done, the cost per unit,
-    and whether the rest is clearly too little work for workers."""
+    their pieces to ``pieces``; return the units done, the cost per unit
+    of the rest, and whether the rest is clearly too little work for workers."""
+    n_units = len(op.units)
     start = 0
-    last = 0.0
-    size = 1
-    for size in planning.probe_sizes(len(op.units)):
+    samples: list[tuple[int, float]] = []  # (rows, seconds) of each sample
+    remaining_rows = _work_rows(op, 0, n_units)
+    per_row = 0.0
+    for size in planning.probe_sizes(n_units):
         began = time.perf_counter()
         with _chunk_failures(op):
             pieces.append(op.run_here(start, start + size))
-        last = time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        rows = _work_rows(op, start, start + size)
+        samples.append((rows, seconds))
         start += size
-        # Stop once one sample alone is long enough that pandas' fixed
-        # cost per call (and its first-call warm-up) no longer dominates,
-        # or once even that inflated cost says the rest is too little work
-        # for any worker to pay off (more samples would only cost time).
-        if last / size * (len(op.units) - start) < planning.CLEARLY_SERIAL_SECONDS:
-            # Too small a sample to plan from, but enough to say this: the
-            # projection carries pandas' fixed cost, so it errs high.
-            return start, last / size, True
-        if last >= planning.PROBE_SECONDS:
+        remaining_rows -= rows
+        per_row = planning.cost_per_row(samples)
+        # Stop once the rest is clearly too little work for any worker to
+        # pay off (more samples would only cost time), or once one sample
+        # alone is long enough that pandas' fixed cost per call (and its
+        # first-call warm-up) no longer dominates.
+        if per_row * remaining_rows < planning.CLEARLY_SERIAL_SECONDS:
+            return start, _per_unit(per_row, remaining_rows, n_units - start), True
+        if seconds >= planning.PROBE_SECONDS:
             break
-    return start, last / size, False
+    return start, _per_unit(per_row, remaining_rows, n_units - start), False
+
+
+def _per_unit(per_row: float, rows: int, units: int) -> float:
+    return per_row * rows / units if units > 0 else per_row
 
 
 def _borrows_results(op: Operation) -> bool:

@@ -144,6 +144,25 @@ def probe_sizes(units: int) -> list[int]:
     return sizes
 
 
+def cost_per_row(samples: list[tuple[int, float]]) -> float:
+    """Seconds per row from timed samples ``(rows, seconds)`` of growing size.
+
+    Each sample carries pandas' fixed cost per call, which inflates a small
+    sample's average (a row-wise ``apply`` pays about 0.35 ms per call, a
+    groupby about 1 ms). Between two samples of different sizes it cancels:
+    the cost is the slope between the last two, kept between half the last
+    sample's average (so timing noise cannot make work look free) and that
+    average.
+    """
+    rows, seconds = samples[-1]
+    average = seconds / max(rows, 1)
+    if len(samples) < 2 or rows <= samples[-2][0]:
+        return average
+    before_rows, before_seconds = samples[-2]
+    slope = (seconds - before_seconds) / (rows - before_rows)
+    return min(average, max(slope, average / 2))
+
+
 # What was learned of each function, per kind of call (the operation and the
 # shape of a row): kept as long as the function object lives; nothing is kept
 # for objects that cannot be weakly referenced (mappings, some built-ins).

@@ -297,3 +297,20 @@ def test_every_worker_gets_as_many_chunks(n_workers, seconds):
     count = planning.chunk_count(seconds / units, units, n_workers, 0)
     assert count % n_workers == 0
     assert count >= n_workers * 2
+
+
+def test_a_samples_cost_discounts_pandas_fixed_cost_per_call():
+    """Each sample pays pandas' fixed cost per call; the slope between two
+    samples does not, within bounds that keep timing noise harmless."""
+    fixed, per_row = 0.0002, 1e-5
+    samples = [(rows, fixed + per_row * rows) for rows in (10, 20, 40)]
+    assert planning.cost_per_row(samples[:1]) == pytest.approx(fixed / 10 + per_row)
+    assert planning.cost_per_row(samples[:2]) == pytest.approx(per_row)
+    assert planning.cost_per_row(samples) == pytest.approx(per_row)
+    # A large fixed cost: never below half the last sample's average.
+    heavy = [(rows, 0.005 + per_row * rows) for rows in (10, 20)]
+    assert planning.cost_per_row(heavy) == pytest.approx((0.005 / 20 + per_row) / 2)
+    # Noise: a first sample slower than the second, or a second far slower.
+    assert planning.cost_per_row([(10, 0.002), (20, 0.001)]) == pytest.approx(0.001 / 20 / 2)
+    assert planning.cost_per_row([(10, 0.0001), (20, 0.002)]) == pytest.approx(0.002 / 20)
+

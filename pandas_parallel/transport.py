@@ -493,6 +493,8 @@ def load_input(payload: Payload) -> Any:
     """Called in a worker: its chunk of the input, owned by the worker.
     Numeric columns in a file are mapped privately rather than copied (a
     copy of a 40 MB chunk costs 15-20 ms, and the function may only read it)."""
+    if isinstance(payload, Tagged):
+        return Tagged(load_input(payload.value), payload.tag)
     if isinstance(payload, ArrowSlice):
         frame = payload.load_private()
         if frame is not None:

@@ -140,6 +140,8 @@ def test_workers_read_numeric_chunks_without_copying(tmp_path):
         chunk.loc[chunk.index[0], "int8"] = 5
         again = transport.load_input(shipment.payload(i))
         pd.testing.assert_frame_equal(again, frame.iloc[a:b])
+    tagged = transport.load_input(transport.Tagged(shipment.payload(1), "padding"))
+    assert tagged.tag == "padding" and _mapped_from_file(tagged.value["float64"])
 
 
 @pytest.mark.parametrize("kind", ["bool", "Int64", "category"])

@@ -42,6 +42,13 @@ _IDLE_WORKER_TIMEOUT = 300
 
 _executor: Any = None
 _executor_lock = threading.RLock()
+_last_used = 0.0  # time.monotonic() when the pool last ran or was started
+
+
+def pool_alive() -> bool:
+    """Whether the pool's workers are still up: it exists, and has not sat
+    idle for so long that its workers stopped (they will start again)."""
+    return _executor is not None and time.monotonic() - _last_used < _IDLE_WORKER_TIMEOUT
 
 
 def loky_executor(n_workers: int) -> Any:
@@ -70,10 +77,12 @@ def start_pool(n_workers: int) -> None:
     the pool when a short script ends, and pools created during interpreter
     shutdown never stop.
     """
+    global _last_used
     with _start_lock:
         executor = loky_executor(n_workers)
         for _ in range(n_workers):
             executor.submit(_ready)
+        _last_used = time.monotonic()
 
 
 _start_lock = threading.Lock()
@@ -232,6 +241,7 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
     once and nothing more is submitted; a worker death raises
     :class:`WorkerCrashedError`; Ctrl-C kills the workers.
     """
+    global _last_used
     from joblib.externals.loky.process_executor import (
         BrokenProcessPool,
         TerminatedWorkerError,
@@ -245,18 +255,11 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
     try:
         while more or in_flight:
             more = more and _top_up(waiting, in_flight, limit, executor.submit)
-            if not pool_warm and more:
-                task = next(waiting, None)
-                if task is None:
-                    more = False
-                    continue
-                outcome = run_chunk(dataclasses.replace(task, result_dir=None))
-                if outcome.failure is not None:
-                    reporter.raise_failure(outcome)
-                progress.done(outcome.chunk)
-                yield outcome
-                continue
-            for future in _finished(in_flight):
+            # Until the pool has finished a chunk, its workers may still be
+            # starting: run a waiting chunk here instead of waiting for them,
+            # and only as long as that lasts (checked after every chunk).
+            here = not pool_warm and more
+            for future in _finished(in_flight, 0.0 if here else POLL_SECONDS):
                 pool_warm = True
                 try:
                     outcome = future.result()
@@ -267,11 +270,23 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
                     reporter.raise_failure(outcome)
                 progress.done(outcome.chunk)
                 yield outcome
+            if here and not pool_warm:
+                task = next(waiting, None)
+                if task is None:
+                    more = False
+                    continue
+                outcome = run_chunk(dataclasses.replace(task, result_dir=None))
+                if outcome.failure is not None:
+                    reporter.raise_failure(outcome)
+                progress.done(outcome.chunk)
+                yield outcome
             progress.refresh()
     except KeyboardInterrupt:
         logger.debug("interrupted: stopping the worker processes")
         executor.shutdown(wait=False, kill_workers=True)
         raise
+    finally:
+        _last_used = time.monotonic()
 
 
 def _top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
@@ -286,11 +301,11 @@ def _top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
     return True
 
 
-def _finished(in_flight: dict[Any, Task]) -> list[Any]:
-    """Wait a moment for tasks in flight; remove and return those done."""
+def _finished(in_flight: dict[Any, Task], timeout: float = POLL_SECONDS) -> list[Any]:
+    """Wait up to ``timeout`` for tasks in flight; remove and return those done."""
     if not in_flight:
         return []
-    done, _ = concurrent.futures.wait(in_flight, timeout=POLL_SECONDS,
+    done, _ = concurrent.futures.wait(in_flight, timeout=timeout,
                                       return_when=concurrent.futures.FIRST_COMPLETED)
     for future in done:
         in_flight.pop(future)

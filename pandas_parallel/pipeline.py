@@ -158,7 +158,11 @@ def _worker_start(options: Options, n_workers: int, planning_only: bool = False)
         return "warm"
     if options.fork and forking.fork_available(check_openmp=not planning_only):
         return "fork"
-    return "warm" if _warm_workers == n_workers else "cold"
+    return "warm" if _pool_warm(n_workers) else "cold"
+
+
+def _pool_warm(n_workers: int) -> bool:
+    return _warm_workers == n_workers and executor.pool_alive()
 
 
 def _show_progress(options: Options, expected_seconds: float | None) -> bool:
@@ -519,7 +523,7 @@ def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
                 outcomes = forking.run_forked(list(tasks), n_workers, progress, reporter)
             elif backend == "loky":
                 outcomes = executor.run_local(tasks, n_workers, progress, reporter,
-                                              states, pool_warm=_warm_workers == n_workers)
+                                              states, pool_warm=_pool_warm(n_workers))
             elif backend == "threading":
                 call_starts = (counter_array[2 * len(ranges):3 * len(ranges)]
                                if watch and counter_array is not None else None)

@@ -22,10 +22,13 @@ from typing import Any
 
 # Measured on a 2-core machine; conservative so parallel is chosen only
 # when it clearly wins (see benchmarks/).
-# Each starting worker spends ~0.4 CPU-seconds importing pandas and pyarrow,
-# on the same cores that do the work (this process works meanwhile: see
-# executor.run_local). Measured on a 2-core machine.
-WORKER_START_CPU_SECONDS = 0.4
+# Each starting worker spends CPU time importing pandas and pyarrow, on the
+# same cores that do the work (this process works meanwhile: see
+# executor.run_local): 0.4 s measured on one 2-core machine, 1.0 s on a
+# slower one, where at 0.4 a 2 s first call on a cold pool went parallel
+# and took 2.2 s. The slower figure: a call this misjudges runs serially
+# and starts the pool for the next one, rather than slower than pandas.
+WORKER_START_CPU_SECONDS = 1.0
 # Forking a worker from this process for one call (executor.run_forked):
 # about 4 ms each, plus about 1 ms per GB the process holds (page tables),
 # plus the worker's first writes to memory it shares with this process

@@ -314,3 +314,14 @@ def test_a_samples_cost_discounts_pandas_fixed_cost_per_call():
     assert planning.cost_per_row([(10, 0.002), (20, 0.001)]) == pytest.approx(0.001 / 20 / 2)
     assert planning.cost_per_row([(10, 0.0001), (20, 0.002)]) == pytest.approx(0.002 / 20)
 
+
+@pytest.mark.parametrize("seconds", [0.5, 2.0, 3.5])
+def test_a_cold_pool_is_not_started_for_calls_it_would_slow(seconds):
+    """Starting two workers costs about 2 CPU-seconds on a slow machine
+    (importing pandas and pyarrow): on a 2 s call that went parallel, the
+    first call in a notebook took 2.2 s against pandas' 2.0 s."""
+    rows = 100_000
+    cold = planning.estimate(seconds / rows, rows, 2, 8 * rows, workers="cold")
+    assert not cold.parallel_wins
+    assert planning.estimate(seconds / rows, rows, 2, 8 * rows, workers="warm").parallel_wins
+

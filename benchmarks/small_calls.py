@@ -148,9 +148,10 @@ What the figures say:
 - **Repeated calls** of a function whose calls of that shape were clearly too
   cheap for workers (under 20 ms) go straight to pandas before any of this
   library's work: about 10-20 microseconds more than pandas. Calls above that are
-  planned from the cost remembered from the last call, without sampling: a few
-  tenths of a millisecond for rows, about 1.5 ms for a groupby, which is grouped
-  for the plan before pandas groups it again.
+  planned from the cost remembered from the last call, without sampling or
+  pickling the function (it is pickled only to go parallel): a few tenths of a
+  millisecond for rows, about 1 ms for a groupby, which is grouped for the plan
+  before pandas groups it again.
 - **First calls** of a function cost about half a millisecond to a millisecond
   more on Series (pickling the function, so one that cannot reach workers fails
   at any size; one timed sample; joining the sampled piece to the rest) and a

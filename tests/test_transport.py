@@ -170,6 +170,25 @@ def test_a_chunks_input_file_is_deleted_once_its_result_is_back(tmp_path):
                                    frame.assign(b=1)["b"])
 
 
+def test_the_pool_frees_each_input_file_when_its_result_is_back(monkeypatch):
+    freed = []
+
+    def release(payload):
+        release_input(payload)
+        freed.append((payload.path, os.path.exists(payload.path)))
+
+    release_input = transport.release_input
+    monkeypatch.setattr(transport, "release_input", release)
+    frame = pd.DataFrame({"a": np.arange(40.0)})
+    with pandas_parallel.config(n_jobs=2, fork=False, serial_fallback=False, chunk_size=10,
+                                transport="arrow", progress=False):
+        result = frame.parallel.map_partitions(_double)
+    pd.testing.assert_frame_equal(result, _double(frame))
+    assert sorted(os.path.basename(path) for path, _ in freed) == [
+        f"input-{i}.arrow" for i in range(4)]
+    assert not any(exists for _, exists in freed)
+
+
 def test_small_results_come_back_pickled_and_large_ones_by_arrow(tmp_path):
     small = pd.Series(np.arange(10.0), name="r")
     large = pd.DataFrame({"a": np.arange(transport.INLINE_RESULT_VALUES), "b": 1.5})

@@ -266,20 +266,14 @@ def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
                 except (TerminatedWorkerError, BrokenProcessPool) as exc:
                     running = _running_chunks(states)
                     raise crash_error(exc, running, reporter.describe) from exc
-                if outcome.failure is not None:
-                    reporter.raise_failure(outcome)
-                progress.done(outcome.chunk)
-                yield outcome
+                yield deliver(outcome, progress, reporter)
             if here and not pool_warm:
                 task = next(waiting, None)
                 if task is None:
                     more = False
                     continue
-                outcome = run_chunk(dataclasses.replace(task, result_dir=None))
-                if outcome.failure is not None:
-                    reporter.raise_failure(outcome)
-                progress.done(outcome.chunk)
-                yield outcome
+                yield deliver(run_chunk(dataclasses.replace(task, result_dir=None)),
+                              progress, reporter)
             progress.refresh()
     except KeyboardInterrupt:
         logger.debug("interrupted: stopping the worker processes")

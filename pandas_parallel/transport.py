@@ -253,13 +253,15 @@ class ArrowSlice:
         (the mapping outlives the file: see :func:`detach`). Without, it
         owns its memory (Arrow shares even then, e.g. a single column)."""
         with pa.memory_map(self.path) as source:
-            batch = pa.ipc.open_file(source).get_batch(self.batch)
-            if self.columns is not None:
-                batch = batch.select(list(self.columns))
+            batch = self._batch(source)
             frame = pa.Table.from_batches([batch]).to_pandas(
                 split_blocks=borrow and self.labels.plain())
         loaded = self.labels.apply_to(frame)
         return loaded if borrow else detach(loaded)
+
+    def _batch(self, source: Any) -> pa.RecordBatch:
+        batch = pa.ipc.open_file(source).get_batch(self.batch)
+        return batch if self.columns is None else batch.select(list(self.columns))
 
     def load_private(self) -> pd.DataFrame | pd.Series | None:
         """The frame, its numeric columns writable views of a private
@@ -272,9 +274,7 @@ class ArrowSlice:
         with open(self.path, "rb") as file:
             mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
         mapped = pa.py_buffer(mapping)
-        batch = pa.ipc.open_file(pa.BufferReader(mapped)).get_batch(self.batch)
-        if self.columns is not None:
-            batch = batch.select(list(self.columns))
+        batch = self._batch(pa.BufferReader(mapped))
         if batch.num_rows == 0:
             return None
         arrays = {}

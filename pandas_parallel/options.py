@@ -6,10 +6,12 @@ Every option is validated the moment it is given (``config(...)`` or
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import threading
 import time
+import weakref
 from typing import Any, Literal
 
 import joblib
@@ -228,21 +230,61 @@ _CHECKS = {
     "fork": _check_bool("fork"),
 }
 
+# Settings come in two layers. Plain ``config(...)`` calls change the
+# process-wide settings, seen by every thread. A ``with config(...)`` block
+# changes them only for the code it runs (its thread or asyncio task): the
+# scope lives in a ContextVar, so overlapping blocks in two threads never
+# see, or leave behind, each other's settings.
 _lock = threading.Lock()
-_current = Options()
+_base = Options()  # the process-wide settings, changes still pending aside
+# Changes made by config(...) and not yet known to be plain calls (whose
+# config object is gone) or blocks (entered): each in force process-wide.
+_pending: list[_Change] = []
+_process_wide = _base  # _base with every pending change applied
+_scoped: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
+    "pandas_parallel_options", default=None)
+
+
+@dataclasses.dataclass(eq=False)
+class _Change:
+    changes: dict[str, Any]
+    permanent: bool = False
 
 
 def get_options() -> Options:
-    """Return the options in force now (global settings and active scopes)."""
-    return _current
+    """Return the options in force now: the enclosing ``with config(...)``
+    block's, else the process-wide settings."""
+    scoped = _scoped.get()
+    return _process_wide if scoped is None else scoped
+
+
+def _settle() -> None:
+    """Fold leading permanent changes into the base settings, and apply the
+    rest (the caller holds ``_lock``)."""
+    global _base, _process_wide
+    while _pending and _pending[0].permanent:
+        _base = dataclasses.replace(_base, **_pending.pop(0).changes)
+    options = _base
+    for change in _pending:
+        options = dataclasses.replace(options, **change.changes)
+    _process_wide = options
+
+
+def _keep(change: _Change) -> None:
+    """A config object was dropped without entering a block: a plain call,
+    whose change stays for the rest of the session."""
+    with _lock:
+        change.permanent = True
+        _settle()
 
 
 class config:
-    """Set options globally, or for a ``with`` block.
+    """Set options for the whole process, or for a ``with`` block.
 
     ``pandas_parallel.config(n_jobs=2)`` changes the settings for the rest of
-    the session; used as a context manager it restores the previous settings
-    on exit.
+    the session, in every thread. Used as a context manager it changes them
+    only inside the block (for its thread, or its asyncio task) and restores
+    them on exit; blocks running in other threads do not see it.
 
     Examples
     --------
@@ -253,18 +295,30 @@ class config:
     """
 
     def __init__(self, **options: Any) -> None:
-        global _current
+        validate(options)
+        self._change = _Change(options)
+        self._token: contextvars.Token[Options | None] | None = None
         with _lock:
-            self._previous = _current
-            _current = _current.replace(**options)
+            # In force at once, process-wide (a plain call ends here); a
+            # block takes it back when entered.
+            _pending.append(self._change)
+            _settle()
+        self._finalizer = weakref.finalize(self, _keep, self._change)
 
     def __enter__(self) -> Options:
-        return _current
+        self._finalizer.detach()
+        with _lock:
+            if self._change in _pending:
+                _pending.remove(self._change)
+                _settle()
+        scoped = dataclasses.replace(get_options(), **self._change.changes)
+        self._token = _scoped.set(scoped)
+        return scoped
 
     def __exit__(self, *exc_info: object) -> None:
-        global _current
-        with _lock:
-            _current = self._previous
+        if self._token is not None:
+            _scoped.reset(self._token)
+            self._token = None
 
 
 _cpu_count: tuple[float, int] = (-1.0, 0)  # (when counted, count)

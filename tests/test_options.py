@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import joblib
 import pandas as pd
 import pytest
@@ -61,6 +64,57 @@ def test_config_without_with_sets_globally():
         assert pandas_parallel.get_options().progress is False
     finally:
         pandas_parallel.config(progress="auto")
+
+
+def test_config_blocks_in_two_threads_neither_see_nor_leak_each_other():
+    """Overlapping ``with config(...)`` blocks in two threads: each sees its
+    own setting inside, and none is left set once both end."""
+    entered, leave = threading.Barrier(2, timeout=10), threading.Barrier(2, timeout=10)
+    seen: dict[int, list[int | None]] = {}
+
+    def block(size: int) -> None:
+        with pandas_parallel.config(chunk_size=size):
+            entered.wait()  # both blocks are open now
+            seen[size] = [pandas_parallel.get_options().chunk_size]
+            leave.wait()
+        seen[size].append(pandas_parallel.get_options().chunk_size)
+
+    threads = [threading.Thread(target=block, args=(size,)) for size in (7, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert seen == {7: [7, None], 9: [9, None]}
+    assert pandas_parallel.get_options() == pandas_parallel.Options()
+
+
+def test_config_blocks_are_scoped_per_asyncio_task():
+    async def block(size: int, other_entered: asyncio.Event, entered: asyncio.Event) -> int:
+        with pandas_parallel.config(chunk_size=size):
+            entered.set()
+            await asyncio.wait_for(other_entered.wait(), timeout=10)
+            return pandas_parallel.get_options().chunk_size
+
+    async def both() -> list[int]:
+        first, second = asyncio.Event(), asyncio.Event()
+        return await asyncio.gather(block(3, second, first), block(4, first, second))
+
+    assert asyncio.run(both()) == [3, 4]
+    assert pandas_parallel.get_options() == pandas_parallel.Options()
+
+
+def test_config_without_with_is_seen_by_other_threads():
+    seen = []
+    try:
+        pandas_parallel.config(chunk_size=11)
+        thread = threading.Thread(target=lambda: seen.append(
+            pandas_parallel.get_options().chunk_size))
+        thread.start()
+        thread.join(timeout=10)
+    finally:
+        pandas_parallel.config(chunk_size=None)
+    assert seen == [11]
+    assert pandas_parallel.get_options() == pandas_parallel.Options()
 
 
 def test_per_call_options_override_config():

@@ -108,18 +108,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_active: set[str] = set()  # this process's scratch directories in use
+# This process's scratch directories that a call could not remove (a worker
+# was still writing into them): the next sweep removes them. A directory in
+# use is never here, so concurrent calls cannot remove each other's.
+_left_behind: set[str] = set()
 
 
 def sweep_stale_scratch() -> None:
     """Remove scratch directories left by processes that no longer exist,
-    and this process's own that no call is using; also the worker pool's
+    and this process's own that a call left behind; also the worker pool's
     semaphores (``sem.loky-<pid>-*`` in ``/dev/shm``) of processes that no
     longer exist.
 
     A parent killed with SIGKILL cannot clean up after itself; the next
     process to use the library does it.
     """
+    for path in list(_left_behind):
+        _left_behind.discard(path)
+        shutil.rmtree(path, ignore_errors=True)
     for base in {_SHM_DIR, tempfile.gettempdir()}:
         try:
             names = os.listdir(base)
@@ -133,10 +139,8 @@ def sweep_stale_scratch() -> None:
                     pid = int(name[len(prefix):].split("-", 1)[0])
                 except ValueError:
                     continue
-                path = os.path.join(base, name)
-                if (pid == os.getpid() and path not in _active and prefix == SCRATCH_PREFIX) or (
-                        pid != os.getpid() and not _pid_alive(pid)):
-                    remove(path)
+                if pid != os.getpid() and not _pid_alive(pid):
+                    remove(os.path.join(base, name))
 
 
 def _unlink(path: str) -> None:
@@ -176,12 +180,10 @@ def scratch_directory(nbytes: int) -> Iterator[str | None]:
         return
     path = os.path.join(base, f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     os.mkdir(path, 0o700)
-    _active.add(path)
     try:
         yield path
     finally:
         _remove(path)
-        _active.discard(path)
 
 
 def _remove(path: str) -> None:
@@ -192,6 +194,7 @@ def _remove(path: str) -> None:
         if not os.path.exists(path):
             return
         time.sleep(0.01)
+    _left_behind.add(path)
     logger.debug("scratch: %s still in use; the next call removes it", path)
 
 

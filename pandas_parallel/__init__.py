@@ -11,10 +11,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
 from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
 from pandas_parallel import windows as _windows  # noqa: F401  (rolling/expanding .parallel)
+from pandas_parallel.backends.pool import POOL as _POOL
 from pandas_parallel.engine import Engine, engine
-from pandas_parallel.errors import UnpicklableFunctionError, WorkerCrashedError
-from pandas_parallel.executor import shutdown_pool
+from pandas_parallel.errors import (
+    UnpicklableFunctionError,
+    UnpicklableResultError,
+    WorkerCrashedError,
+)
 from pandas_parallel.options import Options, config, get_options
+from pandas_parallel.pipeline import Run, last_run
 from pandas_parallel.transport import sweep_stale_scratch as _sweep
 
 try:
@@ -25,13 +30,23 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "Engine",
     "Options",
+    "Run",
     "UnpicklableFunctionError",
+    "UnpicklableResultError",
     "WorkerCrashedError",
     "__version__",
     "config",
     "engine",
     "get_options",
+    "last_run",
     "shutdown_pool",
 ]
+
+
+def shutdown_pool() -> None:
+    """Stop the warm pool's worker processes now; the next call that needs
+    them starts new ones."""
+    _POOL.shutdown()
+
 
 _sweep()

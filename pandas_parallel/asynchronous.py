@@ -102,16 +102,14 @@ def run(pandas_call: Callable[[Callable[..., Any]], Any], func: Callable[..., An
 def _compute(func: Callable[..., Any], calls: list[_Call], label: str, concurrency: int,
              timeout: float | None, progress: bool | str) -> list[Any]:
     """Await every call, ``concurrency`` at a time, on a loop in its own thread."""
-    from pandas_parallel.executor import interactive
+    from pandas_parallel.executor import interactive, progress_bar
 
     results: list[Any] = [None] * len(calls)
     loop = asyncio.new_event_loop()
     show = progress is True or (progress == "auto" and interactive() and len(calls) > 100)
     bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(calls), desc=f"{label} (async)", unit="calls")
+    if show:  # a bar without tqdm's monitor thread, which would rule out forking
+        bar = progress_bar(total=len(calls), desc=f"{label} (async)", unit="calls")
 
     async def one(i: int) -> None:
         call = calls[i]

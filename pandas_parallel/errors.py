@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["RemoteTraceback", "WorkerCrashedError"]
+__all__ = [
+    "RemoteTraceback",
+    "UnpicklableFunctionError",
+    "UnpicklableResultError",
+    "WorkerCrashedError",
+]
 
 
 class WorkerCrashedError(RuntimeError):
@@ -24,3 +29,8 @@ class RemoteTraceback(Exception):
 
 class UnpicklableFunctionError(TypeError):
     """The function or its arguments cannot be sent to worker processes."""
+
+
+class UnpicklableResultError(TypeError):
+    """A result the function returned cannot be sent back from a worker
+    process (a lock, an open connection, ...)."""

@@ -1,107 +1,40 @@
-"""Gather: run tasks on a pool, collect outcomes as they finish.
+"""Gather: what every backend uses to collect outcomes as they finish.
 
-Where forking is safe, a call's workers are forked for it (see
-:mod:`pandas_parallel.forking`). Otherwise the local default is loky's
-reusable executor, driven directly: it stays warm between calls, hands
-chunks out as workers free up, and - unlike
-``joblib.Parallel``, which terminates every worker when one task raises -
-survives a failing user function, because failures come back as data
-(see :mod:`pandas_parallel.worker`). Any other joblib backend (threading,
-dask, ray, ...) runs through ``joblib.Parallel(return_as="generator_unordered")``.
+One progress bar per call, advanced by completed work; a failure raised as
+the user's own exception with a note naming its rows or group; a dead
+worker as :class:`WorkerCrashedError` naming its chunk. The backends
+themselves are in :mod:`pandas_parallel.backends`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import linecache
 import logging
 import re
 import sys
-import threading
-import time
 import types
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import joblib
 import numpy as np
 
 from pandas_parallel import clusters
 from pandas_parallel.errors import RemoteTraceback, WorkerCrashedError
-from pandas_parallel.worker import Outcome, Task, initialize_worker, run_chunk
+from pandas_parallel.worker import Outcome, Task
 
 logger = logging.getLogger("pandas_parallel")
 
 POLL_SECONDS = 0.25
-_IDLE_WORKER_TIMEOUT = 300
-
-
-_executor: Any = None
-_executor_lock = threading.RLock()
-_last_used = 0.0  # time.monotonic() when the pool last ran or was started
-
-
-def pool_alive() -> bool:
-    """Whether the pool's workers are still up: it exists, and has not sat
-    idle for so long that its workers stopped (they will start again)."""
-    return _executor is not None and time.monotonic() - _last_used < _IDLE_WORKER_TIMEOUT
-
-
-def loky_executor(n_workers: int) -> Any:
-    """The warm process pool (created, resized or replaced on demand)."""
-    global _executor
-    from joblib.externals.loky import get_reusable_executor
-
-    with _executor_lock:
-        _executor = get_reusable_executor(
-            max_workers=n_workers,
-            timeout=_IDLE_WORKER_TIMEOUT,
-            initializer=initialize_worker,
-        )
-        return _executor
-
-
-def _ready() -> None:
-    """A no-op task: running it means a worker has started and imported us."""
-
-
-def start_pool(n_workers: int) -> None:
-    """Start the workers and return at once (about 20 ms: spawning them);
-    they import pandas and pyarrow on their own, in the background.
-
-    Done on the calling thread: a thread of our own could still be creating
-    the pool when a short script ends, and pools created during interpreter
-    shutdown never stop.
-    """
-    global _last_used
-    with _start_lock:
-        executor = loky_executor(n_workers)
-        for _ in range(n_workers):
-            executor.submit(_ready)
-        _last_used = time.monotonic()
-
-
-_start_lock = threading.Lock()
-
-
-def shutdown_pool() -> None:
-    """Stop the worker processes now; the next parallel call starts new ones."""
-    global _executor
-    with _start_lock, _executor_lock:
-        if _executor is not None:
-            _executor.shutdown(wait=True, kill_workers=True)
-            _executor = None
 
 
 def progress_bar(**kwargs: Any) -> Any:
     """A ``tqdm.auto`` bar that starts no monitor thread.
 
     tqdm's monitor thread outlives the bar, and a process with another thread
-    must not fork (see :func:`fork_available`): every later call would lose
+    must not fork (see :func:`pandas_parallel.backends.forked.available`): every later call would lose
     its forked workers. Our bars are refreshed by the calls themselves.
     """
     from tqdm.auto import tqdm
@@ -229,61 +162,7 @@ def crash_error(exc: BaseException, running: list[int],
     )
 
 
-def run_local(tasks: Iterable[Task], n_workers: int, progress: Progress,
-              reporter: Reporter, states: np.ndarray | None,
-              pool_warm: bool) -> Iterator[Outcome]:
-    """Run ``tasks`` on the warm loky pool, yielding outcomes as they finish.
-
-    Chunks are handed out as workers free up: at most two per worker are
-    submitted at a time, the rest wait here. While a cold pool starts
-    (workers importing pandas take about half a second), this process runs
-    waiting chunks itself. The first failure is raised at
-    once and nothing more is submitted; a worker death raises
-    :class:`WorkerCrashedError`; Ctrl-C kills the workers.
-    """
-    global _last_used
-    from joblib.externals.loky.process_executor import (
-        BrokenProcessPool,
-        TerminatedWorkerError,
-    )
-
-    executor = loky_executor(n_workers)
-    waiting = iter(tasks)  # made (and shipped) one at a time, when handed out
-    in_flight: dict[concurrent.futures.Future[Outcome], Task] = {}
-    limit = 2 * n_workers
-    more = True
-    try:
-        while more or in_flight:
-            more = more and _top_up(waiting, in_flight, limit, executor.submit)
-            # Until the pool has finished a chunk, its workers may still be
-            # starting: run a waiting chunk here instead of waiting for them,
-            # and only as long as that lasts (checked after every chunk).
-            here = not pool_warm and more
-            for future in _finished(in_flight, 0.0 if here else POLL_SECONDS):
-                pool_warm = True
-                try:
-                    outcome = future.result()
-                except (TerminatedWorkerError, BrokenProcessPool) as exc:
-                    running = _running_chunks(states)
-                    raise crash_error(exc, running, reporter.describe) from exc
-                yield deliver(outcome, progress, reporter)
-            if here and not pool_warm:
-                task = next(waiting, None)
-                if task is None:
-                    more = False
-                    continue
-                yield deliver(run_chunk(dataclasses.replace(task, result_dir=None)),
-                              progress, reporter)
-            progress.refresh()
-    except KeyboardInterrupt:
-        logger.debug("interrupted: stopping the worker processes")
-        executor.shutdown(wait=False, kill_workers=True)
-        raise
-    finally:
-        _last_used = time.monotonic()
-
-
-def _top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
+def top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
             submit: Callable[..., Any]) -> bool:
     """Submit waiting tasks until ``limit`` are in flight; False once none
     are left to submit."""
@@ -291,11 +170,11 @@ def _top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
         task = next(waiting, None)
         if task is None:
             return False
-        in_flight[submit(run_chunk, task)] = task
+        in_flight[submit(task)] = task
     return True
 
 
-def _finished(in_flight: dict[Any, Task], timeout: float = POLL_SECONDS) -> list[Any]:
+def finished(in_flight: dict[Any, Task], timeout: float = POLL_SECONDS) -> list[Any]:
     """Wait up to ``timeout`` for tasks in flight; remove and return those done."""
     if not in_flight:
         return []
@@ -306,63 +185,8 @@ def _finished(in_flight: dict[Any, Task], timeout: float = POLL_SECONDS) -> list
     return list(done)
 
 
-def _running_chunks(states: np.ndarray | None) -> list[int]:
-    """Chunks a worker had started and not finished (from shared state)."""
-    if states is None:
-        return []
-    return [int(i) for i in np.flatnonzero(states == 1)]
-
-
-def run_threads(tasks: Iterable[Task], n_workers: int, progress: Progress,
-                reporter: Reporter, call_starts: np.ndarray | None,
-                timeout: float | None, calls: np.ndarray | None) -> Iterator[Outcome]:
-    """Run ``tasks`` on threads of this process: nothing is serialized, so
-    unpicklable functions and arguments (connections, sessions) work.
-
-    ``n_workers`` may exceed the CPU count (I/O-bound work). With a
-    ``timeout``, a call running longer raises ``TimeoutError`` naming its
-    row; the thread stuck in it cannot be stopped and is left to finish.
-    """
-    pool = concurrent.futures.ThreadPoolExecutor(
-        max_workers=n_workers, thread_name_prefix="pandas_parallel")
-    waiting = iter(tasks)
-    in_flight: dict[concurrent.futures.Future[Outcome], Task] = {}
-    finished = False
-    try:
-        more = True
-        while more or in_flight:
-            more = more and _top_up(waiting, in_flight, 2 * n_workers, pool.submit)
-            for future in _finished(in_flight):
-                outcome = future.result()
-                if outcome.failure is not None:
-                    reporter.raise_failure(outcome)
-                progress.done(outcome.chunk)
-                yield outcome
-            if timeout is not None and call_starts is not None:
-                _check_timeouts(call_starts, calls, timeout, reporter)
-            progress.refresh()
-        finished = True
-    finally:
-        # Chunks not started are cancelled; running ones cannot be stopped.
-        pool.shutdown(wait=finished, cancel_futures=True)
-
-
-def _check_timeouts(call_starts: np.ndarray, calls: np.ndarray | None, timeout: float,
-                    reporter: Reporter) -> None:
-    now = int(time.monotonic() * 1e6)
-    late = np.flatnonzero((call_starts > 0) & (now - call_starts > timeout * 1e6))
-    if len(late):
-        chunk = int(late[0])
-        number = int(calls[chunk]) if calls is not None else 0
-        raise TimeoutError(
-            f"{reporter.label}: a call did not return within timeout={timeout} s "
-            f"(call {number} of {reporter.describe(chunk)}). Its thread cannot be "
-            "stopped and finishes on its own; give the function's own I/O a timeout, "
-            "or use an async def function, whose calls are cancelled.")
-
-
 @contextlib.contextmanager
-def _worker_losses(label: str, backend: str) -> Iterator[None]:
+def worker_losses(label: str, backend: str) -> Iterator[None]:
     """Turn a cluster's "worker died" exception into :class:`WorkerCrashedError`."""
     try:
         yield
@@ -384,61 +208,6 @@ def deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome
     return outcome
 
 
-def run_joblib(tasks: Iterable[Task], n_workers: int, backend: str,
-               progress: Progress, reporter: Reporter) -> Iterator[Outcome]:
-    """Run ``tasks`` through ``joblib.Parallel`` on any registered backend."""
-    # A backend made by parallel_config, not Parallel(backend=...): the
-    # latter passes nesting_level to constructors that do not expect it.
-    with joblib.parallel_config(backend=backend):
-        active = joblib.parallel.get_active_backend()[0]
-        # Ray's backend returns all results at once, as a list.
-        streams = getattr(active, "supports_return_generator", False)
-        parallel = joblib.Parallel(
-            n_jobs=n_workers, batch_size=1,
-            return_as="generator_unordered" if streams else "list")
-    with _worker_losses(reporter.label, backend):
-        outcomes = iter(parallel(joblib.delayed(run_chunk)(task) for task in tasks))
-    try:
-        while True:
-            with _worker_losses(reporter.label, backend):
-                outcome = next(outcomes, None)
-            if outcome is None:
-                return
-            yield deliver(outcome, progress, reporter)
-    finally:
-        with contextlib.suppress(Exception), warnings.catch_warnings():
-            # joblib warns that results of chunks still running go unused.
-            warnings.simplefilter("ignore")
-            getattr(outcomes, "close", lambda: None)()
-
-
-def run_dask(tasks: Iterable[Task], progress: Progress, reporter: Reporter
-             ) -> Iterator[Outcome]:
-    """Run ``tasks`` on the workers of the active ``dask.distributed`` Client.
-
-    Submitted with the Client's public API rather than joblib's dask
-    backend: joblib 1.6 never completes a task whose worker died (its dask
-    backend drops the completion callback on errors), so the call would
-    wait forever instead of failing.
-    """
-    from distributed import as_completed, get_client
-
-    client = get_client()
-    with warnings.catch_warnings():
-        # Chunks travel inside their tasks by design (no shared storage).
-        warnings.filterwarnings("ignore", message="Sending large graph")
-        futures = [client.submit(run_chunk, task, pure=False,
-                                 key=f"pandas_parallel-{task.call_id}-{task.chunk}")
-                   for task in tasks]
-    try:
-        for future in as_completed(futures):
-            with _worker_losses(reporter.label, "dask"):
-                outcome = future.result()
-            yield deliver(outcome, progress, reporter)
-    finally:
-        client.cancel([future for future in futures if not future.done()])
-
-
 def interactive() -> bool:
     """Whether a person is likely watching (a terminal or a Jupyter kernel)."""
     if "ipykernel" in sys.modules:
@@ -446,11 +215,4 @@ def interactive() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-__all__ = [
-    "Progress",
-    "WorkerCrashedError",
-    "interactive",
-    "run_joblib",
-    "run_local",
-    "shutdown_pool",
-]
+__all__ = ["Progress", "Reporter", "WorkerCrashedError", "deliver", "interactive"]

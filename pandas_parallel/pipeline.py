@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable, Hashable, Iterator
@@ -25,16 +24,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import clusters, executor, forking, planning, transport
+from pandas_parallel import backends, executor, planning, transport
+from pandas_parallel.backends import Backend, Job
 from pandas_parallel.combine import CannotCombine
-from pandas_parallel.options import Options, resolve_n_jobs
+from pandas_parallel.options import Options
 from pandas_parallel.splitting import Units
-from pandas_parallel.worker import Program, Task, encode_program, in_worker, show_label
+from pandas_parallel.worker import (
+    Program,
+    Task,
+    chunk_seeds,
+    encode_program,
+    in_worker,
+    show_label,
+)
 
 logger = logging.getLogger("pandas_parallel")
 
-_warm_workers = 0  # size of the loky pool known to be up, 0 if unknown
-_IN_PROCESS_BACKENDS = ("threading",)  # workers in this process: nothing pickled
 # The public call being served, as the accessor knows it: its function and
 # its shape, under which a clearly cheap call is noted (see serving()).
 _served: contextvars.ContextVar[tuple[Any, Hashable] | None] = contextvars.ContextVar(
@@ -132,37 +137,49 @@ def _labels(index: pd.Index) -> str:
     return f"[{show_label(index[0])} ... {show_label(index[-1])}] ({len(index)} labels)"
 
 
-def _serial_reason(op: Operation, n_workers: int) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """How a call ran: ``backend`` is ``"serial"`` (pandas in this process)
+    or the backend's name (``"forked"``, ``"pool"``, ``"threads"``,
+    ``"dask"``, ``"ray"``, ``"joblib"``)."""
+
+    backend: str
+    workers: int = 1
+    chunks: int = 0
+
+
+_last_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
+    "pandas_parallel_last_run", default=None)
+
+
+def last_run() -> Run | None:
+    """How the last call in this thread (or asyncio task) ran: serially or
+    on which backend, with how many workers and chunks. For tests and
+    diagnostics: a call that was meant to run in parallel can be checked."""
+    return _last_run.get()
+
+
+def _ran(run: Run) -> None:
+    _last_run.set(run)
+    logger.debug("ran on %s", run.backend, extra={"pandas_parallel_run": run})
+
+
+def _serial_reason(op: Operation) -> str | None:
     if len(op.units) == 0 or len(op.units.obj) == 0:
         return "the input is empty"
     if in_worker():
         return "already inside a pandas_parallel worker (nested call)"
     if op.options.backend == "sequential":
         return "backend='sequential'"
+    return None
+
+
+def _few_workers_reason(op: Operation, n_workers: int) -> str | None:
     if n_workers == 1:
         return "only one worker is available (n_jobs resolves to 1)"
     if len(op.units) == 1 and op.options.serial_fallback:
         return "there is a single unit of work"
     return None
-
-
-def _worker_start(options: Options, n_workers: int, planning_only: bool = False) -> str:
-    """How a call gets its worker processes now: ``"fork"`` (forked from
-    this process for the call), ``"warm"`` (already running, or owned by
-    another backend) or ``"cold"`` (the warm pool must start).
-
-    ``planning_only`` skips the slower part of the fork check: for a plan
-    that asks again, in full, before it starts any worker.
-    """
-    if options.backend != "loky":
-        return "warm"
-    if options.fork and forking.fork_available(check_openmp=not planning_only):
-        return "fork"
-    return "warm" if _pool_warm(n_workers) else "cold"
-
-
-def _pool_warm(n_workers: int) -> bool:
-    return _warm_workers == n_workers and executor.pool_alive()
 
 
 def _show_progress(options: Options, expected_seconds: float | None) -> bool:
@@ -232,121 +249,155 @@ def execute(op: Operation) -> Any:
 
 
 def _execute(op: Operation) -> Any:
-    global _warm_workers
-    options = op.options
-    cluster = clusters.is_cluster(options.backend)
-    if cluster and len(op.units) > 0 and not in_worker():
-        n_workers = clusters.capacity(str(options.backend), options.n_jobs)
-    else:
-        n_workers = resolve_n_jobs(options.n_jobs)
-    reason = _serial_reason(op, n_workers)
-    if reason is not None:
+    reason = _serial_reason(op)
+    backend = backends.choose(op.options, thorough=False) if reason is None else None
+    n_workers = backend.capacity(op.options.n_jobs) if backend is not None else 1
+    reason = reason or _few_workers_reason(op, n_workers)
+    if reason is not None or backend is None:
         logger.debug("%s: serial (%s)", op.label, reason)
+        _ran(Run("serial"))
         return op.serial()
-
-    kind, cheap_kind, n_rows = _cost_kind(op), _cheap_kind(op), len(op.units.obj)
-    if (options.serial_fallback and options.chunk_size is None
+    cheap_kind, n_rows = _cheap_kind(op), len(op.units.obj)
+    if (op.options.serial_fallback and op.options.chunk_size is None
             and n_rows <= planning.cheap_up_to(op.func, cheap_kind)
-            and not _show_progress(options, 0.0)):
+            and not _show_progress(op.options, 0.0)):
         # As small as a call of this function that was clearly too cheap
         # for workers: pandas' own call, without sampling (the function was
         # pickled then, so it still fails alike at any size).
+        _ran(Run("serial"))
         return run_known_cheap(op.label, op.func, cheap_kind, n_rows, op.serial)
-
-    program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
-    planned = options.serial_fallback and options.chunk_size is None
-    per_row = planning.recall(op.func, kind) if planned else None
-    # Fail on an unpicklable function before any of its work (a sample runs
-    # it), and pickle it once. Planned from a remembered cost, the call runs
-    # none of it before deciding: it pickles only to go parallel.
-    blob = None if per_row is not None else _encoded(program, options)
-    n_units = len(op.units)
-    pieces: list[Piece] = []
-    start = 0
-    per_unit: float | None = None
-    expected: float | None = None
-    workers = _worker_start(options, n_workers, planning_only=True)
-    n_bytes = op.units.nbytes()
-    if planned:
-        sampled_seconds = 0.0
-        clearly_serial = False
-        if per_row is not None:
-            per_unit = per_row * _work_rows(op, 0, n_units) / n_units
-            measured = "cost remembered from the last call"
-        else:
-            began = time.perf_counter()
-            start, per_unit, clearly_serial = _sample(op, pieces)
-            sampled_seconds = time.perf_counter() - began
-            measured = f"sampled {start} {op.unit} in {sampled_seconds:.4f}s"
-        remaining = n_units - start
-        remaining_bytes = n_bytes * remaining // n_units
-        guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
-                                  workers, cluster)
-        if clearly_serial:
-            guess = planning.Estimate(guess.serial, parallel=math.inf)
-        if guess.parallel_wins and workers == "fork":
-            workers = _worker_start(options, n_workers)  # in full, now it matters
-            guess = planning.estimate(per_unit, remaining, n_workers, remaining_bytes,
-                                      workers, cluster)
-        expected = guess.serial
-        logger.debug("%s: %s (%.2e s/unit); remaining %d: serial %.3fs, parallel %.3fs "
-                     "(workers %s)", op.label, measured, per_unit, remaining, guess.serial,
-                     guess.parallel, workers)
-        if not guess.parallel_wins:
-            logger.debug("%s: serial (parallel would not be faster)", op.label)
-            began = time.perf_counter()
-            if start == 0 and not _show_progress(options, guess.serial):
-                result = op.serial()  # nothing sampled: plain pandas, as is
-            else:
-                if start < n_units:
-                    with _chunk_failures(op):
-                        pieces.extend(_run_here_with_progress(op, start, guess.serial))
-                result = _combine_or_serial(op, pieces)
-            seconds = time.perf_counter() - began
-            planning.remember(op.func, kind, seconds, _work_rows(op, start, n_units))
-            planning.remember_cheap(op.func, cheap_kind, n_rows, sampled_seconds + seconds)
-            if (workers == "cold"
-                    and guess.serial >= planning.MIN_SECONDS_TO_START_POOL
-                    and planning.estimate(per_unit, remaining, n_workers,
-                                          remaining_bytes).parallel_wins):
-                # Only the start-up cost stood in the way. Start the workers
-                # now that this call's work is done (so it is not slowed), and
-                # the next call like it finds them warm.
-                logger.debug("%s: starting %d workers in the background for next time",
-                             op.label, n_workers)
-                executor.start_pool(n_workers)
-                _warm_workers = n_workers
-            return result
-
-    if options.chunk_size is not None:
-        ranges = op.units.cut(start, None, options.chunk_size)
-    else:
-        remaining = n_units - start
-        count = planning.chunk_count(per_unit, remaining, n_workers,
-                                     n_bytes * remaining // n_units, cluster)
-        ranges = op.units.cut(start, count, None)
-    # Asked again: the sampled calls may have started a thread.
-    workers = _worker_start(options, n_workers)
-    fork = workers == "fork"
-    logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s",
-                 op.label, n_workers, "forked" if fork else options.backend, len(ranges),
-                 _sizes_text([b - a for a, b in ranges]), op.unit)
-    done_here = op.progress_size(0, start)
-    if blob is None:
-        blob = _encoded(program, options)
+    plan = _plan(op, backend, n_workers)
+    if not plan.parallel:
+        _ran(Run("serial"))
+        return _finish_here(op, plan)
     with _chunk_failures(op):
-        pieces.extend(_run_parallel(op, ranges, n_workers, n_bytes, expected, done_here,
-                                    program if fork else blob, fork))
-    if options.backend == "loky" and not fork:
-        _warm_workers = n_workers
+        pieces = plan.pieces + _run_parallel(op, plan)
     return _combine_or_serial(op, pieces, borrowed=_borrows_results(op))
 
 
-def _encoded(program: Program, options: Options) -> bytes | Program:
+@dataclasses.dataclass
+class Plan:
+    """What a call does, decided before any worker starts: the units
+    ``[0, start)`` already run here while sampling (their ``pieces``), and
+    either the rest serially here or ``ranges`` of units on ``backend``."""
+
+    backend: Backend
+    n_workers: int
+    program: Program
+    blob: bytes | Program | None  # the program as workers get it
+    n_bytes: int
+    parallel: bool = True
+    start: int = 0
+    pieces: list[Piece] = dataclasses.field(default_factory=list)
+    ranges: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    per_unit: float | None = None
+    expected: float | None = None  # seconds the remaining units take serially
+    sampled_seconds: float = 0.0
+    start_workers_after: bool = False  # only their start-up made this call serial
+
+
+def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
+    options = op.options
+    program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
+    priced = options.serial_fallback and options.chunk_size is None
+    per_row = planning.recall(op.func, _cost_kind(op)) if priced else None
+    # Fail on an unpicklable function before any of its work (a sample runs
+    # it), and pickle it once. Priced from a remembered cost, the call runs
+    # none of it before deciding: it pickles only to go parallel.
+    blob = None if per_row is not None else _encoded(program, backend)
+    plan = Plan(backend, n_workers, program, blob, op.units.nbytes())
+    if priced:
+        _price(op, plan, per_row)
+        if not plan.parallel:
+            return plan
+    # Chosen again, thoroughly: the sampled calls may have started a thread.
+    plan.backend = backends.choose(options)
+    plan.ranges = _chunks(op, plan)
+    if plan.blob is None:
+        plan.blob = _encoded(program, plan.backend)
+    return plan
+
+
+def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
+    """Measure (or recall) the cost per unit, and decide serial or parallel."""
+    n_units = len(op.units)
+    if per_row is not None:
+        plan.per_unit = per_row * _work_rows(op, 0, n_units) / n_units
+        measured = "cost remembered from the last call"
+        clearly_serial = False
+    else:
+        began = time.perf_counter()
+        plan.start, plan.per_unit, clearly_serial = _sample(op, plan.pieces)
+        plan.sampled_seconds = time.perf_counter() - began
+        measured = f"sampled {plan.start} {op.unit} in {plan.sampled_seconds:.4f}s"
+    remaining = n_units - plan.start
+    remaining_bytes = plan.n_bytes * remaining // n_units
+
+    def guess(start: str) -> planning.Estimate:
+        assert plan.per_unit is not None
+        return planning.estimate(plan.per_unit, remaining, plan.n_workers, remaining_bytes,
+                                 start, plan.backend.cluster)
+
+    start = plan.backend.start(plan.n_workers)
+    estimate = guess(start)
+    if clearly_serial:
+        estimate = planning.Estimate(estimate.serial, parallel=math.inf)
+    if estimate.parallel_wins and start == "fork":
+        plan.backend = backends.choose(op.options)  # in full, now it matters
+        start = plan.backend.start(plan.n_workers)
+        estimate = guess(start)
+    plan.expected, plan.parallel = estimate.serial, estimate.parallel_wins
+    plan.start_workers_after = (
+        start == "cold" and estimate.serial >= planning.MIN_SECONDS_TO_START_POOL
+        and not clearly_serial and guess("warm").parallel_wins)
+    logger.debug("%s: %s (%.2e s/unit); remaining %d: serial %.3fs, parallel %.3fs "
+                 "(workers %s)", op.label, measured, plan.per_unit, remaining,
+                 estimate.serial, estimate.parallel, start)
+
+
+def _chunks(op: Operation, plan: Plan) -> list[tuple[int, int]]:
+    if op.options.chunk_size is not None:
+        return op.units.cut(plan.start, None, op.options.chunk_size)
+    remaining = len(op.units) - plan.start
+    count = planning.chunk_count(plan.per_unit, remaining, plan.n_workers,
+                                 plan.n_bytes * remaining // len(op.units),
+                                 plan.backend.cluster)
+    return op.units.cut(plan.start, count, None)
+
+
+def _finish_here(op: Operation, plan: Plan) -> Any:
+    """Run the units the sample left serially here, and remember the cost."""
+    logger.debug("%s: serial (parallel would not be faster)", op.label)
+    n_units = len(op.units)
+    expected = plan.expected or 0.0
+    began = time.perf_counter()
+    if plan.start == 0 and not _show_progress(op.options, expected):
+        result = op.serial()  # nothing sampled: plain pandas, as is
+    else:
+        pieces = plan.pieces
+        if plan.start < n_units:
+            with _chunk_failures(op):
+                pieces = pieces + _run_here_with_progress(op, plan.start, expected)
+        result = _combine_or_serial(op, pieces)
+    seconds = time.perf_counter() - began
+    planning.remember(op.func, _cost_kind(op), seconds, _work_rows(op, plan.start, n_units))
+    planning.remember_cheap(op.func, _cheap_kind(op), len(op.units.obj),
+                            plan.sampled_seconds + seconds)
+    if plan.start_workers_after:
+        # Only the start-up cost stood in the way. Start the workers now that
+        # this call's work is done (so it is not slowed), and the next call
+        # like it finds them warm.
+        logger.debug("%s: starting %d workers in the background for next time",
+                     op.label, plan.n_workers)
+        plan.backend.start_workers(plan.n_workers)
+    return result
+
+
+def _encoded(program: Program, backend: Backend) -> bytes | Program:
     """``program`` as workers get it: pickled (raising
     :class:`UnpicklableFunctionError` if it cannot be), or as it is for
     threads in this process."""
-    return program if options.backend in _IN_PROCESS_BACKENDS else encode_program(program)
+    return program if backend.in_process else encode_program(program)
 
 
 def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:
@@ -451,112 +502,88 @@ def _combine_or_serial(op: Operation, pieces: list[Piece], borrowed: bool = Fals
         return op.serial()
 
 
-def _run_parallel(op: Operation, ranges: list[tuple[int, int]], n_workers: int,
-                  n_bytes: int, expected: float | None, done_here: int,
-                  blob: bytes | Program, fork: bool = False) -> list[Piece]:
-    global _warm_workers
-    options = op.options
-    backend = options.backend or "loky"
-    threads = backend in _IN_PROCESS_BACKENDS and not fork
-    # Processes on this machine: they share files in the scratch directory.
-    local_processes = fork or backend in ("loky", "multiprocessing")
-    call_id = uuid.uuid4().hex
-
-    def describe(chunk: int) -> str:
-        a, b = ranges[chunk]
-        return f"chunk {chunk + 1} of {len(ranges)}: " + op.describe(a, b)
-
-    sizes = [op.progress_size(a, b) for a, b in ranges]
-    calls = [size * op.calls_per_unit for size in sizes]
+def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
+    """Run the plan's ranges on its backend; the pieces in order of units."""
+    backend, ranges = plan.backend, plan.ranges
+    logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s", op.label,
+                 plan.n_workers, backend.name, len(ranges),
+                 _sizes_text([b - a for a, b in ranges]), op.unit)
+    _ran(Run(backend.name, plan.n_workers, len(ranges)))
     began = time.perf_counter()
     transport.sweep_stale_scratch()
-    with transport.scratch_directory(n_bytes if local_processes else 0) as directory:
-        if threads:
-            def payload(i: int) -> transport.Payload:
-                return transport.Inline(op.units.local(*ranges[i]))
-        elif fork:  # each worker cuts its chunk from its copy of the input
-            def payload(i: int) -> transport.Payload:
-                return transport.Deferred(functools.partial(op.units.local, *ranges[i]))
-        elif not local_processes:  # other machines: everything in-band
-            def payload(i: int) -> transport.Payload:
-                return transport.in_band(op.units.local(*ranges[i]), options.transport)
-        else:
-            payload = op.units.ship(ranges, directory, options.transport).payload
-        handed_out: dict[int, transport.Payload] = {}
-
-        def hand_out(i: int) -> transport.Payload:
-            handed_out[i] = payload(i)
-            return handed_out[i]
-
-        directory_for_results = directory if local_processes else None
-        shipped = time.perf_counter()
-        counters: Any = None
-        counter_array = None
-        show = _show_progress(options, expected)
-        if threads:
-            counter_array = counters = np.zeros(3 * len(ranges) + 1, dtype=np.int64)
-        elif local_processes and directory is not None:
-            path = os.path.join(directory, "progress.bin")
-            counter_array = np.memmap(path, dtype=np.int64, mode="w+",
-                                      shape=(3 * len(ranges) + 1,))
-            counters = path
-        # Longest first, so the biggest chunk does not start last. Each chunk
-        # is shipped when it is handed out. Counting calls costs a Python call
-        # per row: only for a visible bar.
-        order = sorted(range(len(ranges)), key=lambda i: -calls[i])
-        watch = options.timeout is not None and backend == "threading"
-        tasks = (Task(call_id, i, hand_out(i), blob, sizes[i], directory_for_results,
-                      options.transport, counters, count_calls=show, watch_calls=watch,
-                      in_band=not local_processes and not threads)
-                 for i in order)
-        progress = executor.Progress(
-            show, done_here + sum(sizes), op.label, op.unit,
-            sizes, calls, counter_array[: len(ranges)] if counter_array is not None else None,
-            initial=done_here)
-        states = (counter_array[len(ranges):2 * len(ranges)]
-                  if counter_array is not None else None)
+    scratch = (transport.scratch_directory(plan.n_bytes) if backend.shares_files
+               else contextlib.nullcontext(None))
+    with scratch as directory:
+        job = _job(op, plan, directory)
+        tasks, handed_out = _tasks(op, plan, job, directory)
         results: dict[int, Any] = {}
         ok = False
         try:
-            reporter = executor.Reporter(op.label, describe, op.func)
-            if fork:
-                outcomes = forking.run_forked(list(tasks), n_workers, progress, reporter)
-            elif backend == "loky":
-                outcomes = executor.run_local(tasks, n_workers, progress, reporter,
-                                              states, pool_warm=_pool_warm(n_workers))
-            elif backend == "threading":
-                call_starts = (counter_array[2 * len(ranges):3 * len(ranges)]
-                               if watch and counter_array is not None else None)
-                outcomes = executor.run_threads(tasks, n_workers, progress, reporter,
-                                                call_starts, options.timeout,
-                                                counter_array[:len(ranges)]
-                                                if counter_array is not None else None)
-            elif backend == "dask":
-                outcomes = executor.run_dask(tasks, progress, reporter)
-            else:
-                outcomes = executor.run_joblib(tasks, n_workers, backend, progress,
-                                               reporter)
             worker_seconds = 0.0
-            for outcome in outcomes:
+            for outcome in backend.run(tasks, job):
                 assert outcome.payload is not None
                 results[outcome.chunk] = transport.fetch_result(
                     outcome.payload, borrow=_borrows_results(op))
                 transport.release_input(handed_out.pop(outcome.chunk))
                 worker_seconds += outcome.seconds
             ok = True
-            logger.debug("%s: prepared in %.3fs; chunks ran %.3fs in total; all "
-                         "results back after %.3fs", op.label, shipped - began,
-                         worker_seconds, time.perf_counter() - shipped)
-            if options.chunk_size is None:  # tiny chunks would overstate the cost
+            backend.finished(plan.n_workers)
+            logger.debug("%s: chunks ran %.3fs in total; all results back after %.3fs",
+                         op.label, worker_seconds, time.perf_counter() - began)
+            if op.options.chunk_size is None:  # tiny chunks would overstate the cost
                 planning.remember(op.func, _cost_kind(op), worker_seconds,
                                   _work_rows(op, ranges[0][0], ranges[-1][1]))
         except (KeyboardInterrupt, executor.WorkerCrashedError):
-            _warm_workers = 0  # the pool was stopped or replaced
+            backend.broken()
             raise
         finally:
-            if counter_array is not None and not ok:
-                counter_array[-1] = 1  # workers still running write no more files
-            progress.close(ok)
-            del counter_array, states
-    return [Piece(results[i], (a, b), op.units)
-            for i, (a, b) in enumerate(ranges)]
+            if not ok:
+                job.counters.end()  # workers still running write no more files
+            job.progress.close(ok)
+    return [Piece(results[i], (a, b), op.units) for i, (a, b) in enumerate(ranges)]
+
+
+def _job(op: Operation, plan: Plan, directory: str | None) -> Job:
+    ranges = plan.ranges
+
+    def describe(chunk: int) -> str:
+        a, b = ranges[chunk]
+        return f"chunk {chunk + 1} of {len(ranges)}: " + op.describe(a, b)
+
+    sizes = [op.progress_size(a, b) for a, b in ranges]
+    counters = plan.backend.counters(len(ranges), directory)
+    done_here = op.progress_size(0, plan.start)
+    progress = executor.Progress(
+        _show_progress(op.options, plan.expected), done_here + sum(sizes), op.label,
+        op.unit, sizes, [size * op.calls_per_unit for size in sizes], counters.calls,
+        initial=done_here)
+    timeout = op.options.timeout if plan.backend.in_process else None
+    return Job(plan.n_workers, progress, executor.Reporter(op.label, describe, op.func),
+               counters, timeout)
+
+
+def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None
+           ) -> tuple[Iterator[Task], dict[int, transport.Payload]]:
+    """The call's tasks, longest first (so the biggest chunk does not start
+    last), each shipped when handed out; and the payloads handed out so far.
+    Counting calls costs a Python call per row: only for a visible bar."""
+    backend, ranges, options = plan.backend, plan.ranges, op.options
+    payload = backend.payloads(op.units, ranges, directory, options.transport)
+    program = plan.program if not backend.pickles_program else plan.blob
+    assert program is not None
+    seeds = [None] * len(ranges) if backend.in_process else chunk_seeds(len(ranges))
+    calls = [op.progress_size(a, b) * op.calls_per_unit for a, b in ranges]
+    handed_out: dict[int, transport.Payload] = {}
+    call_id = uuid.uuid4().hex
+
+    def task(i: int) -> Task:
+        handed_out[i] = payload(i)
+        return Task(call_id, i, handed_out[i], program, op.progress_size(*ranges[i]),
+                    directory, options.transport, job.counters.source,
+                    count_calls=job.progress.bar is not None,
+                    watch_calls=job.timeout is not None,
+                    in_band=not backend.shares_files and not backend.in_process,
+                    seed=seeds[i])
+
+    order = sorted(range(len(ranges)), key=lambda i: -calls[i])
+    return (task(i) for i in order), handed_out

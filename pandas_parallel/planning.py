@@ -24,12 +24,12 @@ from typing import Any
 # when it clearly wins (see benchmarks/).
 # Each starting worker spends CPU time importing pandas and pyarrow, on the
 # same cores that do the work (this process works meanwhile: see
-# executor.run_local): 0.4 s measured on one 2-core machine, 1.0 s on a
+# backends.pool): 0.4 s measured on one 2-core machine, 1.0 s on a
 # slower one, where at 0.4 a 2 s first call on a cold pool went parallel
 # and took 2.2 s. The slower figure: a call this misjudges runs serially
 # and starts the pool for the next one, rather than slower than pandas.
 WORKER_START_CPU_SECONDS = 1.0
-# Forking a worker from this process for one call (executor.run_forked):
+# Forking a worker from this process for one call (backends.forked):
 # about 4 ms each, plus about 1 ms per GB the process holds (page tables),
 # plus the worker's first writes to memory it shares with this process
 # (copy-on-write): 10-15 ms on a 0.1 s map, measured.

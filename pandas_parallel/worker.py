@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import os
 import pickle
+import random
 import threading
 import time
 import traceback
@@ -24,7 +25,7 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 
-from pandas_parallel.errors import UnpicklableFunctionError
+from pandas_parallel.errors import UnpicklableFunctionError, UnpicklableResultError
 from pandas_parallel.transport import Payload, in_band, load_input, ship_result
 
 _local = threading.local()
@@ -40,14 +41,31 @@ def in_worker() -> bool:
     return _in_worker_process or getattr(_local, "active", False)
 
 
-def initialize_worker() -> None:
-    """loky initializer: mark the process as a worker.
+def initialize_worker(parent: int | None = None) -> None:
+    """Mark the process as a worker; with ``parent``, end it within a
+    second of that process's death (SIGKILL included).
 
     Importing this module has already imported pandas and pyarrow, so the
     first chunk does not pay for them.
     """
     global _in_worker_process
     _in_worker_process = True
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True,
+                         name="pandas_parallel-parent-watch").start()
+
+
+_PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_with(parent: int) -> None:
+    """A pool worker's watch: once its parent is gone (the worker is
+    re-parented), exit. A pool's workers are started by whichever thread
+    submits first, so the parent-death signal (which follows the thread,
+    not the process) cannot be used."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 @dataclasses.dataclass
@@ -123,6 +141,7 @@ class Task:
     count_calls: bool = False  # publish calls made within the chunk
     watch_calls: bool = False  # also publish each call's start time (timeout)
     in_band: bool = False  # the result travels back inside the reply (clusters)
+    seed: np.random.SeedSequence | None = None  # the chunk's random stream (processes)
 
 
 @dataclasses.dataclass
@@ -142,27 +161,75 @@ class Outcome:
     seconds: float = 0.0  # in the pandas call itself (not loading or shipping)
 
 
-class _Counters:
-    """Shared per-call state: ``[0:n]`` calls done per chunk, ``[n:2n]``
-    chunk state (1 running, 2 finished), ``[2n:3n]`` when the chunk's
-    current call started (monotonic microseconds, 0 between calls; kept only
-    when a timeout is watched), ``[3n]`` 1 once the call is over (failed or
-    interrupted: write no more files). A memory-mapped file for processes, a
-    plain array for threads."""
+class Counters:
+    """Per-call state shared by this process and the workers, one int64
+    array: ``[0:n]`` calls done per chunk, ``[n:2n]`` chunk state (1
+    running, 2 finished), ``[2n:3n]`` when the chunk's current call started
+    (monotonic microseconds, 0 between calls; kept only when a timeout is
+    watched), ``[3n]`` 1 once the call is over (failed or interrupted:
+    write no more files). A memory-mapped file for processes on this
+    machine, a plain array for threads, nothing for clusters."""
 
-    def __init__(self, source: str | np.ndarray | None) -> None:
-        self.array: np.ndarray | None
+    RUNNING, FINISHED = 1, 2
+
+    def __init__(self, array: np.ndarray | None, source: str | np.ndarray | None) -> None:
+        self.array = array
+        self.source = source  # what a task carries to reach the same memory
+        self.n = (len(array) - 1) // 3 if array is not None else 0
+
+    @classmethod
+    def create(cls, n_chunks: int, where: str | bool | None) -> Counters:
+        """New counters: in a file of directory ``where``, in this process
+        (``True``), or none (``False`` or ``None``)."""
+        size = 3 * n_chunks + 1
+        if where is True:
+            array = np.zeros(size, dtype=np.int64)
+            return cls(array, array)
+        if not where:
+            return cls(None, None)
+        path = os.path.join(where, "progress.bin")
+        return cls(np.memmap(path, dtype=np.int64, mode="w+", shape=(size,)), path)
+
+    @classmethod
+    def open(cls, source: str | np.ndarray | None) -> Counters:
+        """In a worker: the counters a task names."""
         if source is None or isinstance(source, np.ndarray):
-            self.array = source
-        else:
-            try:
-                self.array = np.memmap(source, dtype=np.int64, mode="r+")
-            except OSError:  # the call already ended (e.g. cancelled)
-                self.array = None
+            return cls(source, source)
+        try:
+            return cls(np.memmap(source, dtype=np.int64, mode="r+"), source)
+        except OSError:  # the call already ended (e.g. cancelled)
+            return cls(None, None)
 
-    def set(self, position: int, value: int) -> None:
+    @property
+    def calls(self) -> np.ndarray | None:
+        return self.array[:self.n] if self.array is not None else None
+
+    @property
+    def call_starts(self) -> np.ndarray | None:
+        return self.array[2 * self.n:3 * self.n] if self.array is not None else None
+
+    def set_calls(self, chunk: int, calls: int) -> None:
         if self.array is not None:
-            self.array[position] = value
+            self.array[chunk] = calls
+
+    def set_state(self, chunk: int, state: int) -> None:
+        if self.array is not None:
+            self.array[self.n + chunk] = state
+
+    def set_call_start(self, chunk: int, microseconds: int) -> None:
+        if self.array is not None:
+            self.array[2 * self.n + chunk] = microseconds
+
+    def running(self) -> list[int]:
+        """Chunks a worker has started and not finished."""
+        if self.array is None:
+            return []
+        return [int(i) for i in np.flatnonzero(self.array[self.n:2 * self.n] == self.RUNNING)]
+
+    def end(self) -> None:
+        """Mark the call over: workers still running write no more files."""
+        if self.array is not None:
+            self.array[-1] = 1
 
     @property
     def call_over(self) -> bool:
@@ -236,7 +303,7 @@ def _failing_argument(func: Callable[..., Any], tb: Any) -> tuple[bool, Any]:
     return found
 
 
-def _counting(func: Callable[..., Any], counters: _Counters, slot: int
+def _counting(func: Callable[..., Any], counters: Counters, slot: int
               ) -> Callable[..., Any]:
     """Wrap ``func`` to publish its call count (only while a bar is shown)."""
     calls = 0
@@ -246,67 +313,60 @@ def _counting(func: Callable[..., Any], counters: _Counters, slot: int
         nonlocal calls
         calls += 1
         if calls % _PROGRESS_EVERY == 0:
-            counters.set(slot, calls)
+            counters.set_calls(slot, calls)
         return func(*args, **kwargs)
 
     return counted
 
 
-def _watching(func: Callable[..., Any], counters: _Counters, slot: int, n_chunks: int
+def _watching(func: Callable[..., Any], counters: Counters, slot: int
               ) -> Callable[..., Any]:
     """Wrap ``func`` to publish every call's start time and count (for a
     per-call timeout, watched by the parent)."""
     calls = 0
-    started = 2 * n_chunks + slot
 
     @functools.wraps(func)
     def watched(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
-        counters.set(slot, calls)
-        counters.set(started, int(time.monotonic() * 1e6))
+        counters.set_calls(slot, calls)
+        counters.set_call_start(slot, int(time.monotonic() * 1e6))
         try:
             return func(*args, **kwargs)
         finally:
-            counters.set(started, 0)
+            counters.set_call_start(slot, 0)
 
     return watched
 
 
-def _picklable(exc: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc} (the original exception "
-                            "could not be pickled back from the worker)")
+# What the user's function may raise that travels back as its failure:
+# pandas would raise SystemExit or KeyboardInterrupt from the function too.
+_FUNCTION_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 
 
 def run_chunk(task: Task) -> Outcome:
     """Run the call's program on one chunk."""
     outer = getattr(_local, "active", False)
     _local.active = True
-    counters = _Counters(task.counters)
-    n_chunks = (len(counters.array) - 1) // 3 if counters.array is not None else 0
-    counters.set(n_chunks + task.chunk, 1)
+    counters = Counters.open(task.counters)
+    counters.set_state(task.chunk, Counters.RUNNING)
     try:
         program = _decode_program(task.call_id, task.program)
         data = load_input(task.payload)
         func = program.func
         if task.watch_calls and counters.array is not None:
-            func = _watching(func, counters, task.chunk, n_chunks)
+            func = _watching(func, counters, task.chunk)
         elif task.count_calls and counters.array is not None and program.calls_per_unit:
             func = _counting(func, counters, task.chunk)
+        if task.seed is not None:
+            _seed_globals(task.seed)
         started = time.perf_counter()
         try:
             result = program.runner(data, func, program.args, program.kwargs)
-        except Exception as exc:
+        except _FUNCTION_FAILURES as exc:
             found, argument = _failing_argument(program.func, exc.__traceback__)
-            failure = Failure(
-                _picklable(exc),
-                traceback.format_exc(),
-                _describe_argument(argument, data) if found else "",
-            )
+            failure = Failure(exc, traceback.format_exc(),
+                              _describe_argument(argument, data) if found else "")
             return Outcome(task.chunk, failure=failure,
                            seconds=time.perf_counter() - started)
         seconds = time.perf_counter() - started
@@ -318,5 +378,119 @@ def run_chunk(task: Task) -> Outcome:
                                   f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
         return Outcome(task.chunk, payload, seconds=seconds)
     finally:
-        counters.set(n_chunks + task.chunk, 2)
+        counters.set_state(task.chunk, Counters.FINISHED)
         _local.active = outer
+
+
+def run_chunk_pickled(task: Task) -> bytes:
+    """:func:`run_chunk` in a worker process: the outcome pickled here, so
+    an exception that does not unpickle as it is, or a result that does not
+    pickle, becomes a clear failure rather than a dead worker or a
+    different error in the parent. Read with :func:`load_outcome`."""
+    outcome = run_chunk(task)
+    if outcome.failure is not None:
+        outcome.failure.exception = portable_exception(outcome.failure.exception)
+    try:
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        try:  # classes defined in a function or notebook cell travel by value
+            return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            return pickle.dumps(_unpicklable_result(outcome, exc))
+
+
+def load_outcome(blob: bytes) -> Outcome:
+    outcome: Outcome = pickle.loads(blob)
+    return outcome
+
+
+def _seed_globals(seed: np.random.SeedSequence) -> None:
+    """Give numpy's global generator and ``random`` this chunk's stream:
+    forked workers would otherwise all repeat the parent's."""
+    state = seed.generate_state(4)
+    np.random.seed(state)
+    random.seed(int.from_bytes(state.tobytes(), "little"))
+
+
+def chunk_seeds(n_chunks: int) -> list[np.random.SeedSequence]:
+    """One independent random stream per chunk, drawn from this process's
+    numpy and ``random`` global state: after ``np.random.seed(s)`` (and
+    ``random.seed``) the same call with the same chunks draws the same
+    numbers, and each call advances this process's state, so a second call
+    draws new ones."""
+    entropy = [int(x) for x in np.random.randint(0, 2**32, size=4, dtype=np.uint64)]
+    entropy.append(random.getrandbits(128))
+    return np.random.SeedSequence(entropy).spawn(n_chunks)
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                       state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class _Rebuilt:
+    """Pickles as an exception rebuilt without calling its ``__init__``
+    (whose required arguments ``args`` may not hold), attributes restored."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {}
+        for name, value in vars(self.exc).items():
+            try:
+                pickle.dumps(value)
+            except Exception:
+                continue
+            state[name] = value
+        return (_rebuild_exception, (type(self.exc), self.exc.args, state))
+
+
+def portable_exception(exc: BaseException) -> Any:
+    """``exc`` ready to pickle back to the parent as the same type with the
+    same ``args`` and attributes; a clear RuntimeError naming its type only
+    when even its class cannot travel."""
+    for candidate in (exc, _Rebuilt(exc)):
+        try:
+            back = pickle.loads(cloudpickle.dumps(candidate))
+        except Exception:
+            continue
+        if type(back) is type(exc):
+            return candidate
+    return RuntimeError(
+        f"{type(exc).__name__}: {exc} (the function raised a {type(exc).__qualname__}, "
+        "which cannot be pickled back from the worker process)")
+
+
+def _unpicklable_result(outcome: Outcome, exc: Exception) -> Outcome:
+    where = _unpicklable_value(outcome.payload)
+    error = UnpicklableResultError(
+        f"the function returned {where}, which cannot be pickled back from the "
+        f"worker process ({type(exc).__name__}: {exc}). Return plain values "
+        "(numbers, strings, lists, frames), or use backend='threading', which "
+        "does not pickle.")
+    return Outcome(outcome.chunk, failure=Failure(error, "", ""), seconds=outcome.seconds)
+
+
+def _unpicklable_value(payload: Any) -> str:
+    """Name the first value in a result that does not pickle: its type and
+    index label."""
+    value = getattr(payload, "value", payload)  # Tagged, then Inline
+    value = getattr(value, "obj", value)
+    if isinstance(value, pd.Series):
+        items: Any = value.items()
+    elif isinstance(value, pd.DataFrame):
+        items = ((label, cell) for _, column in value.items() for label, cell in column.items())
+    else:
+        items = [(None, value)]
+    for label, cell in items:
+        try:
+            cloudpickle.dumps(cell)
+        except Exception:
+            where = f" at index label {show_label(label)}" if label is not None else ""
+            return f"a {type(cell).__module__}.{type(cell).__qualname__}{where}"
+    return f"a {type(value).__qualname__}"
+

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
+import threading
+import time
 
 import psutil
 import pytest
@@ -29,15 +33,70 @@ def scratch_dirs() -> list[str]:
             for p in glob.glob(os.path.join(base, pattern))]
 
 
-@pytest.fixture(params=["forked", "pool"])
-def forced(request):
+class Runs(logging.Handler):
+    """Collects how each call ran (:class:`pandas_parallel.Run`), from the
+    record the pipeline logs for every call."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.runs: list[pandas_parallel.Run] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        run = getattr(record, "pandas_parallel_run", None)
+        if run is not None:
+            self.runs.append(run)
+
+    def backends(self) -> set[str]:
+        return {run.backend for run in self.runs}
+
+
+@contextlib.contextmanager
+def recording_runs():
+    """Record every call's :class:`pandas_parallel.Run` while the block runs."""
+    logger = logging.getLogger("pandas_parallel")
+    handler, level = Runs(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def ready_to_fork() -> None:
+    """Stop the warm pool: its manager thread would rule out forking, and
+    a case meant for forked workers would silently run on the pool."""
+    pandas_parallel.shutdown_pool()
+    deadline = time.monotonic() + 10
+    for thread in threading.enumerate():  # the pool's queue feeder ends soon after
+        if thread is not threading.main_thread():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert threading.active_count() == 1, threading.enumerate()
+
+
+@pytest.fixture(scope="module", params=["forked", "pool"])
+def forced_backend(request):
+    """Module-scoped, so pytest runs each module's forked cases together,
+    then its pool cases: the pool starts once per module, not per test."""
+    if request.param == "forked":
+        ready_to_fork()
+    return request.param
+
+
+@pytest.fixture
+def forced(forced_backend):
     """Real parallel execution: two workers, one-row chunks, no fallback;
     on workers forked for each call, and on the warm loky pool. Results
-    come back through Arrow (``"auto"`` would pickle such small ones)."""
-    with pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=1,
-                                progress=False, transport="arrow",
-                                fork=request.param == "forked") as options:
+    come back through Arrow (``"auto"`` would pickle such small ones).
+    Fails the test if any call ran on another backend."""
+    with (recording_runs() as runs,
+          pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=1,
+                                 progress=False, transport="arrow",
+                                 fork=forced_backend == "forked") as options):
         yield options
+    others = runs.backends() - {forced_backend, "serial"}
+    assert not others, f"meant for {forced_backend} workers, calls ran on {others}"
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +126,11 @@ def worker_processes() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+def pytest_collection_modifyitems(items):
+    """Run tests marked ``leaves_threads`` last: a dask Client leaves a
+    thread running for the rest of the process (distributed's offload
+    pool), and forking is unsafe with another thread: every forked case
+    after it would fail its backend check."""
+    items.sort(key=lambda item: item.get_closest_marker("leaves_threads") is not None)

@@ -22,6 +22,7 @@ from tests.strategies import frames
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 dask = pytest.importorskip("dask")
+pytestmark = pytest.mark.leaves_threads
 
 
 def _child_processes() -> list[psutil.Process]:

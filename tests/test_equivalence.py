@@ -282,18 +282,6 @@ def test_partition_by_frequency_needs_sorted_datetime_index():
         df.parallel(partition="1D").map_partitions(lambda p: p)
 
 
-@pytest.mark.parametrize("backend", ["threading", "sequential"])
-def test_other_backends_give_the_same_results(backend):
-    df = pd.DataFrame({"k": list("abcabca"), "v": range(7)})
-    check_like_pandas(lambda: df.apply(lambda r: r.v * 2, axis=1),
-                      lambda: df.parallel(backend=backend).apply(lambda r: r.v * 2, axis=1))
-    check_like_pandas(lambda: df.groupby("k")["v"].agg(lambda s: s.max()),
-                      lambda: df.groupby("k")["v"].parallel(backend=backend).agg(
-                          lambda s: s.max()))
-    with pytest.raises(ZeroDivisionError):
-        df.v.parallel(backend=backend).map(lambda x: 1 // (x - 3))
-
-
 class _CountsPickling:
     """A callable that counts how often it is pickled (in this process)."""
 

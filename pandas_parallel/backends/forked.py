@@ -1,13 +1,15 @@
-"""Workers forked from this process for one call.
+"""The ``forked`` backend: workers forked from this process for one call.
 
-Where it is safe (:func:`fork_available`), each call forks its own workers:
+Where it is safe (:func:`available`), each call forks its own workers:
 they start in milliseconds with everything imported, and cut their chunks
 from their copy of this process's memory, so nothing is shipped to them.
 The pool is a few pipes, with no threads of its own, so the process stays
 single-threaded and the next call can fork again:
 
 - each worker reads chunk numbers from its task pipe and answers each one
-  with a pickled :class:`~pandas_parallel.worker.Outcome` on its result pipe;
+  with a pickled :class:`~pandas_parallel.worker.Outcome` on its result pipe
+  (pickled by :func:`~pandas_parallel.worker.run_chunk_pickled`, so a result
+  that cannot travel is a clear failure, not a dead worker);
 - chunks are handed out one at a time, as workers free up;
 - a worker that dies closes its result pipe, and this process knows exactly
   which chunk it held;
@@ -28,30 +30,52 @@ import sys
 import threading
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, Pipe, wait
 
 from pandas_parallel import worker
-from pandas_parallel.executor import POLL_SECONDS, Progress, Reporter, crash_error, deliver
-from pandas_parallel.worker import Outcome, Task, run_chunk
+from pandas_parallel.backends import Backend, Job, cut_in_worker
+from pandas_parallel.executor import POLL_SECONDS, Reporter, crash_error, deliver
+from pandas_parallel.splitting import Units
+from pandas_parallel.transport import Payload
+from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_pickled
 
 logger = logging.getLogger("pandas_parallel")
 
 _PR_SET_PDEATHSIG = 1
 
 
-def fork_available(check_openmp: bool = True) -> bool:
+class Forked(Backend):
+    """Processes forked from this one for the call: they hold its memory,
+    so the program and the input are not shipped; results travel back."""
+
+    name = "forked"
+    pickles_program = False
+
+    def start(self, n_workers: int) -> str:
+        return "fork"
+
+    def payloads(self, units: Units, ranges: Sequence[tuple[int, int]],
+                 directory: str | None, transport: str) -> Callable[[int], Payload]:
+        return cut_in_worker(units, ranges)
+
+    def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
+        return run_forked(list(tasks), job)
+
+
+def available(thorough: bool = True) -> bool:
     """Whether worker processes may be forked from this one now.
 
     On Linux, with no other Python thread running (a fork copies only the
     calling thread: a lock another thread held would stay locked in the
-    child), and no OpenMP runtime loaded (GNU OpenMP's thread pool does not
-    survive a fork: a child that uses it after the parent did hangs).
-    ``check_openmp=False`` skips the last check (a millisecond), for plans
-    that check again before they fork.
+    child), and, checked when ``thorough``, no native thread pool that does
+    not survive a fork: an OpenMP runtime (GNU OpenMP's pool hangs in a
+    child that uses it after the parent did) or a thread that named itself
+    (polars' and tokio's pools do; a child of a process running them can
+    deadlock). The thorough part reads ``/proc`` (under a millisecond).
     """
     return (sys.platform == "linux" and threading.active_count() == 1
-            and not (check_openmp and _openmp_loaded()))
+            and not (thorough and (_openmp_loaded() or _native_threads())))
 
 
 _OPENMP_LIBRARY = re.compile(r"/lib(?:gomp|iomp5|omp)\b[^/\n]*\.so")
@@ -69,6 +93,31 @@ def _openmp_loaded() -> bool:
         except OSError:
             _openmp_seen = True  # cannot tell: do not fork
     return _openmp_seen
+
+
+# Threads named otherwise than the process are some library's own pool.
+# These few are known to survive a fork: jemalloc's background thread
+# (pyarrow) re-initializes in the child.
+_FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})
+
+
+def _native_threads() -> list[str]:
+    """Names of this process's threads that some library started and named
+    (OpenBLAS's workers, like Python's own threads, carry the process's
+    name)."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+        names = []
+        for tid in tasks:
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as comm:
+                names.append(comm.read().strip())
+    except OSError:
+        return ["(unknown: /proc cannot be read)"]
+    own = names[tasks.index(str(os.getpid()))] if str(os.getpid()) in tasks else ""
+    found = sorted({n for n in names if n != own and n not in _FORK_SAFE_THREADS})
+    if found:
+        logger.debug("fork: not forking while native threads run: %s", ", ".join(found))
+    return found
 
 
 class _Worker:
@@ -149,11 +198,10 @@ def _serve(tasks: list[Task], inbox: Connection, outbox: Connection) -> None:
             return
         if chunk < 0:
             return
-        outbox.send(run_chunk(tasks[chunk]))
+        outbox.send_bytes(run_chunk_pickled(tasks[chunk]))
 
 
-def run_forked(tasks: list[Task], n_workers: int, progress: Progress,
-               reporter: Reporter) -> Iterator[Outcome]:
+def run_forked(tasks: list[Task], job: Job) -> Iterator[Outcome]:
     """Run ``tasks`` on processes forked from this one for this call only,
     yielding outcomes as they finish.
 
@@ -167,7 +215,7 @@ def run_forked(tasks: list[Task], n_workers: int, progress: Progress,
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        for _ in range(min(n_workers, len(tasks))):
+        for _ in range(min(job.n_workers, len(tasks))):
             workers.append(_fork(tasks, workers))
             workers[-1].hand(waiting.popleft())
         busy = {w.results: w for w in workers}
@@ -176,16 +224,16 @@ def run_forked(tasks: list[Task], n_workers: int, progress: Progress,
                 assert isinstance(ready, Connection)
                 current = busy[ready]
                 try:
-                    outcome: Outcome = ready.recv()
+                    outcome = load_outcome(ready.recv_bytes())
                 except (EOFError, OSError):  # it died, maybe in mid-message
-                    raise _crashed(current, reporter) from None
+                    raise _crashed(current, job.reporter) from None
                 if waiting:
                     current.hand(waiting.popleft())
                 else:
                     current.hand(None)
                     del busy[ready]
-                yield deliver(outcome, progress, reporter)
-            progress.refresh()
+                yield deliver(outcome, job.progress, job.reporter)
+            job.progress.refresh()
     finally:
         _stop(workers)
 

@@ -1,0 +1,142 @@
+"""Run: where a call's chunks execute, behind one interface.
+
+A :class:`Backend` says what it needs (the program pickled or not, chunks
+as shared files, in this process's memory or in-band), how many workers it
+has, how its workers start (for the plan's price), and runs tasks:
+``run(tasks, job)`` yields each chunk's :class:`~pandas_parallel.worker.Outcome`
+as it finishes, raises the first failure at once and a dead worker as
+:class:`~pandas_parallel.errors.WorkerCrashedError`. :func:`choose` picks
+one per call; nothing else in the package names a backend.
+
+======== ============================================ =====================
+name     where chunks run                             module
+======== ============================================ =====================
+forked   processes forked from this one for the call  :mod:`.forked`
+pool     loky's warm, reusable process pool           :mod:`.pool`
+threads  threads of this process                      :mod:`.threads`
+dask     the active ``dask.distributed`` Client       :mod:`.dask`
+ray      a Ray runtime (joblib's Ray backend)         :mod:`.joblib`
+joblib   any other registered joblib backend          :mod:`.joblib`
+======== ============================================ =====================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from pandas_parallel import clusters
+from pandas_parallel.executor import Progress, Reporter
+from pandas_parallel.options import Options, resolve_n_jobs
+from pandas_parallel.splitting import Units
+from pandas_parallel.transport import Deferred, Inline, Payload, in_band
+from pandas_parallel.worker import Counters, Outcome, Task
+
+__all__ = ["Backend", "Job", "choose"]
+
+
+@dataclasses.dataclass
+class Job:
+    """What a backend gets for one call, besides its tasks."""
+
+    n_workers: int
+    progress: Progress
+    reporter: Reporter
+    counters: Counters
+    timeout: float | None = None
+
+
+class Backend:
+    """Where one call's chunks run. Subclasses set the class attributes and
+    implement :meth:`run`."""
+
+    name: str
+    #: Workers live in this process: the program and chunks are not pickled.
+    in_process = False
+    #: Workers are processes on this machine: chunks and results travel as
+    #: files in the call's scratch directory.
+    shares_files = True
+    #: Each chunk crosses a network: the planner prices it so.
+    cluster = False
+    #: Workers get the program pickled (else as the object: they share or
+    #: copied this process's memory). Pickled once per call either way,
+    #: except in this process, so an unpicklable function fails alike.
+    pickles_program = True
+
+    def capacity(self, n_jobs: int | None) -> int:
+        """The workers ``n_jobs`` means here."""
+        return resolve_n_jobs(n_jobs)
+
+    def start(self, n_workers: int) -> str:
+        """How workers start for this call, as the planner prices it:
+        ``"warm"`` (running), ``"fork"`` or ``"cold"`` (started for it)."""
+        return "warm"
+
+    def payloads(self, units: Units, ranges: Sequence[tuple[int, int]],
+                 directory: str | None, transport: str) -> Callable[[int], Payload]:
+        """Chunk ``i``'s payload, made when it is handed out."""
+        if self.cluster:  # everything in-band: no shared storage
+            return lambda i: in_band(units.local(*ranges[i]), transport)
+        return units.ship(ranges, directory, transport).payload
+
+    def counters(self, n_chunks: int, directory: str | None) -> Counters:
+        """Shared per-call counters the workers can reach."""
+        return Counters.create(n_chunks, directory if self.shares_files else None)
+
+    def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
+        raise NotImplementedError
+
+    def start_workers(self, n_workers: int) -> None:
+        """Start workers in the background, for the next call."""
+
+    def finished(self, n_workers: int) -> None:
+        """The call ran to its end (the pool now knows it is warm)."""
+
+    def broken(self) -> None:
+        """A worker died or the call was interrupted."""
+
+
+class InProcess(Backend):
+    """A base for backends whose workers are threads of this process."""
+
+    in_process = True
+    shares_files = False
+    pickles_program = False
+
+    def payloads(self, units: Units, ranges: Sequence[tuple[int, int]],
+                 directory: str | None, transport: str) -> Callable[[int], Payload]:
+        return lambda i: Inline(units.local(*ranges[i]))
+
+    def counters(self, n_chunks: int, directory: str | None) -> Counters:
+        return Counters.create(n_chunks, True)
+
+
+def cut_in_worker(units: Units, ranges: Sequence[tuple[int, int]]
+                  ) -> Callable[[int], Payload]:
+    """Payloads for workers holding a copy of this process's memory: each
+    cuts its chunk itself, so nothing is shipped."""
+    return lambda i: Deferred(functools.partial(units.local, *ranges[i]))
+
+
+def choose(options: Options, thorough: bool = True) -> Backend:
+    """The backend a call with ``options`` runs on now.
+
+    ``thorough=False`` skips the slower part of the check whether forking
+    is safe (reading this process's threads and libraries): for a plan
+    that chooses again, thoroughly, before it starts any worker.
+    """
+    from pandas_parallel.backends import dask, forked, joblib, pool, threads
+
+    name = options.backend or "loky"
+    if name == "loky":
+        if options.fork and forked.available(thorough=thorough):
+            return forked.Forked()
+        return pool.POOL
+    if name == "threading":
+        return threads.Threads()
+    if name == "dask":
+        return dask.Dask()
+    if clusters.is_cluster(name):
+        return joblib.Ray()
+    return joblib.Joblib(name)

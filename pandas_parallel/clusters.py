@@ -1,4 +1,6 @@
-"""Cluster backends: ``dask.distributed`` and Ray, through joblib's backends.
+"""What the cluster backends (``dask.distributed`` and Ray) need beyond running
+tasks: whether their package is installed, how many workers they have, and
+whether an exception means a worker was lost.
 
 Nothing here imports dask or Ray until a call asks for them, so the core
 package works without either. Chunks and results travel in-band (Arrow IPC

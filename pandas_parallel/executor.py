@@ -34,8 +34,9 @@ def progress_bar(**kwargs: Any) -> Any:
     """A ``tqdm.auto`` bar that starts no monitor thread.
 
     tqdm's monitor thread outlives the bar, and a process with another thread
-    must not fork (see :func:`pandas_parallel.backends.forked.available`): every later call would lose
-    its forked workers. Our bars are refreshed by the calls themselves.
+    must not fork (see :func:`pandas_parallel.backends.forked.available`):
+    every later call would lose its forked workers. Our bars are refreshed
+    by the calls themselves.
     """
     from tqdm.auto import tqdm
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 import pickle
 import random
@@ -389,14 +390,14 @@ def run_chunk_pickled(task: Task) -> bytes:
     different error in the parent. Read with :func:`load_outcome`."""
     outcome = run_chunk(task)
     if outcome.failure is not None:
-        outcome.failure.exception = portable_exception(outcome.failure.exception)
+        return _pickle_failure(outcome)
     try:
         return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         try:  # classes defined in a function or notebook cell travel by value
             return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            return pickle.dumps(_unpicklable_result(outcome, exc))
+            return _pickle_failure(_unpicklable_result(outcome, exc))
 
 
 def load_outcome(blob: bytes) -> Outcome:
@@ -425,44 +426,60 @@ def chunk_seeds(n_chunks: int) -> list[np.random.SeedSequence]:
 
 def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
                        state: dict[str, Any]) -> BaseException:
-    exc = cls.__new__(cls, *args)
-    exc.args = args
+    """An exception as the worker raised it: made from its ``args`` as
+    pickle does, or, when its constructor needs other arguments (as
+    ``NeedsArgs(code, msg)`` does), without calling it; then its
+    attributes (notes included) restored."""
+    try:
+        exc = cls(*args)
+    except Exception:
+        exc = cls.__new__(cls, *args)
+        exc.args = args
     exc.__dict__.update(state)
     return exc
 
 
-class _Rebuilt:
-    """Pickles as an exception rebuilt without calling its ``__init__``
-    (whose required arguments ``args`` may not hold), attributes restored."""
+class _FailurePickler(cloudpickle.Pickler):
+    """Pickles exceptions by their type, ``args`` and picklable attributes,
+    whatever reducer another library installed (tblib, which dask loads,
+    rebuilds them without their constructor: ``SystemExit(3).code`` would
+    come back ``None``); classes that cannot be imported travel by value."""
 
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException):
+            state = {}
+            for name, value in vars(obj).items():
+                try:
+                    cloudpickle.dumps(value)
+                except Exception:
+                    continue
+                state[name] = value
+            return (_rebuild_exception, (type(obj), obj.args, state))
+        return super().reducer_override(obj)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        state = {}
-        for name, value in vars(self.exc).items():
-            try:
-                pickle.dumps(value)
-            except Exception:
-                continue
-            state[name] = value
-        return (_rebuild_exception, (type(self.exc), self.exc.args, state))
+
+def _dumps_failure(outcome: Outcome) -> bytes:
+    buffer = io.BytesIO()
+    _FailurePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(outcome)
+    return buffer.getvalue()
 
 
-def portable_exception(exc: BaseException) -> Any:
-    """``exc`` ready to pickle back to the parent as the same type with the
-    same ``args`` and attributes; a clear RuntimeError naming its type only
-    when even its class cannot travel."""
-    for candidate in (exc, _Rebuilt(exc)):
-        try:
-            back = pickle.loads(cloudpickle.dumps(candidate))
-        except Exception:
-            continue
-        if type(back) is type(exc):
-            return candidate
-    return RuntimeError(
+def _pickle_failure(outcome: Outcome) -> bytes:
+    """A failed outcome, pickled so that its exception comes back as the
+    same type with the same ``args`` and attributes; a clear RuntimeError
+    naming its type when even that cannot travel."""
+    assert outcome.failure is not None
+    exc = outcome.failure.exception
+    try:
+        blob = _dumps_failure(outcome)
+        if type(pickle.loads(blob).failure.exception) is type(exc):
+            return blob
+    except Exception:
+        pass
+    outcome.failure.exception = RuntimeError(
         f"{type(exc).__name__}: {exc} (the function raised a {type(exc).__qualname__}, "
         "which cannot be pickled back from the worker process)")
+    return _dumps_failure(outcome)
 
 
 def _unpicklable_result(outcome: Outcome, exc: Exception) -> Outcome:

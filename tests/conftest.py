@@ -73,6 +73,10 @@ def ready_to_fork() -> None:
         if thread is not threading.main_thread():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
     assert threading.active_count() == 1, threading.enumerate()
+    from pandas_parallel.backends import forked
+
+    assert forked.available(), ("an earlier test left a native thread pool or OpenMP "
+                                "in this process: forking is unsafe from now on")
 
 
 @pytest.fixture(scope="module", params=["forked", "pool"])

@@ -57,6 +57,8 @@ if __name__ == "__main__":
             frame.parallel.apply(slow, axis=1)
         elif mode == "stuck":
             frame.parallel.apply(stuck, axis=1)
+        elif mode == "stuck-pool":
+            frame.parallel(fork=False).apply(stuck, axis=1)
         else:  # workers forked from this process for the call
             frame.parallel.apply(slow, axis=1)
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ workers forked for each call, each checked in a Python process of its own
 from __future__ import annotations
 
 import ctypes.util
+import importlib.util
 import os
 import select
 import signal
@@ -83,25 +84,36 @@ def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
         stop_leftover(proc)
 
 
-def test_forked_workers_die_with_a_killed_parent():
-    """SIGKILL leaves the parent no chance to clean up: its forked workers
-    die with it, and the next call removes its scratch directory."""
+@pytest.mark.parametrize("mode", ["stuck", "stuck-pool"], ids=["forked", "pool"])
+def test_no_process_outlives_a_killed_parent(mode):
+    """SIGKILL (an OOM-killed kernel) leaves the parent no chance to clean
+    up: its workers, forked or the pool's, and the pool's resource trackers
+    end within seconds, and the next call removes its scratch directory."""
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     # The workers' function never returns.
-    proc = subprocess.Popen([sys.executable, script, "stuck"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, script, mode], stdout=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
     workers: list[psutil.Process] = []
     try:
-        lines = _read_lines_until(
-            proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2, timeout=60)
+        def workers_started(lines: list[str]) -> bool:
+            # A cold pool's first chunk may run in the parent: count workers only.
+            parent = next((x.split()[1] for x in lines if x.startswith("parent")), None)
+            return sum(x.startswith("worker") and x.split()[1] != parent for x in lines) >= 2
+
+        lines = _read_lines_until(proc, workers_started, timeout=60)
         parent = int(next(x for x in lines if x.startswith("parent")).split()[1])
-        workers = [psutil.Process(int(x.split()[1])) for x in lines if x.startswith("worker")]
-        assert all(w.ppid() == parent for w in workers)  # forked, not a pool's
+        workers = psutil.Process(parent).children(recursive=True)
+        pids = {int(x.split()[1]) for x in lines if x.startswith("worker")} - {parent}
+        assert pids <= {w.pid for w in workers}
+        if mode == "stuck":  # forked: no other process
+            assert {w.pid for w in workers} == pids
+        else:  # the pool's workers, and its resource trackers
+            assert any("resource_tracker" in " ".join(w.cmdline()) for w in workers)
         proc.kill()
         proc.wait(timeout=10)
         _, alive = psutil.wait_procs(workers, timeout=5)
-        assert not alive, f"workers outlived their parent: {alive}"
+        assert not alive, f"processes outlived their parent: {alive}"
         from pandas_parallel import transport
 
         transport.sweep_stale_scratch()
@@ -143,7 +155,14 @@ def _run_script(tmp_path, text: str) -> str:
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     proc = psutil.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, text=True, env=env)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # hung: end it and its workers
+            for child in proc.children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err
     return out
 
@@ -201,3 +220,34 @@ def test_calls_fork_only_while_it_is_safe(tmp_path, change, then):
     calls run on the warm loky pool."""
     out = _run_script(tmp_path, START_METHODS.replace("CHANGE", change))
     assert out.split() == ["forked", "forked", "0", then]
+
+
+POLARS = """
+import numpy as np, pandas as pd, polars as pl, pandas_parallel
+
+def total(row):
+    return pl.DataFrame({"x": [row["a"], 1.0]}).select(pl.col("x").sum()).item()
+
+frame = pd.DataFrame({"a": np.arange(200.0)})
+options = dict(n_jobs=2, serial_fallback=False, chunk_size=20, progress=False)
+before = frame.parallel(**options).apply(total, axis=1)
+print(pandas_parallel.last_run().backend)
+# polars' thread pool starts on first use in this process:
+pl.DataFrame({"k": np.arange(300_000) % 100, "v": 1.0}).group_by("k").agg(pl.col("v").sum())
+after = frame.parallel(**options).apply(total, axis=1)
+print(pandas_parallel.last_run().backend)
+expected = frame.apply(total, axis=1)
+pd.testing.assert_series_equal(before, expected)
+pd.testing.assert_series_equal(after, expected)
+pandas_parallel.shutdown_pool()
+"""
+
+
+def test_no_fork_while_a_native_thread_pool_runs(tmp_path):
+    """Forked children of a process running polars' threads can deadlock
+    (the threads are gone in the child, their locks stay taken): with
+    polars imported (it starts threads of its own) and after its thread
+    pool ran, calls use the warm pool, finish and equal pandas."""
+    if importlib.util.find_spec("polars") is None:  # not imported here: its threads
+        pytest.skip("polars is not installed")     # would rule out forking in this process
+    assert _run_script(tmp_path, POLARS).split() == ["pool", "pool"]

@@ -154,8 +154,11 @@ class Pool(Backend):
         return True
 
     def _crash(self, exc: BaseException, job: Job) -> WorkerCrashedError:
-        self.broken()
-        return crash_error(exc, job.counters.running(), job.reporter.describe)
+        error = crash_error(exc, job.counters.running(), job.reporter.describe)
+        # A broken executor's threads (its queue feeder among them) would
+        # outlive it and rule out forking for the rest of the process.
+        self.shutdown()
+        return error
 
 
 def _ready() -> None:

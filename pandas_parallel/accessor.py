@@ -19,7 +19,14 @@ import pandas as pd
 
 from pandas_parallel import asynchronous, combine, planning
 from pandas_parallel.options import Options, get_options, validate
-from pandas_parallel.pipeline import Operation, Piece, execute, run_known_cheap, serving
+from pandas_parallel.pipeline import (
+    Operation,
+    Piece,
+    execute,
+    ran_serially,
+    run_known_cheap,
+    serving,
+)
 from pandas_parallel.splitting import Units
 
 _MAP = combine.Inference(combine.reinfer_like_map, combine.reinfer_like_map)
@@ -177,6 +184,7 @@ def straight_to_pandas_when_known_cheap(method: Callable[..., Any]) -> Callable[
 
     @functools.wraps(method)
     def call(self: Configurable, *args: Any, **kwargs: Any) -> Any:
+        ran_serially()  # until the call's pipeline says otherwise
         shape = self._call_shape(args, kwargs)
         if shape is None:
             return method(self, *args, **kwargs)

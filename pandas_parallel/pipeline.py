@@ -148,6 +148,7 @@ class Run:
     chunks: int = 0
 
 
+SERIAL = Run("serial")
 _last_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "pandas_parallel_last_run", default=None)
 
@@ -157,6 +158,12 @@ def last_run() -> Run | None:
     on which backend, with how many workers and chunks. For tests and
     diagnostics: a call that was meant to run in parallel can be checked."""
     return _last_run.get()
+
+
+def ran_serially() -> None:
+    """Note, without a log record, that this call runs as pandas' own (for
+    calls handed to pandas before the pipeline)."""
+    _last_run.set(SERIAL)
 
 
 def _ran(run: Run) -> None:
@@ -223,6 +230,7 @@ def run_known_cheap(label: str, func: Any, kind: Hashable, rows: int,
     to be clearly too cheap for workers (by :func:`planning.cheap_up_to`);
     unlearn that if it turns out slow."""
     logger.debug("%s: serial (calls this small were clearly too cheap for workers)", label)
+    _ran(SERIAL)
     began = time.perf_counter()
     result = call()
     seconds = time.perf_counter() - began
@@ -250,12 +258,13 @@ def execute(op: Operation) -> Any:
 
 def _execute(op: Operation) -> Any:
     reason = _serial_reason(op)
-    backend = backends.choose(op.options, thorough=False) if reason is None else None
-    n_workers = backend.capacity(op.options.n_jobs) if backend is not None else 1
-    reason = reason or _few_workers_reason(op, n_workers)
-    if reason is not None or backend is None:
+    if reason is None:
+        backend = backends.choose(op.options, thorough=False)
+        n_workers = backend.capacity(op.options.n_jobs)
+        reason = _few_workers_reason(op, n_workers)
+    if reason is not None:
         logger.debug("%s: serial (%s)", op.label, reason)
-        _ran(Run("serial"))
+        _ran(SERIAL)
         return op.serial()
     cheap_kind, n_rows = _cheap_kind(op), len(op.units.obj)
     if (op.options.serial_fallback and op.options.chunk_size is None
@@ -264,11 +273,10 @@ def _execute(op: Operation) -> Any:
         # As small as a call of this function that was clearly too cheap
         # for workers: pandas' own call, without sampling (the function was
         # pickled then, so it still fails alike at any size).
-        _ran(Run("serial"))
         return run_known_cheap(op.label, op.func, cheap_kind, n_rows, op.serial)
     plan = _plan(op, backend, n_workers)
     if not plan.parallel:
-        _ran(Run("serial"))
+        _ran(SERIAL)
         return _finish_here(op, plan)
     with _chunk_failures(op):
         pieces = plan.pieces + _run_parallel(op, plan)

@@ -31,7 +31,7 @@ from pandas_parallel.accessor import (
     plain_callable,
     run_async_call,
 )
-from pandas_parallel.pipeline import Operation, Piece, execute
+from pandas_parallel.pipeline import Operation, Piece, execute, ran_serially
 from pandas_parallel.splitting import Carrier, PaddedRows, Units
 from pandas_parallel.transport import Tagged
 
@@ -209,6 +209,7 @@ class WindowParallelAccessor(Configurable):
         if plan is None:
             logger.debug("%s: serial (%s)", label,
                          reason or "a window whose reach cannot be measured")
+            ran_serially()
             return serial()
         rewindow, units, combine_pieces = plan
         obj = spec.obj

@@ -135,6 +135,15 @@ def test_results_equal_pandas(on):
     assert_same(expected, FRAME.groupby("g").parallel.apply(lambda g: g["a"].sum()))
 
 
+def test_last_run_tells_where_each_call_ran(on, backend):
+    FRAME.parallel.apply(_weigh, axis=1)
+    assert pandas_parallel.last_run() == pandas_parallel.Run(backend, workers=2, chunks=5)
+    assert_same(FRAME["a"].apply("sqrt"), FRAME["a"].parallel.apply("sqrt"))  # to pandas
+    assert pandas_parallel.last_run() == pandas_parallel.Run("serial")
+    FRAME["a"].expanding().parallel.apply(sum)  # needs every row before it: to pandas
+    assert pandas_parallel.last_run().backend == "serial"
+
+
 # -- what the function raises ---------------------------------------------------
 class NeedsArgs(Exception):
     """An exception whose constructor takes more than its message."""
@@ -244,11 +253,16 @@ def test_no_two_chunks_share_a_random_stream(on, draw):
     assert GROUPS.groupby("g").parallel.apply(draw).nunique() == 200
 
 
-@pytest.mark.parametrize("draw", list(DRAWS.values())[:2], ids=list(DRAWS)[:2])
-def test_seeded_parent_gives_the_same_numbers_run_after_run(processes, on, draw):
-    # (Threads share this process's generators: the order of draws is theirs.)
-    if processes == "dask" and draw is DRAWS["random"]:
+@pytest.fixture(params=["numpy global", "random"])
+def seeded_draw(request, processes):
+    """(Threads share this process's generators: the order of draws is theirs.)"""
+    if processes == "dask" and request.param == "random":
         pytest.skip("a dask worker's own threads draw from `random` too (numpy's is private)")
+    return DRAWS[request.param]
+
+
+def test_seeded_parent_gives_the_same_numbers_run_after_run(seeded_draw, on):
+    draw = seeded_draw
 
     def seeded_twice():
         np.random.seed(12)

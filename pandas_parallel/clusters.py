@@ -13,6 +13,9 @@ import importlib.util
 
 CLUSTER_BACKENDS = ("dask", "ray")
 _EXTRAS = {"dask": "distributed", "ray": "ray"}
+# What to install from the package index (this package is not published
+# there yet: from its source checkout, pip install ".[dask]" does it too).
+_INSTALL = {"dask": '"dask[distributed]"', "ray": "ray"}
 
 
 def is_cluster(backend: str | None) -> bool:
@@ -25,8 +28,8 @@ def check_installed(backend: str) -> None:
     module = _EXTRAS[backend]
     if importlib.util.find_spec(module) is None:
         raise ImportError(
-            f"backend={backend!r} needs the {module!r} package: "
-            f'pip install "pandas-parallel-accessor[{backend}]"')
+            f"backend={backend!r} needs the {module!r} package: pip install "
+            f'{_INSTALL[backend]} (or, in the source checkout, pip install ".[{backend}]")')
 
 
 def capacity(backend: str, n_jobs: int | None) -> int:

@@ -41,7 +41,8 @@ def test_bad_options_fail_before_any_work(options, error, match):
 
 def test_cluster_backend_without_its_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(clusters._EXTRAS, "ray", "a_module_that_is_not_installed")
-    with pytest.raises(ImportError, match=r'pip install "pandas-parallel-accessor\[ray\]"'):
+    with pytest.raises(ImportError, match=r'pip install ray \(or, in the source checkout, '
+                                          r'pip install "\.\[ray\]"\)'):
         pandas_parallel.config(backend="ray")
     with pytest.raises(ImportError, match="a_module_that_is_not_installed"):
         pd.DataFrame({"a": [1]}).parallel(backend="ray")

@@ -1,7 +1,9 @@
 """The ``pandas-parallel`` command (also ``python -m pandas_parallel``).
 
-Exit codes: 0 success, 1 the user's function failed, 2 usage error,
-130 interrupted.
+Exit codes: 0 success, 1 the user's function failed, 2 a usage or input
+problem (one line names the option, file, column or directory), 3 the run
+failed for another reason (a worker died, the disk filled up), 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-EXIT_OK, EXIT_FUNCTION_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FUNCTION_FAILED, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -86,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pandas-parallel",
         description="Run pandas apply/map/groupby on all cores, identical to pandas. "
-                    "Exit codes: 0 success, 1 the function failed, 2 usage error, "
-                    "130 interrupted.")
+                    "Exit codes: 0 success, 1 the function failed, 2 usage or input "
+                    "error, 3 the run failed otherwise, 130 interrupted.")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {pandas_parallel.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -172,11 +175,8 @@ def _run_files(args: argparse.Namespace) -> int:
 
     func = load_function(args.function)
     options = _options(args)
-    try:
-        io.detect_format(args.input, args.format)
-        io.detect_format(args.output, args.output_format)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    io.detect_format(args.input, args.format)
+    io.detect_format(args.output, args.output_format)
     if not os.path.exists(args.input):
         raise UsageError(f"no such input: {args.input!r}")
     try:
@@ -193,18 +193,27 @@ def _run_files(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("pandas-parallel: interrupted; the output was not written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except UsageError:
+    except (UsageError, io.InputError):
         raise
     except Exception as exc:
-        culprit = "the function" if _raised_by(func, exc) else "pandas-parallel"
-        print(f"pandas-parallel: {culprit} failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        for note in getattr(exc, "__notes__", []):
-            print(note, file=sys.stderr)
-        print(f"the output {args.output!r} was not written", file=sys.stderr)
-        return EXIT_FUNCTION_FAILED
+        return _report_failure(args, func, exc)
     print(f"pandas-parallel {args.command}: {summary}", file=sys.stderr)
     return EXIT_OK
+
+
+def _report_failure(args: argparse.Namespace, func: Callable[..., Any],
+                    exc: Exception) -> int:
+    """Exit 1 when the user's function raised, 3 for any other failure."""
+    if _raised_by(func, exc):
+        what, code = "the function failed", EXIT_FUNCTION_FAILED
+    else:
+        what, code = "the run failed", EXIT_RUN_FAILED
+    print(f"pandas-parallel {args.command}: {what}: {type(exc).__name__}: {exc}",
+          file=sys.stderr)
+    for note in getattr(exc, "__notes__", []):
+        print(note, file=sys.stderr)
+    print(f"the output {args.output!r} was not written", file=sys.stderr)
+    return code
 
 
 def _groupby(args: argparse.Namespace, func: Callable[..., Any],
@@ -217,11 +226,12 @@ def _groupby(args: argparse.Namespace, func: Callable[..., Any],
     fmt = io.detect_format(args.input, args.format)
     data = io.read_whole(args.input, fmt)
     if len(data) == 0:
-        raise UsageError(f"{args.input!r} has no rows")
+        raise io.InputError(f"{args.input!r} has no rows")
     keys = [k.strip() for k in args.by.split(",") if k.strip()]
     missing = [k for k in keys if k not in data.columns]
     if missing:
-        raise UsageError(f"--by: no column {', '.join(map(repr, missing))} in the input")
+        raise io.InputError(f"--by: no column {', '.join(map(repr, missing))} in "
+                            f"{args.input!r}")
     progress = {} if args.progress is None else {"progress": args.progress}
     result = data.groupby(keys if len(keys) > 1 else keys[0]).parallel(
         **options, **progress).apply(func)
@@ -247,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return run(args.rows, args.jobs)
     logging.basicConfig(level=logging.WARNING, format="pandas-parallel: %(message)s")
+    from pandas_parallel.io import InputError
+
     try:
         return _run_files(args)
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
+    except (UsageError, InputError) as exc:
         print(f"pandas-parallel {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

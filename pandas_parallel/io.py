@@ -44,6 +44,12 @@ OPERATIONS = ("apply", "map", "partitions")
 DEFAULT_BATCH_ROWS = 250_000
 
 
+class InputError(ValueError):
+    """The input or the output's place cannot be used: a file that cannot be
+    read in its format, a column it does not have, an output directory that
+    does not exist. The message names the file, column or directory."""
+
+
 @dataclasses.dataclass
 class Summary:
     """What a run did: rows in and out, seconds, and where the output went."""
@@ -64,13 +70,13 @@ def detect_format(path: str, given: str | None = None) -> str:
     Parquet dataset)."""
     if given is not None:
         if given not in FORMATS:
-            raise ValueError(f"unknown format {given!r}; choose one of {', '.join(FORMATS)}")
+            raise InputError(f"unknown format {given!r}; choose one of {', '.join(FORMATS)}")
         return given
     if os.path.isdir(path) or path.endswith(os.sep):
         return "parquet"
     extension = os.path.splitext(path)[1].lower()
     if extension not in _EXTENSIONS:
-        raise ValueError(
+        raise InputError(
             f"cannot tell the format of {path!r} from its extension; "
             f"use one of {', '.join(sorted(_EXTENSIONS))} or say --format")
     return _EXTENSIONS[extension]
@@ -95,30 +101,55 @@ def read_batches(path: str, fmt: str, batch_rows: int
                  ) -> tuple[int | None, Iterator[pa.Table]]:
     """The file's row count when known without reading it, and its rows as
     tables of about ``batch_rows`` rows, in order."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file or directory: {path!r}")
-    if fmt == "csv":
-        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(
-            block_size=1 << 22))
-        schema: pa.Schema = reader.schema
-        batches: Iterator[pa.RecordBatch] = iter(reader)
-        total = None
-    else:
-        dataset = _dataset(path, fmt)
-        schema = dataset.schema
-        # No read-ahead: by default the scanner buffers 16 batches and 4 files.
-        batches = iter(dataset.to_batches(batch_size=batch_rows, use_threads=False,
-                                          batch_readahead=0, fragment_readahead=0))
-        total = dataset.count_rows()
-    return total, _regroup(batches, schema, batch_rows)
+    _must_exist(path)
+    with _reading(path, fmt):
+        if fmt == "csv":
+            reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(
+                block_size=1 << 22))
+            schema: pa.Schema = reader.schema
+            batches: Iterator[pa.RecordBatch] = iter(reader)
+            total = None
+        else:
+            dataset = _dataset(path, fmt)
+            schema = dataset.schema
+            # No read-ahead: by default the scanner buffers 16 batches and 4 files.
+            batches = iter(dataset.to_batches(batch_size=batch_rows, use_threads=False,
+                                              batch_readahead=0, fragment_readahead=0))
+            total = dataset.count_rows()
+    return total, _read_on(path, fmt, _regroup(batches, schema, batch_rows))
 
 
 def read_whole(path: str, fmt: str) -> pd.DataFrame:
     """The whole file as one DataFrame (for work that needs every row at once)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file or directory: {path!r}")
-    table = pa_csv.read_csv(path) if fmt == "csv" else _dataset(path, fmt).to_table()
+    _must_exist(path)
+    with _reading(path, fmt):
+        table = pa_csv.read_csv(path) if fmt == "csv" else _dataset(path, fmt).to_table()
     return to_pandas(table, 0)
+
+
+def _must_exist(path: str) -> None:
+    if not os.path.exists(path):
+        raise InputError(f"no such file or directory: {path!r}")
+
+
+@contextlib.contextmanager
+def _reading(path: str, fmt: str) -> Iterator[None]:
+    """Arrow's errors on a malformed or unreadable file, as an InputError
+    that names the file (pyarrow's own messages often do not)."""
+    try:
+        yield
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"cannot read {path!r} as {fmt}: {exc}") from exc
+
+
+def _read_on(path: str, fmt: str, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``tables``, with errors further into the file named as in :func:`_reading`."""
+    while True:
+        with _reading(path, fmt):
+            table = next(tables, None)
+        if table is None:
+            return
+        yield table
 
 
 def _regroup(batches: Iterator[pa.RecordBatch], schema: pa.Schema, rows: int
@@ -159,7 +190,7 @@ class AtomicWriter:
         self.directory_output = path.endswith(os.sep) or os.path.isdir(path)
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
-            raise FileNotFoundError(f"the output's directory does not exist: {parent!r}")
+            raise InputError(f"the output's directory does not exist: {parent!r}")
         name = os.path.basename(self.path)
         self.temporary = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
         if self.directory_output:
@@ -257,7 +288,8 @@ def to_arrow(result: pd.DataFrame | pd.Series, source: pa.Table | None) -> pa.Ta
 # The engine
 # --------------------------------------------------------------------------
 def _operation(kind: str, func: Callable[..., Any], column: str | None, into: str | None,
-               options: dict[str, Any]) -> Callable[[pd.DataFrame], pd.DataFrame | pd.Series]:
+               options: dict[str, Any], source: str
+               ) -> Callable[[pd.DataFrame], pd.DataFrame | pd.Series]:
     if kind == "apply":
         return lambda frame: frame.parallel(**options).apply(func, axis=1)
     if kind == "map":
@@ -266,7 +298,7 @@ def _operation(kind: str, func: Callable[..., Any], column: str | None, into: st
 
         def map_column(frame: pd.DataFrame) -> pd.DataFrame:
             if column not in frame.columns:
-                raise KeyError(f"column {column!r} is not in the input; it has "
+                raise InputError(f"no column {column!r} in {source!r}; it has "
                                f"{', '.join(map(str, frame.columns))}")
             frame[into or column] = frame[column].parallel(**options).map(func)
             return frame
@@ -312,13 +344,21 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
     -------
     Summary
         Rows in and out, seconds, output path.
+
+    Raises
+    ------
+    InputError
+        The input cannot be read in its format (the message names the file),
+        ``column`` is not in it, or the output's directory does not exist.
+        Nothing is written.
     """
     validate(options)
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
     fmt_in = detect_format(source, input_format)
     fmt_out = detect_format(destination, output_format)
-    run = _operation(operation, func, column, into, {**options, "progress": False})
+    run = _operation(operation, func, column, into, {**options, "progress": False},
+                     source)
     began = time.perf_counter()
     total, tables = read_batches(source, fmt_in, batch_rows)
     show = sys.stderr.isatty() if progress is None else progress

@@ -50,6 +50,13 @@ FUNCTIONS = textwrap.dedent('''
     def slow(row):
         time.sleep(0.05)
         return 1.0
+
+    def dies_on_3(row):
+        time.sleep(0.02)
+        if row.name == 3:
+            import os
+            os._exit(7)
+        return 1.0
 ''')
 
 
@@ -182,6 +189,59 @@ def test_usage_errors_exit_2(tmp_path, funcs, capsys, argv, message):
     assert _run(*[a.format(**values) for a in argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o.parquet").exists()
+
+
+def _write_malformed_csv(path, good_rows):
+    with open(path, "w") as fh:
+        fh.write("amount,name\n")
+        fh.writelines(f"{i},customer-{i}\n" for i in range(good_rows))
+        fh.write("1,2,3\n")
+
+
+@pytest.mark.parametrize("case", ["malformed csv", "malformed csv past the first block",
+                                  "not parquet", "map --column nocol", "no output directory",
+                                  "groupby --by nocol"])
+def test_input_problems_exit_2_with_one_line_naming_the_culprit(tmp_path, funcs, capsys,
+                                                                 case):
+    source, out = tmp_path / "in.parquet", tmp_path / "o.parquet"
+    _frame(10).to_parquet(source, index=False)
+    command, extra, culprit = "map", ["--column", "name"], None
+    if case.startswith("malformed csv"):
+        source = tmp_path / "in.csv"
+        # pyarrow parses CSV in 4 MiB blocks: the second case fails mid-stream.
+        _write_malformed_csv(source, 3 if case == "malformed csv" else 300_000)
+        culprit = "in.csv"
+    elif case == "not parquet":
+        (tmp_path / "in.parquet").write_bytes(b"PAR1 but not really")
+        culprit = "in.parquet"
+    elif case == "map --column nocol":
+        extra, culprit = ["--column", "nocol"], "'nocol'"
+    elif case == "no output directory":
+        out, culprit = tmp_path / "nowhere" / "o.parquet", "nowhere"
+    else:
+        command, extra, culprit = "groupby", ["--by", "nocol"], "'nocol'"
+    function = "spread" if command == "groupby" else "shout"
+    code = _run(command, source, "-f", f"{funcs}:{function}", "-o", out, *extra,
+                "--no-progress")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"pandas-parallel {command}: error: ")
+    assert culprit in err
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_dying_worker_exits_3_not_1(tmp_path, funcs):
+    """Exit 1 means the function raised; a worker that died is another failure."""
+    source = tmp_path / "in.parquet"
+    _frame(40).to_parquet(source, index=False)
+    out = tmp_path / "out.parquet"
+    done = subprocess.run(
+        [sys.executable, "-m", "pandas_parallel", "apply", str(source), "-f",
+         f"{funcs}:dies_on_3", "-o", str(out), "--chunk-size", "5", "--jobs", "2",
+         "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "pandas-parallel apply: the run failed: WorkerCrashedError" in done.stderr
+    assert not out.exists()
 
 
 def test_help_and_version():

@@ -423,7 +423,9 @@ def main() -> None:
         with open(state_path) as fh:
             state = json.load(fh)
     state.update(pythons=pythons, import_errors=import_errors, not_measured=notes,
-                 repeat=args.repeat, pandas=_pandas_version(), executable=sys.executable)
+                 repeat=args.repeat, pandas=_pandas_version(), executable=sys.executable,
+                 machine={"cpus": N_WORKERS, "description": machine_description(),
+                          "measured": time.strftime("%Y-%m-%d")})
     for workload in args.workloads:
         state["results"][workload] = _measure_workload(workload, pythons, args)
         with open(state_path, "w") as fh:  # after each workload: a long run's record
@@ -528,7 +530,7 @@ def render(state: dict[str, Any], output: str) -> None:
                          "like for like with them.")
         elif python != executable:
             notes.append(f"- **{contender}** does not import with this pandas "
-                         f"(`{_short(state['import_errors'][contender])}`); it ran on "
+                         f"({_code(_short(state['import_errors'][contender]))}); it ran on "
                          f"pandas {', '.join(sorted(v for v in versions if v))} "
                          f"(`{_short(python)}`), against serial pandas on that same "
                          "interpreter.")
@@ -537,11 +539,19 @@ def render(state: dict[str, Any], output: str) -> None:
             if "error" in result or "first_error" in result:
                 notes.append(f"- **{contender}** failed on `{workload}` with pandas "
                              f"{state['pandas']}: "
-                             f"`{_short(result.get('first_error', result.get('error')))}`"
+                             + _code(_short(result.get('first_error', result.get('error'))))
                              + (f"; measured on pandas {result['pandas']} instead"
                                 if "first_error" in result else ""))
-    text = (f"pandas {state['pandas']} (unless noted), {N_WORKERS} CPUs, "
-            f"{N_WORKERS} workers each; each cell: **warm speed-up / cold speed-up / "
+    machine = state.get("machine", {})
+    cpus = machine.get("cpus", N_WORKERS)
+    chart = os.path.basename(os.path.splitext(output)[0] + ".png")
+    # The table is wide: the page gives it the table of contents' column.
+    text = ("---\nhide:\n  - toc\n---\n\n"
+            f"![Warm speed-up of each contender on each workload]({chart})\n\n"
+            f"pandas {state['pandas']} (unless noted), "
+            f"{machine.get('description', f'{cpus} CPUs')}, measured "
+            f"{machine.get('measured', 'earlier')}, {cpus} workers each; "
+            "each cell: **warm speed-up / cold speed-up / "
             "peak memory** relative to serial pandas (medians of "
             f"{state['repeat']} warm runs interleaved with serial pandas; cold = first call "
             "in a fresh process, workers starting; peak memory: PSS summed over all "
@@ -549,13 +559,13 @@ def render(state: dict[str, Any], output: str) -> None:
             "`n/a`: no such call; `≠`: the result "
             f"differs from pandas'; `¹`: over {SLOW_FACTOR:.0f}x slower than pandas on its "
             "first call, so timed warm once; `²`: faster than "
-            f"{N_WORKERS} workers can run pandas' calls, so the function was not called "
+            f"{cpus} workers can run pandas' calls, so the function was not called "
             "as pandas calls it (swifter calls it on whole Series when that works).\n\n"
             + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
     with open(output, "w") as fh:
         fh.write(text)
     print(text)
-    _chart(results, pythons, os.path.splitext(output)[0] + ".png")
+    _chart(state, results, pythons, os.path.splitext(output)[0] + ".png")
 
 
 def _short(text: str) -> str:
@@ -565,40 +575,96 @@ def _short(text: str) -> str:
     return re.sub(r"[^\s(`]*/(benchmarks/\.venvs/)", r"\1", text)
 
 
-def _chart(results: dict[str, dict[str, Any]], pythons: dict[str, str], path: str) -> None:
+def _code(text: str) -> str:
+    """``text`` as Markdown inline code, even when it holds backticks."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def machine_description() -> str:
+    """What the chart's title says of this machine."""
+    import platform
+
+    return f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
+
+
+def _bar(result: dict[str, Any], serial: dict[str, Any]) -> tuple[float | None, str]:
+    """A contender's warm speed-up on one workload, and what to write on it."""
+    if "error" in result:
+        return None, "error"
+    if result.get("unsupported") or "warm" not in result:
+        return None, "n/a"
+    value = result.get("serial_warm", serial["warm"]) / result["warm"]
+    return value, "" if result.get("same", True) else "≠"
+
+
+def _chart(state: dict[str, Any], results: dict[str, dict[str, Any]],
+           pythons: dict[str, str], path: str) -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
     except ImportError:
         print("matplotlib is not installed: no chart", file=sys.stderr)
         return
-    workloads = list(results)
-    contenders = list(pythons)
+    workloads, contenders = list(results), list(pythons)
+    cpus = state.get("machine", {}).get("cpus", N_WORKERS)
     width = 0.8 / max(1, len(contenders))
-    fig, ax = plt.subplots(figsize=(12, 5))
+    cap = BEYOND_CORES * cpus * 1.2  # bars beyond: clipped, labelled
+    fig, ax = plt.subplots(figsize=(13, 6.5))
+    legend = []
     for i, contender in enumerate(contenders):
-        values = []
-        for workload in workloads:
-            r = results[workload][contender]
-            serial = results[workload][f"serial@{r.get('python', pythons[contender])}"]
-            ok = "warm" in r
-            values.append(r.get("serial_warm", serial["warm"]) / r["warm"] if ok else 0.0)
-        cap = BEYOND_CORES * N_WORKERS * 1.2  # bars beyond: clipped, labelled
         xs = [x + i * width for x in range(len(workloads))]
-        ax.bar(xs, [min(v, cap) for v in values], width, label=contender)
-        for x, value in zip(xs, values):
-            if value > cap:
-                ax.text(x, cap, f"{value:.0f}x²", ha="center", va="bottom", fontsize=7)
+        color = f"C{i}"
+        label = contender
+        if _versions(results, contender) - {state["pandas"]} and "on pandas" not in label:
+            label += f" (on pandas {', '.join(sorted(_versions(results, contender)))})"
+        legend.append(Patch(color=color, label=label))
+        for x, workload in zip(xs, workloads):
+            result = results[workload][contender]
+            serial = results[workload][f"serial@{result.get('python', pythons[contender])}"]
+            value, mark = _bar(result, serial)
+            if value is None:
+                ax.text(x, 0.05, mark, ha="center", va="bottom", rotation=90, fontsize=7,
+                        color="firebrick" if mark == "error" else "dimgray")
+                continue
+            other_pandas = result.get("pandas", state["pandas"]) != state["pandas"]
+            ax.bar(x, min(value, cap), width, color=color,
+                   hatch="//" if other_pandas else None, edgecolor="white",
+                   linewidth=0)
+            top = f"{value:.0f}x²" if value > cap else ""
+            if mark or top:
+                ax.text(x, min(value, cap), f"{top}{mark}", ha="center", va="bottom",
+                        fontsize=9, fontweight="bold",
+                        color="firebrick" if mark else "black")
     ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(cpus, color="gray", linewidth=1, linestyle="--")
+    ax.text(len(workloads) - 0.45, cpus, f"{cpus} CPUs: the ceiling", ha="right",
+            va="bottom", fontsize=8, color="gray")
+    legend.append(Patch(facecolor="gray", hatch="//", edgecolor="white",
+                        label="hatched: measured on another pandas than the title's"))
     ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(workloads))])
     ax.set_xticklabels(workloads, rotation=15)
     ax.set_ylabel("warm speed-up over serial pandas")
-    ax.legend(ncol=4, fontsize=8)
+    machine = state.get("machine", {}).get("description", f"{cpus} CPUs")
+    measured = state.get("machine", {}).get("measured", "")
+    ax.set_title(f"Warm speed-up over serial pandas {state['pandas']}, {cpus} workers "
+                 f"each, on {machine}{', ' + measured if measured else ''}\n"
+                 "≠: result differs from pandas; n/a: no such call; ²: not pandas' calls "
+                 "(clipped)", fontsize=10)
+    ax.legend(handles=legend, ncol=3, fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), frameon=False)
+    ax.set_ylim(0, cap * 1.1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     print(f"chart: {path}", file=sys.stderr)
+
+
+def _versions(results: dict[str, dict[str, Any]], contender: str) -> set[str]:
+    return {row[contender]["pandas"] for row in results.values()
+            if row[contender].get("pandas")}
 
 
 if __name__ == "__main__":

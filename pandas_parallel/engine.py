@@ -84,7 +84,7 @@ class Engine:
     --------
     >>> import pandas as pd, pandas_parallel
     >>> df = pd.DataFrame({"a": [1, 2], "b": [3, 4]})
-    >>> df.apply(lambda row: row.a * row.b, axis=1,
+    >>> df.apply(lambda row: row.a * row.b, axis=1,  # doctest: +PANDAS3
     ...          engine=pandas_parallel.engine)
     0    3
     1    8

@@ -40,13 +40,33 @@ def test_cpu_used_by_other_processes_is_measured():
     assert timed.others_cpu is not None and timed.others_cpu >= 0.4
 
 
+BURN_THEN_WAIT = textwrap.dedent("""
+    import sys, time
+    while time.process_time() < 0.5:
+        pass
+    print("burnt", flush=True)
+    sys.stdin.read()
+""")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_cpu_used_by_our_own_children_is_not_counted_as_others():
-    burn = "import time\nwhile time.process_time() < 0.5: pass"
-    _, timed = demo._timed(lambda: subprocess.run([sys.executable, "-c", burn],
-                                                  check=True, timeout=30))
-    assert timed.others_cpu is not None
-    assert timed.seconds >= 0.5 and timed.others_cpu < 0.5
+@pytest.mark.parametrize("when", ["still running", "reaped"])
+def test_cpu_used_by_our_own_children_counts_as_ours(when):
+    """Pool workers are live children, forked workers reaped ones: both are
+    ours, not the machine's other load."""
+    before = demo._own_seconds()
+    child = subprocess.Popen([sys.executable, "-c", BURN_THEN_WAIT], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        assert child.stdout.readline() == "burnt\n"
+        if when == "reaped":
+            child.stdin.close()
+            child.wait(timeout=30)
+        assert demo._own_seconds() - before >= 0.45
+    finally:
+        child.kill()
+        child.wait(timeout=30)
 
 
 @pytest.mark.parametrize("speed_up, cpus, backend, others, expected", [

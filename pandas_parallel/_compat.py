@@ -81,6 +81,10 @@ class GroupBySpec:
     group_keys: bool
     selection: Any
     result_index: pd.Index
+    n_keys: int  # groupings: a list as long as the axis is one key, not many
+    # Per grouping, the column it is when it is one of obj's (a column's
+    # name, or the column itself given as a Series), else None.
+    in_axis: tuple[Any, ...] = ()
 
 
 def groupby_spec(gb: Any) -> GroupBySpec:
@@ -96,6 +100,8 @@ def groupby_spec(gb: Any) -> GroupBySpec:
         group_keys=bool(gb.group_keys),
         selection=getattr(gb, "_selection", None),
         result_index=gb._grouper.result_index,
+        n_keys=len(gb._grouper.groupings),
+        in_axis=tuple(g.name if g.in_axis else None for g in gb._grouper.groupings),
     )
 
 
@@ -170,3 +176,12 @@ def grouped_window_rows(window: Any) -> list[np.ndarray]:
     """The row positions of each group of a grouped window object, in the
     order pandas returns groups (empty groups left out)."""
     return [rows for rows in window._grouper.indices.values() if len(rows)]
+
+
+def cython_alias(func: Any) -> str | None:
+    """The name of the pandas method ``agg`` swaps a builtin or numpy
+    function for (``np.sum`` and ``sum`` -> ``"sum"``), or None."""
+    from pandas.core import common
+
+    alias = common.get_cython_func(func)
+    return alias if isinstance(alias, str) else None

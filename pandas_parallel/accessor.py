@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import asynchronous, combine, planning
+from pandas_parallel import _compat, asynchronous, combine, planning
 from pandas_parallel.options import Options, get_options, validate
 from pandas_parallel.pipeline import (
     Operation,
@@ -298,6 +298,24 @@ class DataFrameParallelAccessor(_Base):
                              _STRICT if raw else _APPLY_COLUMNS)
 
     @straight_to_pandas_when_known_cheap
+    def aggregate(self, func: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Parallel :meth:`pandas.DataFrame.aggregate` with one function.
+
+        pandas runs ``agg(func)`` as ``apply(func, axis)``, and so does this.
+        Names, lists and dicts of functions, named aggregation, and the
+        builtin or numpy functions pandas swaps for its own methods
+        (``np.sum``) go to pandas.
+        """
+        params = bind_like_pandas(self._obj, "aggregate", (func, *args), kwargs)
+        extra_args, extra_kwargs = params["args"], params["kwargs"]
+        if not plain_callable(func) or (
+                _compat.cython_alias(func) and not extra_args and not extra_kwargs):
+            return self._obj.aggregate(func, *args, **kwargs)
+        return self.apply(func, params["axis"], args=extra_args, **extra_kwargs)
+
+    agg = aggregate
+
+    @straight_to_pandas_when_known_cheap
     def map(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """Parallel :meth:`pandas.DataFrame.map` (elementwise), same parameters."""
         call_args = (func, *args)
@@ -412,6 +430,15 @@ class SeriesParallelAccessor(_Base):
                 or not _elementwise_parallel(self._obj.dtype)):
             return self._delegate("map", args, kwargs)()
         return self._rows("map", "map", args, kwargs, _MAP)
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`pandas.Series.aggregate`, run by pandas: with one function,
+        pandas 3 calls it once, on the whole Series, so nothing is left to
+        spread over workers. Here so that ``s.parallel.agg`` means ``s.agg``."""
+        ran_serially()
+        return self._obj.aggregate(*args, **kwargs)
+
+    agg = aggregate
 
     @straight_to_pandas_when_known_cheap
     def transform(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:

@@ -55,6 +55,10 @@ def _as_objects(columns: Sequence[pd.Series]) -> pd.Series:
 
 def reinfer_like_map(columns: Sequence[pd.Series]) -> pd.Series:
     """Inference of ``Series.map``/``apply``/``DataFrame.map`` (map_infer)."""
+    if {"i", "u"} <= {getattr(c.dtype, "kind", "O") for c in columns}:
+        # Over all values, map infers uint64 from Python ints but object from
+        # numpy int64 scalars: an int64 chunk does not say which it held.
+        raise CannotCombine("chunks of signed and of unsigned integers")
     return _as_objects(columns).map(_identity)
 
 
@@ -243,7 +247,7 @@ def combine_rows(pieces: Sequence[Any], original: pd.DataFrame | pd.Series,
     if len(result) != len(original):
         raise CannotCombine(f"{len(result)} result rows for {len(original)} input rows")
     result.index = original.index
-    result.attrs = dict(original.attrs)
+    result.attrs = _attrs(pieces, original)
     return result
 
 
@@ -257,14 +261,33 @@ def combine_columns(pieces: Sequence[Any], original: pd.DataFrame,
             raise CannotCombine("column results do not match the columns")
         result.index = original.columns
     else:
-        index = union_labels([p.index for p in pieces])
-        aligned = [p if p.index.equals(index) else p.reindex(index) for p in pieces]
-        result = pd.concat(aligned, axis=1)
+        indexes = [p.index for p in pieces]
+        if not all(indexes[0].equals(i) for i in indexes[1:]) and all(
+                isinstance(i, pd.RangeIndex) and i.start == 0 for i in indexes):
+            # Lists (or arrays) of different lengths: pandas makes a Series
+            # of them, where Series results would align into a frame; a
+            # chunk's frame does not say which its function returned.
+            raise CannotCombine("column results of different lengths")
+        if all(indexes[0].equals(i) for i in indexes[1:]):
+            result = pd.concat(pieces, axis=1)
+        else:  # aligned as pandas aligns the columns' results: DataFrame(dict)
+            columns = [p.iloc[:, j] for p in pieces for j in range(p.shape[1])]
+            result = pd.DataFrame(dict(enumerate(columns)))
         if result.shape[1] != original.shape[1]:
             raise CannotCombine("column results do not match the columns")
         result.columns = original.columns
-    result.attrs = dict(original.attrs)
+    result.attrs = _attrs(pieces, original)
     return result
+
+
+def _attrs(pieces: Sequence[Any], original: pd.DataFrame | pd.Series) -> dict[Any, Any]:
+    """The result's ``attrs``: pandas keeps the input's on some results and
+    not on others (``Series.apply`` returning Series gives a frame without
+    them); each chunk's result, made by pandas from a chunk carrying the
+    input's ``attrs``, shows which."""
+    if not pieces or not hasattr(pieces[0], "attrs"):
+        return dict(original.attrs)
+    return dict(pieces[0].attrs)
 
 
 def restore_order(result: pd.DataFrame | pd.Series,

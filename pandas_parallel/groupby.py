@@ -138,8 +138,11 @@ def call_grouped_apply(regroup: Regroup, chunk: pd.DataFrame, func: Any,
     return Tagged(result, Returned(frozenset(_kind_of_type(t) for t in types), mutated))
 
 
-def _as_list(keys: Any) -> list[Any]:
-    return list(keys) if isinstance(keys, list) else [keys]
+def _as_list(keys: Any, n_keys: int) -> list[Any]:
+    """The keys of a groupby, one per grouping (a list of values as long as
+    the axis, ``groupby(["a", "a"])``, is one key)."""
+    keys = list(keys) if isinstance(keys, list) else [keys]
+    return keys if len(keys) == n_keys else [keys]
 
 
 def _is_column_key(obj: Any, key: Any) -> bool:
@@ -168,7 +171,9 @@ class _Plan:
         carried: list[np.ndarray | pd.api.extensions.ExtensionArray] = []
         if spec.keys is not None:
             index = spec.result_index
-            for position, key in enumerate(_as_list(spec.keys)):
+            for position, key in enumerate(_as_list(spec.keys, spec.n_keys)):
+                if isinstance(key, pd.Series) and _is_column_key(obj, spec.in_axis[position]):
+                    key = spec.in_axis[position]  # a column, given as itself
                 if _is_column_key(obj, key):
                     keys.append(("column", key))
                 else:
@@ -224,15 +229,17 @@ class GroupByParallelAccessor(Configurable):
         return self._run("apply", call_args, kwargs, func, self._combine_apply)
 
     @straight_to_pandas_when_known_cheap
-    def transform(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Parallel ``GroupBy.transform`` with a callable; string names go to pandas."""
-        call_args = (func, *args)
-        if asynchronous.is_async(func):
-            return self._run("transform", call_args, kwargs, func, self._combine_transform)
-        params = bind_like_pandas(self._gb, "transform", call_args, kwargs)
-        if params.get("engine") is not None:
-            return self._serial("transform", call_args, kwargs)
-        return self._run("transform", call_args, kwargs, func, self._combine_transform)
+    def transform(self, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.transform`` with a callable; string names and
+        named aggregation (pandas 3) go to pandas."""
+        params = bind_like_pandas(self._gb, "transform", args, kwargs)
+        func = params.get("func")
+        if func is None or params.get("engine") is not None:
+            return self._serial("transform", args, kwargs)
+        if "func" in kwargs:
+            kwargs = {k: v for k, v in kwargs.items() if k != "func"}
+            args = (func, *args)
+        return self._run("transform", args, kwargs, func, self._combine_transform)
 
     @straight_to_pandas_when_known_cheap
     def aggregate(self, func: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -365,13 +372,18 @@ class GroupByParallelAccessor(Configurable):
         known = [r for r in returned if r is not None]
         kinds = set().union(*(r.kinds for r in known)) if len(known) == len(returned) else None
         if kinds is not None and "None" in kinds:
-            # pandas skips None results when it concatenates pandas objects,
-            # but a chunk whose groups all returned None has no shape to skip.
+            # pandas skips None results when it concatenates frames, fills a
+            # None group's row when it stacks Series into rows, and returns
+            # an empty frame (pandas' own, as each chunk made it) when all
+            # groups of a DataFrameGroupBy returned None.
             only_none = [r.kinds == {"None"} for r in known]
-            if not (kinds - {"None"}) or "scalar" in kinds:
-                if any(only_none):
-                    raise combine.CannotCombine("all groups of a chunk returned None")
-            else:
+            if all(only_none) and isinstance(spec.obj, pd.DataFrame):
+                return results[0]
+            if "Series" in kinds:
+                raise combine.CannotCombine("groups returned both Series and None")
+            if "scalar" in kinds and any(only_none):
+                raise combine.CannotCombine("all groups of a chunk returned None")
+            if kinds - {"None", "scalar"}:
                 keep = [not none for none in only_none]
                 pieces = [p for p, k in zip(pieces, keep) if k]
                 results = [r for r, k in zip(results, keep) if k]

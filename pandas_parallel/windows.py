@@ -197,7 +197,7 @@ class WindowParallelAccessor(Configurable):
 
         reason = spec.supported
         if reason is None and (not plain_callable(func) or engine not in (None, "cython")
-                               or not isinstance(raw, bool)):
+                               or engine_kwargs is not None or not isinstance(raw, bool)):
             reason = "a function or engine pandas handles itself"
         if reason is None and (len(spec.obj) == 0 or spec.groups == []):
             reason = "the input is empty"

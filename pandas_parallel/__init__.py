@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from pandas_parallel import _compat
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
 from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
 from pandas_parallel import windows as _windows  # noqa: F401  (rolling/expanding .parallel)
@@ -21,6 +22,8 @@ from pandas_parallel.errors import (
 from pandas_parallel.options import Options, config, get_options
 from pandas_parallel.pipeline import Run, last_run
 from pandas_parallel.transport import sweep_stale_scratch as _sweep
+
+_compat.attribute_warnings_to_callers()
 
 try:
     __version__ = version("pandas-parallel-accessor")

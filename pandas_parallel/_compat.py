@@ -185,3 +185,52 @@ def cython_alias(func: Any) -> str | None:
 
     alias = common.get_cython_func(func)
     return alias if isinstance(alias, str) else None
+
+
+def groups_columns(gb: Any) -> bool:
+    """Whether ``gb`` groups columns (pandas 2.2's deprecated ``axis=1``)."""
+    return getattr(gb, "axis", 0) == 1
+
+
+def _find_stack_level() -> int:
+    """pandas' ``find_stack_level``, skipping this library's frames too.
+
+    pandas names, in each warning it issues, the first frame outside its
+    own package: called through ``.parallel``, that would be a line of this
+    library instead of the user's. Only local imports: this code replaces
+    pandas' function's own and runs with that module's globals.
+    """
+    import os
+    import sys
+
+    import pandas
+
+    import pandas_parallel
+
+    pandas_dir = os.path.dirname(pandas.__file__) + os.sep
+    tests_dir = os.path.join(pandas_dir, "tests") + os.sep
+    ours = os.path.dirname(pandas_parallel.__file__) + os.sep
+    frame: Any = sys._getframe(0)
+    level = 0
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(ours)
+                or (name.startswith(pandas_dir) and not name.startswith(tests_dir))):
+            break
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def attribute_warnings_to_callers() -> None:
+    """Make pandas' warnings name the user's line when issued through this
+    library (see :func:`_find_stack_level`); a pandas without the function
+    as expected is left alone."""
+    try:
+        from pandas.util import _exceptions
+    except ImportError:
+        return
+    target = getattr(_exceptions, "find_stack_level", None)
+    code = getattr(target, "__code__", None)
+    if code is None or code.co_argcount or code.co_freevars:
+        return
+    target.__code__ = _find_stack_level.__code__  # type: ignore[union-attr]

@@ -16,12 +16,13 @@ import logging
 import re
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from pandas_parallel import clusters
+from pandas_parallel import _compat, clusters
 from pandas_parallel.errors import RemoteTraceback, WorkerCrashedError
 from pandas_parallel.worker import Outcome, Task
 
@@ -108,6 +109,16 @@ class Reporter:
         self.label = label
         self.describe = describe
         self.func = func
+        self.warned: set[tuple[type[Warning], str]] = set()
+
+    def issue_warnings(self, outcome: Outcome) -> None:
+        """Issue again, here, the warnings a worker process recorded: each
+        distinct one once per call, as pandas issues its own, pointing at
+        the line that made the call."""
+        for category, message in outcome.warnings:
+            if (category, message) not in self.warned:
+                self.warned.add((category, message))
+                warnings.warn(message, category, stacklevel=_compat._find_stack_level())
 
     def raise_failure(self, outcome: Outcome) -> None:
         failure = outcome.failure
@@ -202,6 +213,7 @@ def worker_losses(label: str, backend: str) -> Iterator[None]:
 
 
 def deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome:
+    reporter.issue_warnings(outcome)
     if outcome.failure is not None:
         reporter.raise_failure(outcome)
     progress.done(outcome.chunk)

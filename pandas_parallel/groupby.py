@@ -283,6 +283,9 @@ class GroupByParallelAccessor(Configurable):
             # df.groupby(k, as_index=False)[col]: pandas inserts the key
             # columns of the parent frame, which a SeriesGroupBy does not hold.
             return self._serial(name, args, kwargs)
+        if _compat.groups_columns(gb):
+            # pandas 2.2's deprecated groupby(axis=1): groups of columns.
+            return self._serial(name, args, kwargs)
         if name == "filter" and not gb.dropna and not _compat.PANDAS_3:
             # pandas 2.2 drops a NaN-key group from filter when it is the only
             # group of a frame, as it would be in some chunk.

@@ -591,7 +591,7 @@ def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None
                     count_calls=job.progress.bar is not None,
                     watch_calls=job.timeout is not None,
                     in_band=not backend.shares_files and not backend.in_process,
-                    seed=seeds[i])
+                    seed=seeds[i], record_warnings=backend.records_warnings)
 
     order = sorted(range(len(ranges)), key=lambda i: -calls[i])
     return (task(i) for i in order), handed_out

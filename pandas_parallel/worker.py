@@ -9,6 +9,7 @@ as data, so the pool survives it and stays warm for the next call.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -18,8 +19,9 @@ import random
 import threading
 import time
 import traceback
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -143,6 +145,7 @@ class Task:
     watch_calls: bool = False  # also publish each call's start time (timeout)
     in_band: bool = False  # the result travels back inside the reply (clusters)
     seed: np.random.SeedSequence | None = None  # the chunk's random stream (processes)
+    record_warnings: bool = False  # send warnings back to the parent (processes)
 
 
 @dataclasses.dataclass
@@ -160,6 +163,9 @@ class Outcome:
     payload: Payload | None = None
     failure: Failure | None = None
     seconds: float = 0.0  # in the pandas call itself (not loading or shipping)
+    # Warnings pandas or the function issued in a worker process: each
+    # distinct (category, message) once, for the parent to issue again.
+    warnings: list[tuple[type[Warning], str]] = dataclasses.field(default_factory=list)
 
 
 class Counters:
@@ -362,14 +368,16 @@ def run_chunk(task: Task) -> Outcome:
         if task.seed is not None:
             _seed_globals(task.seed)
         started = time.perf_counter()
-        try:
-            result = program.runner(data, func, program.args, program.kwargs)
-        except _FUNCTION_FAILURES as exc:
-            found, argument = _failing_argument(program.func, exc.__traceback__)
-            failure = Failure(exc, traceback.format_exc(),
-                              _describe_argument(argument, data) if found else "")
-            return Outcome(task.chunk, failure=failure,
-                           seconds=time.perf_counter() - started)
+        with _recording_warnings(task.record_warnings) as issued:
+            try:
+                result = program.runner(data, func, program.args, program.kwargs)
+            except _FUNCTION_FAILURES as exc:
+                found, argument = _failing_argument(program.func, exc.__traceback__)
+                failure = Failure(exc, traceback.format_exc(),
+                                  _describe_argument(argument, data) if found else "")
+                return Outcome(task.chunk, failure=failure,
+                               seconds=time.perf_counter() - started,
+                               warnings=_distinct(issued))
         seconds = time.perf_counter() - started
         if task.in_band:
             payload = in_band(result, task.transport)
@@ -377,10 +385,71 @@ def run_chunk(task: Task) -> Outcome:
             directory = None if counters.call_over else task.result_dir
             payload = ship_result(result, directory,
                                   f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
-        return Outcome(task.chunk, payload, seconds=seconds)
+        return Outcome(task.chunk, payload, seconds=seconds, warnings=_distinct(issued))
     finally:
         counters.set_state(task.chunk, Counters.FINISHED)
         _local.active = outer
+
+
+_MAX_WARNINGS = 20  # distinct ones per chunk: a warning per row is one warning
+
+
+@contextlib.contextmanager
+def _recording_warnings(record: bool) -> Iterator[list[warnings.WarningMessage]]:
+    """Warnings issued in the block, recorded for the parent to issue again
+    (``record=False``: left alone).
+
+    A worker process's only thread records them all. A worker thread
+    shares the warnings machinery of the process: it collects only its own
+    (the user's filters apply), through one hook installed for good, so no
+    thread ever swaps the machinery under another."""
+    if not record:
+        yield []
+    elif threading.current_thread() is threading.main_thread():
+        with warnings.catch_warnings(record=True) as issued:
+            warnings.simplefilter("always")
+            yield issued
+    else:
+        _install_thread_collector()
+        issued = []
+        _collected.messages = issued
+        try:
+            yield issued
+        finally:
+            _collected.messages = None
+
+
+_collected = threading.local()
+_installed = threading.Lock()
+
+
+def _install_thread_collector() -> None:
+    """Route warnings shown in a collecting worker thread to its list.
+    (``catch_warnings`` saves and restores what it replaces; it does not
+    replace ``warnings._showwarnmsg``, which the C ``warn`` looks up.)"""
+    with _installed:
+        shown = warnings._showwarnmsg  # type: ignore[attr-defined]
+        if getattr(shown, "pandas_parallel", False):
+            return
+
+        def show_or_collect(message: warnings.WarningMessage) -> None:
+            messages = getattr(_collected, "messages", None)
+            if messages is None:
+                shown(message)
+            else:
+                messages.append(message)
+
+        show_or_collect.pandas_parallel = True  # type: ignore[attr-defined]
+        warnings._showwarnmsg = show_or_collect  # type: ignore[attr-defined]
+
+
+def _distinct(issued: list[warnings.WarningMessage]) -> list[tuple[type[Warning], str]]:
+    seen: dict[tuple[type[Warning], str], None] = {}
+    for message in issued:
+        seen.setdefault((message.category, str(message.message)), None)
+        if len(seen) == _MAX_WARNINGS:
+            break
+    return list(seen)
 
 
 def run_chunk_pickled(task: Task) -> bytes:

@@ -7,6 +7,7 @@ and fails if any call ran on another backend than the one it names.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -151,6 +153,30 @@ class NeedsArgs(Exception):
     def __init__(self, code, msg):
         super().__init__(f"{code}: {msg}")
         self.code = code
+
+
+def _warns(row):
+    warnings.warn("careful with this row", FutureWarning, stacklevel=2)
+    return row["a"] * 2
+
+
+@pytest.fixture
+def on_this_machine(backend):
+    """Only for backends whose workers are this machine's (asked for before ``on``)."""
+    if backend in ("dask", "ray"):
+        pytest.skip("warnings in a cluster's workers stay in their logs")
+
+
+def test_a_warning_in_the_workers_is_issued_once_at_the_callers_line(on_this_machine, on):
+    df = pd.DataFrame({"a": np.arange(60.0)})
+    with warnings.catch_warnings(record=True) as issued:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        actual = df.parallel.apply(_warns, axis=1)
+    assert_same(df.apply(_warns, axis=1), actual)
+    ours = [w for w in issued if "careful" in str(w.message)]
+    assert [(w.category, w.filename, w.lineno) for w in ours] == [
+        (FutureWarning, __file__, line)]
 
 
 def _raise_needs_args(row):

@@ -167,3 +167,61 @@ def test_column_results_of_lists_and_series(func):
     df = pd.DataFrame({"A": [2, 2, 3], "B": [1.5, np.nan, 1.5], "C": ["foo", None, "bar"]})
     assert_same(df.apply(func), df.parallel.apply(func))
     assert_same(df.agg(func), df.parallel.agg(func))
+
+
+def _warns_per_value(x):
+    import warnings
+
+    warnings.warn("careful with this value", FutureWarning, stacklevel=2)
+    return x * 2
+
+
+def test_a_warning_in_the_workers_is_issued_here_once_at_the_callers_line():
+    """pandas' test_dispatch_transform: a FutureWarning from the function.
+    pandas issues it where the function is called; a worker's would be lost."""
+    import inspect
+    import warnings
+
+    s = pd.Series(range(12))
+    with pytest.warns(FutureWarning, match="careful") as expected:
+        s.map(_warns_per_value)
+    with warnings.catch_warnings(record=True) as issued:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        actual = s.parallel.map(_warns_per_value)
+    assert_same(s.map(_warns_per_value), actual)
+    assert len(expected) >= 1
+    ours = [w for w in issued if "careful" in str(w.message)]
+    # The parent's sample chunk may issue it too; the workers' come back once.
+    assert ours and all(w.category is FutureWarning for w in ours)
+    assert (__file__, line) in {(w.filename, w.lineno) for w in ours}
+    assert len({(w.filename, w.lineno) for w in ours}) <= 2
+
+
+def test_pandas_warnings_name_the_callers_line_not_this_librarys():
+    """pandas names the first frame outside pandas in its warnings; through
+    .parallel that must still be the user's line (pandas' tests check it)."""
+    import os
+    import warnings
+
+    from pandas.util._exceptions import find_stack_level
+
+    import pandas_parallel
+
+    inside_us = os.path.join(os.path.dirname(pandas_parallel.__file__), "_a_frame.py")
+    namespace = {"find_stack_level": find_stack_level, "warnings": warnings}
+    exec(compile("def through_us():\n"
+                 "    warnings.warn('x', FutureWarning, stacklevel=find_stack_level())\n",
+                 inside_us, "exec"), namespace)
+    with pytest.warns(FutureWarning) as issued:
+        namespace["through_us"]()
+    assert issued[0].filename == __file__
+
+
+@pytest.mark.skipif(PANDAS_3, reason="pandas 2.2 warns about include_groups")
+def test_a_pandas_deprecation_through_parallel_names_the_callers_line():
+    df = pd.DataFrame({"k": [1, 1, 2], "v": [1.0, 2.0, 3.0]})
+    with pytest.warns(DeprecationWarning, match="grouping columns") as issued:
+        df.groupby("k").parallel.apply(lambda g: g.v.sum())
+    assert {w.filename for w in issued} == {__file__}
+

@@ -63,6 +63,10 @@ class Backend:
     #: copied this process's memory). Pickled once per call either way,
     #: except in this process, so an unpicklable function fails alike.
     pickles_program = True
+    #: Workers record the warnings a chunk issues, for the parent to issue
+    #: them again at the caller's line (processes running one chunk at a
+    #: time, and this process's threads).
+    records_warnings = False
 
     def capacity(self, n_jobs: int | None) -> int:
         """The workers ``n_jobs`` means here."""

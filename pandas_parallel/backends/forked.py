@@ -51,6 +51,7 @@ class Forked(Backend):
 
     name = "forked"
     pickles_program = False
+    records_warnings = True
 
     def start(self, n_workers: int) -> str:
         return "fork"

@@ -40,6 +40,7 @@ class Pool(Backend):
     size, whether its workers are up, when it last ran."""
 
     name = "pool"
+    records_warnings = True
 
     def __init__(self) -> None:
         self._executor: Any = None
@@ -149,7 +150,7 @@ class Pool(Backend):
         task = next(waiting, None)
         if task is None:
             return False
-        here = dataclasses.replace(task, result_dir=None, seed=None)
+        here = dataclasses.replace(task, result_dir=None, seed=None, record_warnings=False)
         yield deliver(run_chunk(here), job.progress, job.reporter)
         return True
 

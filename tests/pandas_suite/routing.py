@@ -79,6 +79,11 @@ class Routing:
             finally:
                 routing.active -= 1
 
+        # pandas names, in each warning, the first frame outside its own
+        # package (its tests aside): this wrapper's is made to look like
+        # pandas', so the frame named is the test's, routed or not.
+        routed.__code__ = routed.__code__.replace(  # type: ignore[attr-defined]
+            co_filename=os.path.join(os.path.dirname(pd.__file__), "_routed_by_pandas_suite.py"))
         setattr(cls, name, routed)
 
 

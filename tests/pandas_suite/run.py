@@ -9,8 +9,8 @@ once per backend with pandas' methods routed through ``.parallel`` (forced
 parallel, one-row chunks). A routed test that does not end as it ended on
 the reference is a difference. Differences listed in
 ``expected_differences.txt`` (each with its reason) are expected; any other
-makes this script exit 1. It prints a table, and with ``--markdown FILE``
-adds its row for this pandas version to that file's table.
+makes this script exit 1. It prints the table that ``docs/verified.md``
+reports, for the installed pandas.
 """
 
 from __future__ import annotations

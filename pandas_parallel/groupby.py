@@ -312,7 +312,11 @@ class GroupByParallelAccessor(Configurable):
             func=func, args=args[1:], kwargs=kwargs,
             combine=combine_with,
             serial=functools.partial(self._serial, name, args, kwargs),
-            options=self.options)
+            options=self.options,
+            # pandas 2.2's agg checks that the *first* group's result is a
+            # scalar ("Must produce aggregated value"): a chunk starting at a
+            # later group may raise where the whole does not.
+            failures_need_whole=name == "aggregate" and not _compat.PANDAS_3)
         return execute(operation)
 
     def _chunk_index(self, piece: Piece) -> pd.Index:

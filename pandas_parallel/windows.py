@@ -66,13 +66,16 @@ class Rewindow:
     def window(self, carrier: pd.DataFrame) -> Any:
         """The window object on ``carrier``, as the user made it on the whole."""
         data: Any = self.layout.data(carrier)
+        # pandas keeps a window's selection when the selected column is all
+        # it holds (a Series): selecting again would look for a column.
+        select = self.selection is not None and isinstance(data, pd.DataFrame)
         if self.grouped:
             keys = [self.layout.extra(carrier, i).rename(name)
                     for i, name in enumerate(self.key_names)]
             data = data.groupby(keys if len(keys) > 1 else keys[0], sort=self.sort,
                                 dropna=self.dropna, observed=self.observed)
         window = getattr(data, self.kind)(**self.params)
-        return window if self.selection is None else window[self.selection]
+        return window[self.selection] if select else window
 
 
 def apply_padded(rewindow: Rewindow, chunk: Tagged, func: Any, args: tuple[Any, ...],

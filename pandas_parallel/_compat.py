@@ -192,7 +192,7 @@ def groups_columns(gb: Any) -> bool:
     return getattr(gb, "axis", 0) == 1
 
 
-def _find_stack_level() -> int:
+def caller_stack_level() -> int:
     """pandas' ``find_stack_level``, skipping this library's frames too.
 
     pandas names, in each warning it issues, the first frame outside its
@@ -223,7 +223,7 @@ def _find_stack_level() -> int:
 
 def attribute_warnings_to_callers() -> None:
     """Make pandas' warnings name the user's line when issued through this
-    library (see :func:`_find_stack_level`); a pandas without the function
+    library (see :func:`caller_stack_level`); a pandas without the function
     as expected is left alone."""
     try:
         from pandas.util import _exceptions
@@ -233,4 +233,4 @@ def attribute_warnings_to_callers() -> None:
     code = getattr(target, "__code__", None)
     if code is None or code.co_argcount or code.co_freevars:
         return
-    target.__code__ = _find_stack_level.__code__  # type: ignore[union-attr]
+    target.__code__ = caller_stack_level.__code__  # type: ignore[union-attr]

@@ -262,13 +262,14 @@ def combine_columns(pieces: Sequence[Any], original: pd.DataFrame,
         result.index = original.columns
     else:
         indexes = [p.index for p in pieces]
-        if not all(indexes[0].equals(i) for i in indexes[1:]) and all(
-                isinstance(i, pd.RangeIndex) and i.start == 0 for i in indexes):
+        same_rows = all(indexes[0].equals(i) for i in indexes[1:])
+        if not same_rows and all(isinstance(i, pd.RangeIndex) and i.start == 0
+                                 for i in indexes):
             # Lists (or arrays) of different lengths: pandas makes a Series
             # of them, where Series results would align into a frame; a
             # chunk's frame does not say which its function returned.
             raise CannotCombine("column results of different lengths")
-        if all(indexes[0].equals(i) for i in indexes[1:]):
+        if same_rows:
             result = pd.concat(pieces, axis=1)
         else:  # aligned as pandas aligns the columns' results: DataFrame(dict)
             columns = [p.iloc[:, j] for p in pieces for j in range(p.shape[1])]

@@ -112,13 +112,13 @@ class Reporter:
         self.warned: set[tuple[type[Warning], str]] = set()
 
     def issue_warnings(self, outcome: Outcome) -> None:
-        """Issue again, here, the warnings a worker process recorded: each
+        """Issue again, here, the warnings a worker recorded: each
         distinct one once per call, as pandas issues its own, pointing at
         the line that made the call."""
         for category, message in outcome.warnings:
             if (category, message) not in self.warned:
                 self.warned.add((category, message))
-                warnings.warn(message, category, stacklevel=_compat._find_stack_level())
+                warnings.warn(message, category, stacklevel=_compat.caller_stack_level())
 
     def raise_failure(self, outcome: Outcome) -> None:
         failure = outcome.failure

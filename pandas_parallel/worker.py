@@ -145,7 +145,7 @@ class Task:
     watch_calls: bool = False  # also publish each call's start time (timeout)
     in_band: bool = False  # the result travels back inside the reply (clusters)
     seed: np.random.SeedSequence | None = None  # the chunk's random stream (processes)
-    record_warnings: bool = False  # send warnings back to the parent (processes)
+    record_warnings: bool = False  # send warnings back to the parent (Backend.records_warnings)
 
 
 @dataclasses.dataclass
@@ -163,8 +163,8 @@ class Outcome:
     payload: Payload | None = None
     failure: Failure | None = None
     seconds: float = 0.0  # in the pandas call itself (not loading or shipping)
-    # Warnings pandas or the function issued in a worker process: each
-    # distinct (category, message) once, for the parent to issue again.
+    # Warnings pandas or the function issued in a worker (process or thread):
+    # each distinct (category, message) once, for the caller to issue again.
     warnings: list[tuple[type[Warning], str]] = dataclasses.field(default_factory=list)
 
 

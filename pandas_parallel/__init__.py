@@ -15,6 +15,8 @@ from pandas_parallel import windows as _windows  # noqa: F401  (rolling/expandin
 from pandas_parallel.backends.pool import POOL as _POOL
 from pandas_parallel.engine import Engine, engine
 from pandas_parallel.errors import (
+    InitializerError,
+    RowErrorsWarning,
     UnpicklableFunctionError,
     UnpicklableResultError,
     WorkerCrashedError,
@@ -32,7 +34,9 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "Engine",
+    "InitializerError",
     "Options",
+    "RowErrorsWarning",
     "Run",
     "UnpicklableFunctionError",
     "UnpicklableResultError",

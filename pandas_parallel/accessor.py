@@ -9,6 +9,7 @@ handed to pandas unchanged - so ``.parallel`` is always a drop-in.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Hashable
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import _compat, asynchronous, combine, planning
+from pandas_parallel import _compat, asynchronous, clusters, combine, planning, policies
 from pandas_parallel.options import Options, get_options, validate
 from pandas_parallel.pipeline import (
     Operation,
@@ -111,7 +112,7 @@ def run_async_call(obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str,
     method = getattr(obj, name)
     return asynchronous.run(
         lambda f: method(f, *rest_args, **rest_kwargs), func, placeholder, label,
-        options.concurrency, options.timeout, options.progress)
+        options.concurrency, options.timeout, options.progress, _async_policy.get())
 
 
 class Configurable:
@@ -139,6 +140,24 @@ class Configurable:
         if self._overrides:
             options = options.replace(**self._overrides)
         return options.resolved()
+
+    def _failure_kind(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                      ) -> tuple[str, Any]:
+        """What ``name``'s function is called on (one of
+        :data:`policies.LABEL_KINDS`, or what else), and what a failed call
+        returns with ``errors="coerce"``."""
+        return "elements", None
+
+    def _policy_label(self, name: str) -> str:
+        return name
+
+    def _labels_source(self) -> Any:
+        """What failures are named against: the whole input."""
+        return self._obj
+
+    def _group_namer(self) -> Callable[[Any], Any] | None:
+        """For groupby: the group key of the group holding a row label."""
+        return None
 
     def _input_shape(self) -> tuple[int, Hashable]:
         """Rows of the input, and what besides them its cost depends on."""
@@ -171,6 +190,87 @@ class Configurable:
 _FUNC_KEYWORDS = ("func", "arg")  # how pandas' methods name the function
 
 
+_POLICY_DEFAULTS = {"initializer": None, "errors": "raise", "retries": 0, "timeout": None}
+# The policy of the async call being made (read by run_async_call).
+_async_policy: contextvars.ContextVar[policies.CallPolicy | None] = contextvars.ContextVar(
+    "pandas_parallel_async_policy", default=None)
+
+
+def _wants_policies(accessor: Configurable) -> bool:
+    """Whether options of this call ask for a policy around the function."""
+    options, overrides = get_options(), accessor._overrides
+    return any(overrides.get(name, getattr(options, name)) != default
+               for name, default in _POLICY_DEFAULTS.items())
+
+
+def with_policies(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a public method with the function under its call's policies
+    (:mod:`pandas_parallel.policies`) when its options ask for any."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: Configurable, *args: Any, **kwargs: Any) -> Any:
+        if not _wants_policies(self):
+            return method(self, *args, **kwargs)
+        return _run_with_policies(self, name, method, args, kwargs)
+
+    return call
+
+
+def _run_with_policies(accessor: Configurable, name: str, method: Callable[..., Any],
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The initializer run here, then the method with the function wrapped;
+    then the warning for the rows that failed (``errors="coerce"``)."""
+    options = accessor.options
+    keyword = None if args else next((k for k in _FUNC_KEYWORDS if k in kwargs), None)
+    func = args[0] if args else kwargs.get(keyword) if keyword else None
+    if not plain_callable(func) or _compat.cython_alias(func):
+        return method(accessor, *args, **kwargs)  # pandas' own: none of the user's code
+    setup = policies.Setup.of(options.initializer, options.initargs)
+    if setup is not None:
+        policies.ensure_setup(setup, per_thread=True, where="this process")
+    kind, missing = accessor._failure_kind(name, args, kwargs)
+    policy = policies.CallPolicy(
+        accessor._policy_label(name), kind, missing, options.errors, options.timeout,
+        options.retries, options.retry_on, options.retry_delay)
+    _check_policy(policy, options, name, asynchronous.is_async(func))
+    if getattr(accessor._labels_source(), "size", 1) == 0:
+        # No row to fail: pandas calls the function on a stand-in only to
+        # infer the result's shape, and ignores its exception.
+        policy.errors = "raise"
+    if asynchronous.is_async(func):
+        token = _async_policy.set(policy)
+        try:
+            result = method(accessor, *args, **kwargs)
+        finally:
+            _async_policy.reset(token)
+    else:
+        wrapped = policy.wrap(func)  # type: ignore[arg-type]
+        if args:
+            args = (wrapped, *args[1:])
+        else:
+            kwargs = {**kwargs, keyword: wrapped}  # type: ignore[dict-item]
+        result = method(accessor, *args, **kwargs)
+    policy.warn(accessor._labels_source(), accessor._group_namer())
+    return result
+
+
+def _check_policy(policy: policies.CallPolicy, options: Options, name: str,
+                  is_async: bool) -> None:
+    if policy.errors == "coerce" and policy.kind not in policies.LABEL_KINDS:
+        raise ValueError(
+            f"errors='coerce' is not available for {policy.label}: the function is "
+            f"called on {policy.kind}, which have no missing value pandas would "
+            "accept; catch the exception in the function and return what should "
+            "stand in its place.")
+    if policy.timeout is not None and not is_async and clusters.is_cluster(
+            options.backend or ""):
+        raise ValueError(
+            f"timeout= is not available on the {options.backend} backend (its workers "
+            "run calls on threads, which cannot be interrupted); use a local backend, "
+            "an async def function, or a timeout in the function's own I/O.")
+
+
 def straight_to_pandas_when_known_cheap(method: Callable[..., Any]) -> Callable[..., Any]:
     """Send a call to pandas before any of this library's work (binding,
     options, grouping, planning) when a call of the same shape, with as
@@ -185,6 +285,8 @@ def straight_to_pandas_when_known_cheap(method: Callable[..., Any]) -> Callable[
     @functools.wraps(method)
     def call(self: Configurable, *args: Any, **kwargs: Any) -> Any:
         ran_serially()  # until the call's pipeline says otherwise
+        if _wants_policies(self):
+            return _run_with_policies(self, name, method, args, kwargs)
         shape = self._call_shape(args, kwargs)
         if shape is None:
             return method(self, *args, **kwargs)
@@ -266,6 +368,16 @@ class DataFrameParallelAccessor(_Base):
     """
 
     _obj: pd.DataFrame
+
+    def _failure_kind(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                      ) -> tuple[str, Any]:
+        if name == "map_partitions":
+            return "partitions", None
+        if name == "map":
+            return "elements", None
+        pandas_name = "aggregate" if name == "agg" else name
+        axis = bind_like_pandas(self._obj, pandas_name, args, kwargs).get("axis", 0)
+        return ("rows" if axis in _ROW_AXES else "columns"), None
 
     @straight_to_pandas_when_known_cheap
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
@@ -353,6 +465,7 @@ class DataFrameParallelAccessor(_Base):
                               _STRICT)
         return self._columns("transform", "transform", call_args, kwargs, _STRICT)
 
+    @with_policies
     def map_partitions(self, func: Callable[..., Any], *args: Any,
                        **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Call ``func(chunk, *args, **kwargs)`` on chunks of rows in parallel.
@@ -400,6 +513,10 @@ class SeriesParallelAccessor(_Base):
     """
 
     _obj: pd.Series
+
+    def _failure_kind(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                      ) -> tuple[str, Any]:
+        return ("partitions" if name == "map_partitions" else "elements"), None
 
     @straight_to_pandas_when_known_cheap
     def apply(self, func: Any, *args: Any, **kwargs: Any) -> pd.DataFrame | pd.Series:
@@ -453,6 +570,7 @@ class SeriesParallelAccessor(_Base):
             return self._delegate("transform", call_args, kwargs)()
         return self._rows("transform", "transform", call_args, kwargs, _STRICT)
 
+    @with_policies
     def map_partitions(self, func: Callable[..., Any], *args: Any,
                        **kwargs: Any) -> pd.DataFrame | pd.Series:
         """Call ``func(chunk, *args, **kwargs)`` on chunks of the Series in

@@ -28,6 +28,8 @@ from typing import Any
 
 import pandas as pd
 
+from pandas_parallel import policies
+
 logger = logging.getLogger("pandas_parallel")
 
 _POLL_SECONDS = 0.25
@@ -73,7 +75,8 @@ def _keep(value: Any) -> Any:
 
 def run(pandas_call: Callable[[Callable[..., Any]], Any], func: Callable[..., Any],
         placeholder: Callable[[Any], Any], label: str, concurrency: int,
-        timeout: float | None, progress: bool | str) -> Any:
+        timeout: float | None, progress: bool | str,
+        policy: policies.CallPolicy | None = None) -> Any:
     """Record, compute concurrently, replay (see the module docstring).
 
     Parameters
@@ -86,6 +89,9 @@ def run(pandas_call: Callable[[Callable[..., Any]], Any], func: Callable[..., An
     placeholder : callable
         What the recording stand-in returns for an argument; must be
         something pandas accepts from the function (e.g. ``True`` for filter).
+    policy : CallPolicy, optional
+        Retries and ``errors="coerce"`` for each call (its timeout is
+        ``timeout``, applied to each try).
     """
     calls: list[_Call] = []
 
@@ -94,13 +100,17 @@ def run(pandas_call: Callable[[Callable[..., Any]], Any], func: Callable[..., An
         return placeholder(args[0])
 
     pandas_call(record)
-    values = _compute(func, calls, label, concurrency, timeout, progress)
+    if policy is not None and policy.errors == "coerce":
+        policy.coercing = policies.Coercing(func, policy.kind, policy.missing)
+        policy.coercing.counted(len(calls))
+    values = _compute(func, calls, label, concurrency, timeout, progress, policy)
     results = iter(values)
     return pandas_call(lambda *args, **kwargs: next(results))
 
 
 def _compute(func: Callable[..., Any], calls: list[_Call], label: str, concurrency: int,
-             timeout: float | None, progress: bool | str) -> list[Any]:
+             timeout: float | None, progress: bool | str,
+             policy: policies.CallPolicy | None = None) -> list[Any]:
     """Await every call, ``concurrency`` at a time, on a loop in its own thread."""
     from pandas_parallel.executor import interactive, progress_bar
 
@@ -111,20 +121,38 @@ def _compute(func: Callable[..., Any], calls: list[_Call], label: str, concurren
     if show:  # a bar without tqdm's monitor thread, which would rule out forking
         bar = progress_bar(total=len(calls), desc=f"{label} (async)", unit="calls")
 
-    async def one(i: int) -> None:
-        call = calls[i]
+    retries = policy.retries if policy is not None else 0
+    retry_on = policy.retry_on if policy is not None else ()
+    delay = policy.retry_delay if policy is not None else 0.0
+    coercing = policy.coercing if policy is not None else None
+
+    async def attempt(call: _Call) -> Any:
         coroutine = func(*call.args, **call.kwargs)
         try:
-            results[i] = await (asyncio.wait_for(coroutine, timeout) if timeout else coroutine)
+            return await (asyncio.wait_for(coroutine, timeout) if timeout else coroutine)
         except TimeoutError:
             raise TimeoutError(
                 f"{label}: a call did not return within timeout={timeout} s; it was "
                 f"called with {_describe(call.args[0])}") from None
-        except Exception as exc:
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"pandas_parallel: {label} failed when the function was "
-                             f"called with {_describe(call.args[0])}")
-            raise
+
+    async def one(i: int) -> None:
+        call = calls[i]
+        for tried in range(retries + 1):
+            try:
+                results[i] = await attempt(call)
+                break
+            except Exception as exc:
+                if tried < retries and isinstance(exc, retry_on):
+                    await asyncio.sleep(delay * 2 ** tried)
+                    continue
+                if coercing is not None:
+                    coercing.record(i, call.args[0] if call.args else None, exc)
+                    results[i] = coercing.missing
+                    break
+                if hasattr(exc, "add_note") and not isinstance(exc, TimeoutError):
+                    exc.add_note(f"pandas_parallel: {label} failed when the function was "
+                                 f"called with {_describe(call.args[0])}")
+                raise
         if bar is not None:
             bar.update(1)
 

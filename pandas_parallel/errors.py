@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 __all__ = [
+    "InitializerError",
     "RemoteTraceback",
+    "RowErrorsWarning",
     "UnpicklableFunctionError",
     "UnpicklableResultError",
     "WorkerCrashedError",
@@ -34,3 +36,25 @@ class UnpicklableFunctionError(TypeError):
 class UnpicklableResultError(TypeError):
     """A result the function returned cannot be sent back from a worker
     process (a lock, an open connection, ...)."""
+
+
+class InitializerError(RuntimeError):
+    """The ``initializer`` option's function raised; its exception is the
+    ``__cause__``. No row of the call ran in the worker that raised it."""
+
+
+class RowErrorsWarning(UserWarning):
+    """Issued once per call run with ``errors="coerce"`` whose function
+    raised for some rows, elements or groups.
+
+    Attributes
+    ----------
+    failures : list of (label, exception)
+        Every failure, in the order of the input: the row or column label,
+        the element's ``(row, column)`` labels (``DataFrame.map``) or index
+        label, or the group key; ``None`` where it cannot be told.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[object, BaseException]]) -> None:
+        super().__init__(message)
+        self.failures = failures

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import linecache
 import logging
 import re
 import sys
+import time
 import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from pandas_parallel import _compat, clusters
-from pandas_parallel.errors import RemoteTraceback, WorkerCrashedError
-from pandas_parallel.worker import Outcome, Task
+from pandas_parallel.errors import InitializerError, RemoteTraceback, WorkerCrashedError
+from pandas_parallel.worker import Outcome, Task, unwrap
 
 logger = logging.getLogger("pandas_parallel")
 
@@ -61,12 +61,18 @@ class Progress:
         self.counters = counters
         self.finished = np.zeros(len(sizes), dtype=bool)
         self.shown = 0
+        self.retries = 0  # calls tried again (the retries option), so far
         if show:
             self.bar = progress_bar(total=total, initial=initial, desc=desc, unit=unit,
                                     dynamic_ncols=True, mininterval=0.2)
 
-    def done(self, chunk: int) -> None:
+    def done(self, chunk: int, retries: int = 0) -> None:
+        """Chunk ``chunk`` finished, after ``retries`` retries of calls."""
         self.finished[chunk] = True
+        if retries:
+            self.retries += retries
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"retries={self.retries}", refresh=False)
         self.refresh()
 
     def refresh(self) -> None:
@@ -124,6 +130,9 @@ class Reporter:
         failure = outcome.failure
         assert failure is not None
         exc = failure.exception
+        if isinstance(exc, InitializerError):  # names itself; no row ran
+            exc.__cause__ = RemoteTraceback(failure.traceback)
+            raise exc
         note = f"pandas_parallel: {self.label} failed on {self.describe(outcome.chunk)}"
         if failure.argument:
             note += f", when the function was called with {failure.argument}"
@@ -151,8 +160,7 @@ class Reporter:
 
 def _code_files(func: Any) -> dict[str, str]:
     """Function name -> source file for ``func`` and the code it contains."""
-    while isinstance(func, functools.partial):
-        func = func.func
+    func = unwrap(func)
     code = getattr(getattr(func, "__func__", func), "__code__", None)
     found: dict[str, str] = {}
     stack = [code] if code is not None else []
@@ -172,6 +180,34 @@ def crash_error(exc: BaseException, running: list[int],
     return WorkerCrashedError(
         f"a worker process died while running {chunks}. {hint}\nDetails: {text}"
     )
+
+
+def late_call(counters: Any, limit: float) -> tuple[int, int] | None:
+    """A chunk whose current call has run longer than ``limit`` seconds,
+    and that call's number within it; ``None`` if there is none."""
+    starts, calls = counters.call_starts, counters.calls
+    if starts is None or calls is None:
+        return None
+    now = int(time.monotonic() * 1e6)
+    late = np.flatnonzero((starts > 0) & (now - starts > limit * 1e6))
+    return (int(late[0]), int(calls[late[0]])) if len(late) else None
+
+
+def stuck_error(job: Any, late: tuple[int, int], timeout: float) -> TimeoutError:
+    """A call past its timeout that the worker's timer could not interrupt
+    (native code that does not return to Python): its process is stopped."""
+    chunk, number = late
+    return TimeoutError(
+        f"{job.reporter.label}: a call did not return within timeout={timeout} s and "
+        f"could not be interrupted (call {number} of {job.reporter.describe(chunk)}): "
+        "it was running code that does not return to Python, so its worker process "
+        "was stopped. Give the function's own I/O or native calls a timeout.")
+
+
+def stuck_limit(timeout: float) -> float:
+    """When a call past ``timeout`` counts as stuck: its worker's timer
+    should have interrupted it well before."""
+    return timeout + max(1.0, timeout)
 
 
 def top_up(waiting: Iterator[Task], in_flight: dict[Any, Task], limit: int,
@@ -216,8 +252,7 @@ def deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome
     reporter.issue_warnings(outcome)
     if outcome.failure is not None:
         reporter.raise_failure(outcome)
-    progress.done(outcome.chunk)
-    progress.refresh()
+    progress.done(outcome.chunk, outcome.retries)
     return outcome
 
 

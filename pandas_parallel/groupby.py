@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -212,6 +212,34 @@ class GroupByParallelAccessor(Configurable):
     @property
     def _gb(self) -> Any:
         return self._obj
+
+    def _failure_kind(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                      ) -> tuple[str, Any]:
+        return "groups", (False if name == "filter" else None)
+
+    def _policy_label(self, name: str) -> str:
+        return f"groupby.{'agg' if name == 'aggregate' else name}"
+
+    def _labels_source(self) -> Any:
+        return self._gb.obj
+
+    def _group_namer(self) -> Callable[[Any], Any]:
+        gb = self._gb
+        codes: list[np.ndarray] = []
+
+        def name(row_label: Any) -> Any:
+            if not codes:  # only once a failure needs it
+                codes.append(gb.ngroup().to_numpy())
+            where = gb.obj.index.get_loc(row_label)
+            if isinstance(where, slice):
+                where = where.start
+            elif not isinstance(where, (int, np.integer)):
+                where = int(np.argmax(where))
+            code = codes[0][where]
+            keys = _compat.groupby_spec(gb).result_index
+            return keys[int(code)] if code == code and code >= 0 else None
+
+        return name
 
     def _input_shape(self) -> tuple[int, Hashable]:
         gb = self._gb

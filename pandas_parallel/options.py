@@ -12,6 +12,7 @@ import functools
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Literal
 
 import joblib
@@ -25,6 +26,7 @@ ProgressOption = bool | Literal["auto"]
 _TRANSPORTS = ("auto", "arrow", "pickle")
 _BUILTIN_BACKENDS = ("loky", "threading", "sequential")
 _PARTITIONS = ("rows", "index")
+_ERRORS = ("raise", "coerce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +63,12 @@ class Options:
     concurrency : int
         For ``async def`` functions: calls in flight at once.
     timeout : float or None
-        For ``async def`` functions: seconds a single call may take before it
-        fails with ``TimeoutError`` naming its row.
+        Seconds a single call of the function may take before it fails with
+        ``TimeoutError`` naming its row (with ``errors="coerce"``, its value
+        becomes missing). Interrupts the call in worker processes and for
+        ``async def`` functions; a thread cannot be interrupted, so with
+        ``backend="threading"`` the whole call fails with it. Not available
+        on dask or Ray.
     fork : bool
         With the default ``"loky"`` backend, fork the workers from this
         process for each call when that is safe: on Linux, with no other
@@ -71,6 +77,34 @@ class Options:
         their chunks from its memory, so nothing is shipped to them.
         Otherwise (and always with ``fork=False``) calls run on a warm pool
         of loky worker processes, started once and reused.
+    initializer : callable or None
+        ``initializer(*initargs)`` runs once in each worker (each thread,
+        for ``backend="threading"``) before its first chunk, and once in
+        this process (per thread) before the call runs any of the function
+        here: to load a model or open a connection once per worker rather
+        than once per row. A worker that ran it keeps its effect for the
+        rest of the call; warm pool, dask and Ray workers also for later
+        calls with the same initializer and arguments (forked workers and
+        threads are new for each call, and run it again).
+    initargs : tuple
+        Arguments for ``initializer``. Pickled to reach worker processes:
+        pass what loads the object (a path), not the object.
+    errors : {"raise", "coerce"}
+        ``"raise"`` (default): the first call of the function that raises
+        ends the whole call with its exception. ``"coerce"``: a call that
+        raises gives ``None`` instead, which pandas turns into a missing
+        value (or, for ``groupby.apply`` returning frames, drops the group;
+        for ``filter``, a failing group counts as ``False``); the call
+        finishes and a :class:`~pandas_parallel.RowErrorsWarning` lists
+        every failure.
+    retries : int
+        Calls of the function that raise one of ``retry_on`` are tried
+        again up to this many times, waiting ``retry_delay`` seconds before
+        the first retry and twice as long before each next one.
+    retry_on : tuple of exception types
+        What is retried (default: any ``Exception``).
+    retry_delay : float
+        Seconds before the first retry.
     """
 
     n_jobs: int | None = None
@@ -83,6 +117,12 @@ class Options:
     concurrency: int = 100
     timeout: float | None = None
     fork: bool = True
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    errors: str = "raise"
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_delay: float = 0.1
 
     def resolved(self) -> Options:
         """These options with ``backend`` (and, if unset, ``n_jobs``) taken
@@ -104,8 +144,15 @@ class Options:
 _FIELDS = {f.name for f in dataclasses.fields(Options)}
 
 
-@functools.lru_cache(maxsize=64)
 def _with_backend(options: Options, backend: str, n_jobs: int | None) -> Options:
+    try:
+        return _with_backend_cached(options, backend, n_jobs)
+    except TypeError:  # an unhashable option (initargs holding a list)
+        return dataclasses.replace(options, backend=backend, n_jobs=n_jobs)
+
+
+@functools.lru_cache(maxsize=64)
+def _with_backend_cached(options: Options, backend: str, n_jobs: int | None) -> Options:
     # Cached: options are resolved on every call, and a new dataclass costs
     # a noticeable share of a small call.
     return dataclasses.replace(options, backend=backend, n_jobs=n_jobs)
@@ -217,6 +264,44 @@ def _check_timeout(value: Any) -> None:
         raise ValueError(f"timeout must be positive, got {value}")
 
 
+def _check_initializer(value: Any) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"initializer must be a callable or None, got {value!r}")
+
+
+def _check_initargs(value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"initargs must be a tuple, got {value!r}")
+
+
+def _check_errors(value: Any) -> None:
+    if value not in _ERRORS:
+        raise ValueError(f"errors must be 'raise' or 'coerce', got {value!r}")
+
+
+def _check_retries(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"retries must be a non-negative int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"retries must be 0 or more, got {value}")
+
+
+def _check_retry_on(value: Any) -> None:
+    if isinstance(value, type) and issubclass(value, BaseException):
+        raise TypeError("retry_on must be a tuple of exception types: "
+                        f"write retry_on=({value.__name__},)")
+    if not (isinstance(value, tuple) and value and all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in value)):
+        raise TypeError(f"retry_on must be a tuple of exception types, got {value!r}")
+
+
+def _check_retry_delay(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"retry_delay must be a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"retry_delay must be 0 or more, got {value}")
+
+
 _CHECKS = {
     "n_jobs": _check_n_jobs,
     "backend": _check_backend,
@@ -228,6 +313,12 @@ _CHECKS = {
     "concurrency": _check_concurrency,
     "timeout": _check_timeout,
     "fork": _check_bool("fork"),
+    "initializer": _check_initializer,
+    "initargs": _check_initargs,
+    "errors": _check_errors,
+    "retries": _check_retries,
+    "retry_on": _check_retry_on,
+    "retry_delay": _check_retry_delay,
 }
 
 # Settings come in two layers. Plain ``config(...)`` calls change the

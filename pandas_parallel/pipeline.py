@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import backends, executor, planning, transport
+from pandas_parallel import backends, executor, planning, policies, transport
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.combine import CannotCombine
 from pandas_parallel.options import Options
@@ -107,7 +107,16 @@ class Operation:
     def run_here(self, start: int, stop: int) -> Piece:
         chunk = self.units.local(start, stop)
         result = self.runner(chunk, self.func, self.args, self.kwargs)
+        if isinstance(self.func, policies.Coercing):
+            self.func.settle(chunk)
         return Piece(result, (start, stop), self.units)
+
+    def run_serial(self) -> Any:
+        """The plain pandas call on the whole input, from the start (what
+        failed in chunks before is forgotten: this call says)."""
+        if isinstance(self.func, policies.Coercing):
+            self.func.restart()
+        return self.serial()
 
     def progress_size(self, start: int, stop: int) -> int:
         """Units ``[start, stop)`` in the progress bar's unit (rows for row
@@ -253,7 +262,7 @@ def execute(op: Operation) -> Any:
     except _PandasDecides as failure:
         logger.debug("%s: a chunk failed (%s); pandas runs the whole call for its own "
                      "answer", op.label, failure)
-        return op.serial()
+        return op.run_serial()
 
 
 def _execute(op: Operation) -> Any:
@@ -306,7 +315,8 @@ class Plan:
 
 def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
     options = op.options
-    program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit)
+    program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit,
+                      policies.Setup.of(options.initializer, options.initargs, op.func))
     priced = options.serial_fallback and options.chunk_size is None
     per_row = planning.recall(op.func, _cost_kind(op)) if priced else None
     # Fail on an unpicklable function before any of its work (a sample runs
@@ -507,7 +517,7 @@ def _combine_or_serial(op: Operation, pieces: list[Piece], borrowed: bool = Fals
         logger.warning(
             "%s: chunk results cannot be combined into exactly what pandas "
             "returns (%s); recomputing serially with pandas", op.label, exc)
-        return op.serial()
+        return op.run_serial()
 
 
 def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
@@ -525,6 +535,7 @@ def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
         job = _job(op, plan, directory)
         tasks, handed_out = _tasks(op, plan, job, directory)
         results: dict[int, Any] = {}
+        row_errors: dict[int, list[tuple[Any, BaseException]]] = {}
         ok = False
         try:
             worker_seconds = 0.0
@@ -534,7 +545,11 @@ def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
                     outcome.payload, borrow=_borrows_results(op))
                 transport.release_input(handed_out.pop(outcome.chunk))
                 worker_seconds += outcome.seconds
+                row_errors[outcome.chunk] = outcome.row_errors
             ok = True
+            if isinstance(op.func, policies.Coercing):
+                for i in range(len(ranges)):
+                    op.func.failures.extend(row_errors[i])
             backend.finished(plan.n_workers)
             logger.debug("%s: chunks ran %.3fs in total; all results back after %.3fs",
                          op.label, worker_seconds, time.perf_counter() - began)
@@ -565,7 +580,7 @@ def _job(op: Operation, plan: Plan, directory: str | None) -> Job:
         _show_progress(op.options, plan.expected), done_here + sum(sizes), op.label,
         op.unit, sizes, [size * op.calls_per_unit for size in sizes], counters.calls,
         initial=done_here)
-    timeout = op.options.timeout if plan.backend.in_process else None
+    timeout = None if plan.backend.cluster else op.options.timeout
     return Job(plan.n_workers, progress, executor.Reporter(op.label, describe, op.func),
                counters, timeout)
 
@@ -591,7 +606,8 @@ def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None
                     count_calls=job.progress.bar is not None,
                     watch_calls=job.timeout is not None,
                     in_band=not backend.shares_files and not backend.in_process,
-                    seed=seeds[i], record_warnings=backend.records_warnings)
+                    seed=seeds[i], record_warnings=backend.records_warnings,
+                    setup_per_thread=backend.in_process)
 
     order = sorted(range(len(ranges)), key=lambda i: -calls[i])
     return (task(i) for i in order), handed_out

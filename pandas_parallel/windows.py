@@ -30,6 +30,7 @@ from pandas_parallel.accessor import (
     bind_like_pandas,
     plain_callable,
     run_async_call,
+    with_policies,
 )
 from pandas_parallel.pipeline import Operation, Piece, execute, ran_serially
 from pandas_parallel.splitting import Carrier, PaddedRows, Units
@@ -163,6 +164,17 @@ class WindowParallelAccessor(Configurable):
     dtype: float64
     """
 
+    def _failure_kind(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                      ) -> tuple[str, Any]:
+        return "windows", None
+
+    def _policy_label(self, name: str) -> str:
+        return f"{_compat.window_spec(self._obj).kind}.{name}"
+
+    def _labels_source(self) -> Any:
+        return None
+
+    @with_policies
     def apply(self, func: Any, raw: bool = False, engine: Any = None,
               engine_kwargs: dict[str, Any] | None = None, args: tuple[Any, ...] | None = None,
               kwargs: dict[str, Any] | None = None) -> pd.DataFrame | pd.Series:

@@ -28,7 +28,12 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 
-from pandas_parallel.errors import UnpicklableFunctionError, UnpicklableResultError
+from pandas_parallel import policies
+from pandas_parallel.errors import (
+    InitializerError,
+    UnpicklableFunctionError,
+    UnpicklableResultError,
+)
 from pandas_parallel.transport import Payload, in_band, load_input, ship_result
 
 _local = threading.local()
@@ -53,6 +58,7 @@ def initialize_worker(parent: int | None = None) -> None:
     """
     global _in_worker_process
     _in_worker_process = True
+    policies.forget_setups()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), daemon=True,
                          name="pandas_parallel-parent-watch").start()
@@ -80,6 +86,7 @@ class Program:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     calls_per_unit: int = 1
+    setup: policies.Setup | None = None  # the initializer option
 
 
 def encode_program(program: Program) -> bytes:
@@ -146,6 +153,7 @@ class Task:
     in_band: bool = False  # the result travels back inside the reply (clusters)
     seed: np.random.SeedSequence | None = None  # the chunk's random stream (processes)
     record_warnings: bool = False  # send warnings back to the parent (Backend.records_warnings)
+    setup_per_thread: bool = False  # the initializer runs once per thread (not per process)
 
 
 @dataclasses.dataclass
@@ -166,6 +174,9 @@ class Outcome:
     # Warnings pandas or the function issued in a worker (process or thread):
     # each distinct (category, message) once, for the caller to issue again.
     warnings: list[tuple[type[Warning], str]] = dataclasses.field(default_factory=list)
+    # errors="coerce": (label, exception) of each call that raised, in order.
+    row_errors: list[tuple[Any, BaseException]] = dataclasses.field(default_factory=list)
+    retries: int = 0  # retries made (the retries option)
 
 
 class Counters:
@@ -173,22 +184,24 @@ class Counters:
     array: ``[0:n]`` calls done per chunk, ``[n:2n]`` chunk state (1
     running, 2 finished), ``[2n:3n]`` when the chunk's current call started
     (monotonic microseconds, 0 between calls; kept only when a timeout is
-    watched), ``[3n]`` 1 once the call is over (failed or interrupted:
-    write no more files). A memory-mapped file for processes on this
-    machine, a plain array for threads, nothing for clusters."""
+    watched), ``[3n:4n]`` the process running the chunk, ``[4n]`` 1 once
+    the call is over (failed or interrupted: write no more files). A
+    memory-mapped file for processes on this machine, a plain array for
+    threads, nothing for clusters."""
 
     RUNNING, FINISHED = 1, 2
+    BLOCKS = 4
 
     def __init__(self, array: np.ndarray | None, source: str | np.ndarray | None) -> None:
         self.array = array
         self.source = source  # what a task carries to reach the same memory
-        self.n = (len(array) - 1) // 3 if array is not None else 0
+        self.n = (len(array) - 1) // self.BLOCKS if array is not None else 0
 
     @classmethod
     def create(cls, n_chunks: int, where: str | bool | None) -> Counters:
         """New counters: in a file of directory ``where``, in this process
         (``True``), or none (``False`` or ``None``)."""
-        size = 3 * n_chunks + 1
+        size = cls.BLOCKS * n_chunks + 1
         if where is True:
             array = np.zeros(size, dtype=np.int64)
             return cls(array, array)
@@ -215,6 +228,10 @@ class Counters:
     def call_starts(self) -> np.ndarray | None:
         return self.array[2 * self.n:3 * self.n] if self.array is not None else None
 
+    @property
+    def pids(self) -> np.ndarray | None:
+        return self.array[3 * self.n:4 * self.n] if self.array is not None else None
+
     def set_calls(self, chunk: int, calls: int) -> None:
         if self.array is not None:
             self.array[chunk] = calls
@@ -222,6 +239,8 @@ class Counters:
     def set_state(self, chunk: int, state: int) -> None:
         if self.array is not None:
             self.array[self.n + chunk] = state
+            if state == self.RUNNING:
+                self.array[3 * self.n + chunk] = os.getpid()
 
     def set_call_start(self, chunk: int, microseconds: int) -> None:
         if self.array is not None:
@@ -292,9 +311,7 @@ def _failing_argument(func: Callable[..., Any], tb: Any) -> tuple[bool, Any]:
 
     Read from the traceback after the fact, so successful calls pay nothing.
     """
-    target = func
-    while isinstance(target, functools.partial):
-        target = target.func
+    target = unwrap(func)
     code = getattr(getattr(target, "__func__", target), "__code__", None)
     found: tuple[bool, Any] = (False, None)
     while tb is not None and code is not None:
@@ -308,6 +325,29 @@ def _failing_argument(func: Callable[..., Any], tb: Any) -> tuple[bool, Any]:
                 break
         tb = tb.tb_next
     return found
+
+
+def unwrap(func: Any) -> Any:
+    """The user's own function inside partials and policy wrappers."""
+    while isinstance(func, _WRAPPERS):
+        func = func.func
+    return func
+
+
+_WRAPPERS = (functools.partial, policies.Coercing, policies.Retrying, policies.Timed)
+
+
+def _fresh(func: Any) -> Any:
+    """A policy wrapper of its own for one chunk (its failures and retries
+    are the chunk's)."""
+    if isinstance(func, (policies.Coercing, policies.Retrying)):
+        return func.fresh()
+    return func
+
+
+def _retries(func: Any) -> int:
+    inner = func.func if isinstance(func, policies.Coercing) else func
+    return inner.retried if isinstance(inner, policies.Retrying) else 0
 
 
 def _counting(func: Callable[..., Any], counters: Counters, slot: int
@@ -359,8 +399,12 @@ def run_chunk(task: Task) -> Outcome:
     counters.set_state(task.chunk, Counters.RUNNING)
     try:
         program = _decode_program(task.call_id, task.program)
+        if program.setup is not None:
+            failed = _set_up(program.setup, task)
+            if failed is not None:
+                return failed
         data = load_input(task.payload)
-        func = program.func
+        func = policy = _fresh(program.func)
         if task.watch_calls and counters.array is not None:
             func = _watching(func, counters, task.chunk)
         elif task.count_calls and counters.array is not None and program.calls_per_unit:
@@ -385,10 +429,24 @@ def run_chunk(task: Task) -> Outcome:
             directory = None if counters.call_over else task.result_dir
             payload = ship_result(result, directory,
                                   f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
-        return Outcome(task.chunk, payload, seconds=seconds, warnings=_distinct(issued))
+        row_errors = policy.settle(data) if isinstance(policy, policies.Coercing) else []
+        return Outcome(task.chunk, payload, seconds=seconds, warnings=_distinct(issued),
+                       row_errors=row_errors, retries=_retries(policy))
     finally:
         counters.set_state(task.chunk, Counters.FINISHED)
         _local.active = outer
+
+
+def _set_up(setup: policies.Setup, task: Task) -> Outcome | None:
+    """Run the initializer where it has not run yet; a failure as the
+    chunk's outcome."""
+    where = (f"worker thread {threading.current_thread().name}" if task.setup_per_thread
+             else f"worker process {os.getpid()}")
+    try:
+        policies.ensure_setup(setup, task.setup_per_thread, where)
+    except InitializerError as exc:
+        return Outcome(task.chunk, failure=Failure(exc, traceback.format_exc(), ""))
+    return None
 
 
 _MAX_WARNINGS = 20  # distinct ones per chunk: a warning per row is one warning
@@ -460,6 +518,7 @@ def run_chunk_pickled(task: Task) -> bytes:
     outcome = run_chunk(task)
     if outcome.failure is not None:
         return _pickle_failure(outcome)
+    outcome.row_errors = policies.portable(outcome.row_errors)
     try:
         return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:

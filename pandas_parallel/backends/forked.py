@@ -35,7 +35,15 @@ from multiprocessing.connection import Connection, Pipe, wait
 
 from pandas_parallel import worker
 from pandas_parallel.backends import Backend, Job, cut_in_worker
-from pandas_parallel.executor import POLL_SECONDS, Reporter, crash_error, deliver
+from pandas_parallel.executor import (
+    POLL_SECONDS,
+    Reporter,
+    crash_error,
+    deliver,
+    late_call,
+    stuck_error,
+    stuck_limit,
+)
 from pandas_parallel.splitting import Units
 from pandas_parallel.transport import Payload
 from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_pickled
@@ -235,6 +243,10 @@ def run_forked(tasks: list[Task], job: Job) -> Iterator[Outcome]:
                     del busy[ready]
                 yield deliver(outcome, job.progress, job.reporter)
             job.progress.refresh()
+            if job.timeout is not None:
+                late = late_call(job.counters, stuck_limit(job.timeout))
+                if late is not None:  # stopped by _stop below
+                    raise stuck_error(job, late, job.timeout)
     finally:
         _stop(workers)
 

@@ -10,9 +10,11 @@ every worker when one task raises: here a failure comes back as data (see
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
@@ -20,7 +22,16 @@ from typing import Any
 
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.errors import WorkerCrashedError
-from pandas_parallel.executor import POLL_SECONDS, crash_error, deliver, finished, top_up
+from pandas_parallel.executor import (
+    POLL_SECONDS,
+    crash_error,
+    deliver,
+    finished,
+    late_call,
+    stuck_error,
+    stuck_limit,
+    top_up,
+)
 from pandas_parallel.worker import (
     Outcome,
     Task,
@@ -136,6 +147,8 @@ class Pool(Backend):
                 if here and not warm:
                     more = yield from self._run_one_here(waiting, job)
                 job.progress.refresh()
+                if job.timeout is not None:
+                    self._stop_stuck(job, job.timeout)
         except KeyboardInterrupt:
             logger.debug("interrupted: stopping the worker processes")
             executor.shutdown(wait=False, kill_workers=True)
@@ -150,9 +163,24 @@ class Pool(Backend):
         task = next(waiting, None)
         if task is None:
             return False
-        here = dataclasses.replace(task, result_dir=None, seed=None, record_warnings=False)
+        here = dataclasses.replace(task, result_dir=None, seed=None, record_warnings=False,
+                                   setup_per_thread=True)
         yield deliver(run_chunk(here), job.progress, job.reporter)
         return True
+
+    def _stop_stuck(self, job: Job, timeout: float) -> None:
+        """Stop the worker of a call its timer could not interrupt; the pool
+        is replaced."""
+        late = late_call(job.counters, stuck_limit(timeout))
+        if late is None:
+            return
+        pids = job.counters.pids
+        pid = int(pids[late[0]]) if pids is not None else 0
+        if pid and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.shutdown()
+        raise stuck_error(job, late, timeout)
 
     def _crash(self, exc: BaseException, job: Job) -> WorkerCrashedError:
         error = crash_error(exc, job.counters.running(), job.reporter.describe)

@@ -8,13 +8,10 @@ waits release the GIL. Threads share this process's random generators.
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Iterable, Iterator
 
-import numpy as np
-
 from pandas_parallel.backends import InProcess, Job
-from pandas_parallel.executor import Reporter, deliver, finished, top_up
+from pandas_parallel.executor import deliver, finished, late_call, top_up
 from pandas_parallel.worker import Outcome, Task, run_chunk
 
 
@@ -49,19 +46,11 @@ class Threads(InProcess):
 
 
 def _check_timeouts(job: Job, timeout: float) -> None:
-    starts, calls = job.counters.call_starts, job.counters.calls
-    if starts is None or calls is None:
-        return
-    now = int(time.monotonic() * 1e6)
-    late = np.flatnonzero((starts > 0) & (now - starts > timeout * 1e6))
-    if len(late):
-        raise _timeout_error(job.reporter, int(late[0]), int(calls[late[0]]), timeout)
-
-
-def _timeout_error(reporter: Reporter, chunk: int, number: int, timeout: float
-                   ) -> TimeoutError:
-    return TimeoutError(
-        f"{reporter.label}: a call did not return within timeout={timeout} s "
-        f"(call {number} of {reporter.describe(chunk)}). Its thread cannot be "
-        "stopped and finishes on its own; give the function's own I/O a timeout, "
-        "or use an async def function, whose calls are cancelled.")
+    late = late_call(job.counters, timeout)
+    if late is not None:
+        chunk, number = late
+        raise TimeoutError(
+            f"{job.reporter.label}: a call did not return within timeout={timeout} s "
+            f"(call {number} of {job.reporter.describe(chunk)}). Its thread cannot be "
+            "stopped and finishes on its own; give the function's own I/O a timeout, "
+            "or use an async def function, whose calls are cancelled.")

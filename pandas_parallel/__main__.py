@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -77,10 +78,26 @@ def _common(parser: argparse.ArgumentParser, streaming: bool) -> None:
                         help="loky (processes, default), threading, dask or ray")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar over the rows (default: on a terminal)")
+    parser.add_argument("--errors", choices=["raise", "coerce"], default=None,
+                        help="raise (default): the first failing call stops the run; "
+                             "coerce: its value becomes missing, and the failures are "
+                             "listed in a warning")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="seconds one call of the function may take before it "
+                             "fails with TimeoutError (missing with --errors coerce)")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="try a call that raised again, up to this many times, "
+                             "waiting 0.1 s, then twice as long each time")
     if streaming:
         parser.add_argument("--batch-rows", type=int, default=250_000,
                             help="rows read, processed and written at a time; peak "
                                  "memory grows with it (default: 250000)")
+        parser.add_argument("--resume", action="store_true",
+                            help="keep each finished batch beside the output (in "
+                                 ".NAME.resume/) and continue after the last one a "
+                                 "killed run with the same input, function and "
+                                 "settings finished; removed once the output is "
+                                 "complete")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     from pandas_parallel.options import validate
 
-    options = {"n_jobs": args.jobs, "chunk_size": args.chunk_size, "backend": args.backend}
+    options = {"n_jobs": args.jobs, "chunk_size": args.chunk_size, "backend": args.backend,
+               "errors": args.errors, "timeout": args.timeout, "retries": args.retries}
     options = {k: v for k, v in options.items() if v is not None}
     try:
         validate(options)
@@ -180,16 +198,9 @@ def _run_files(args: argparse.Namespace) -> int:
     if not os.path.exists(args.input):
         raise UsageError(f"no such input: {args.input!r}")
     try:
-        if args.command == "groupby":
-            summary = _groupby(args, func, options)
-        else:
-            if args.batch_rows < 1:
-                raise UsageError("--batch-rows must be at least 1")
-            summary = io.process_file(
-                args.input, func, args.output, operation=args.command,
-                column=getattr(args, "column", None), into=getattr(args, "into", None),
-                input_format=args.format, output_format=args.output_format,
-                batch_rows=args.batch_rows, progress=args.progress, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            summary = _run_command(args, func, options)
     except KeyboardInterrupt:
         print("pandas-parallel: interrupted; the output was not written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -197,8 +208,42 @@ def _run_files(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:
         return _report_failure(args, func, exc)
+    _report_warnings(args, caught)
     print(f"pandas-parallel {args.command}: {summary}", file=sys.stderr)
     return EXIT_OK
+
+
+def _run_command(args: argparse.Namespace, func: Callable[..., Any],
+                 options: dict[str, Any]) -> Any:
+    from pandas_parallel import io
+
+    if args.command == "groupby":
+        return _groupby(args, func, options)
+    if args.batch_rows < 1:
+        raise UsageError("--batch-rows must be at least 1")
+    return io.process_file(
+        args.input, func, args.output, operation=args.command,
+        column=getattr(args, "column", None), into=getattr(args, "into", None),
+        input_format=args.format, output_format=args.output_format,
+        batch_rows=args.batch_rows, progress=args.progress, resume=args.resume, **options)
+
+
+def _report_warnings(args: argparse.Namespace,
+                     caught: list[warnings.WarningMessage]) -> None:
+    """One line per warning; the rows that failed under --errors coerce
+    said plainly."""
+    from pandas_parallel.errors import RowErrorsWarning
+
+    for message in caught:
+        warning = message.message
+        if isinstance(warning, RowErrorsWarning):
+            label, first = warning.failures[0]
+            print(f"pandas-parallel {args.command}: {len(warning.failures)} rows failed "
+                  f"and are missing in the output (--errors coerce); the first, row "
+                  f"{label!r}: {type(first).__name__}: {first}", file=sys.stderr)
+        else:
+            print(f"pandas-parallel {args.command}: warning: {message.category.__name__}: "
+                  f"{warning}", file=sys.stderr)
 
 
 def _report_failure(args: argparse.Namespace, func: Callable[..., Any],

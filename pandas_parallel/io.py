@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ import pyarrow.dataset as pa_ds
 import pyarrow.parquet as pq
 
 import pandas_parallel  # noqa: F401  (registers .parallel)
+from pandas_parallel.errors import RowErrorsWarning
 from pandas_parallel.executor import progress_bar
 from pandas_parallel.options import validate
 
@@ -192,7 +194,9 @@ class AtomicWriter:
         if not os.path.isdir(parent):
             raise InputError(f"the output's directory does not exist: {parent!r}")
         name = os.path.basename(self.path)
-        self.temporary = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+        _sweep_partials(parent, name)
+        self.temporary = os.path.join(
+            parent, f".{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if self.directory_output:
             os.mkdir(self.temporary)
         self._writer: Any = None
@@ -234,6 +238,31 @@ class AtomicWriter:
         else:
             with contextlib.suppress(OSError):
                 os.unlink(self.temporary)
+
+
+def _sweep_partials(parent: str, name: str) -> None:
+    """Remove what killed runs (SIGKILL leaves no chance to clean up) left
+    beside the target: partial outputs of processes no longer running."""
+    prefix = f".{name}.partial-"
+    for entry in os.listdir(parent):
+        pid = entry[len(prefix):].split("-")[0] if entry.startswith(prefix) else ""
+        if pid.isdigit() and not _running(int(pid)):
+            path = os.path.join(parent, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _open_writer(path: str, fmt: str, schema: pa.Schema) -> Any:
@@ -312,7 +341,8 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
                  operation: str = "apply", column: str | None = None,
                  into: str | None = None, input_format: str | None = None,
                  output_format: str | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,
-                 progress: bool | None = None, **options: Any) -> Summary:
+                 progress: bool | None = None, resume: bool = False,
+                 **options: Any) -> Summary:
     """Stream ``source`` through ``func`` on all cores into ``destination``.
 
     Parameters
@@ -337,6 +367,13 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
         Rows read, processed and written at a time; peak memory grows with it.
     progress : bool, optional
         A progress bar over the file's rows (default: on a terminal).
+    resume : bool
+        Keep each finished batch's output beside the target (in
+        ``.<name>.resume/``) and, when a run with the same input, function
+        and settings left one there, continue after its last finished
+        batch. The target still appears only when complete; the kept
+        batches are removed then. ``False`` (default) starts over and
+        keeps nothing.
     **options
         pandas_parallel options (``n_jobs``, ``chunk_size``, ``backend``...).
 
@@ -364,20 +401,33 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
     show = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(show, total)
     writer = AtomicWriter(destination, fmt_out)
+    kept = None
+    if resume:
+        kept = KeptBatches(destination, _run_identity(
+            source, func, operation, column, into, batch_rows, fmt_out, options))
     rows_in = rows_out = 0
+    failures: list[tuple[Any, BaseException]] = []
     try:
-        for table in tables:
-            frame = to_pandas(table, rows_in)
-            result = run(frame)
-            source_table = table if operation in ("map", "partitions") else None
-            out = to_arrow(result, source_table)
-            writer.write(out)
+        for number, table in enumerate(tables):
+            if kept is None or number >= kept.finished:
+                with _collecting(failures):
+                    result = run(to_pandas(table, rows_in))
+                out = to_arrow(result, table if operation in ("map", "partitions") else None)
+                del result
+                if kept is None:
+                    writer.write(out)
+                    rows_out += out.num_rows
+                else:
+                    kept.keep(number, out)
+                del out
+                _release_freed_memory()
             rows_in += table.num_rows
-            rows_out += out.num_rows
             if bar is not None:
                 bar.update(table.num_rows)
-            del frame, result, out
-            _release_freed_memory()
+        if kept is not None:
+            for out in kept.tables():
+                writer.write(out)
+                rows_out += out.num_rows
         writer.commit()
     except BaseException:
         writer.abort()
@@ -385,9 +435,130 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
     finally:
         if bar is not None:
             bar.close()
+    # Complete: batches kept by this run, or by a killed run this one did
+    # not resume, are of no more use.
+    shutil.rmtree(KeptBatches.place(destination), ignore_errors=True)
     summary = Summary(rows_in, rows_out, time.perf_counter() - began, destination)
     logger.info("%s", summary)
+    if failures:
+        from pandas_parallel._compat import caller_stack_level
+
+        label, first = failures[0]
+        warnings.warn(RowErrorsWarning(
+            f"{operation} over {source}: the function raised for {len(failures)} rows "
+            f"(errors='coerce'); they are missing values in {destination}. The first: row "
+            f"{label!r} ({type(first).__name__}: {first}); this warning's .failures "
+            "lists (label, exception) for each.", failures), stacklevel=caller_stack_level())
     return summary
+
+
+@contextlib.contextmanager
+def _collecting(failures: list[tuple[Any, BaseException]]) -> Iterator[None]:
+    """Collect the failures of each batch's RowErrorsWarning into
+    ``failures`` (one warning for the whole file follows); other warnings
+    are issued as they were."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in caught:
+        if isinstance(message.message, RowErrorsWarning):
+            failures.extend(message.message.failures)
+        else:
+            warnings.warn_explicit(message.message, message.category, message.filename,
+                                   message.lineno, source=message.source)
+
+
+class KeptBatches:
+    """The outputs of a run's finished batches, kept beside its target (in
+    ``.<name>.resume/``) so that a run killed midway continues after its
+    last finished batch.
+
+    Each batch's output is an Arrow file, renamed into place when written
+    in full; ``identity.json`` says which run they belong to (input,
+    function and settings). Kept batches of another run are removed.
+    """
+
+    def __init__(self, destination: str, identity: dict[str, Any]) -> None:
+        self.directory = self.place(destination)
+        marker = os.path.join(self.directory, "identity.json")
+        self.finished = 0
+        if os.path.isdir(self.directory):
+            if _read_json(marker) == identity:
+                while os.path.exists(self._part(self.finished)):
+                    self.finished += 1
+                logger.info("resuming after %d finished batches kept in %s",
+                            self.finished, self.directory)
+            else:
+                logger.warning("the batches kept in %s are from another run (its input, "
+                               "function or settings differ): starting over", self.directory)
+                shutil.rmtree(self.directory)
+        if not os.path.isdir(self.directory):
+            os.mkdir(self.directory)
+            _write_json(marker, identity)
+
+    @staticmethod
+    def place(destination: str) -> str:
+        """Where the batches of a run writing ``destination`` are kept."""
+        path = destination.rstrip(os.sep) or destination
+        return os.path.join(os.path.dirname(os.path.abspath(path)),
+                            f".{os.path.basename(path)}.resume")
+
+    def _part(self, number: int) -> str:
+        return os.path.join(self.directory, f"batch-{number:06d}.arrow")
+
+    def keep(self, number: int, table: pa.Table) -> None:
+        path = self._part(number)
+        partial = f"{path}.partial"
+        with pa.OSFile(partial, "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table)
+        os.replace(partial, path)
+
+    def tables(self) -> Iterator[pa.Table]:
+        number = 0
+        while os.path.exists(self._part(number)):
+            with pa.memory_map(self._part(number)) as source:
+                yield pa.ipc.open_file(source).read_all()
+            number += 1
+
+
+def _run_identity(source: str, func: Callable[..., Any], operation: str,
+                  column: str | None, into: str | None, batch_rows: int, fmt_out: str,
+                  options: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' batches interchangeable: the same input files
+    (sizes and modification times), function, operation and settings that
+    change the output."""
+    import hashlib
+    import marshal
+
+    files = ([os.path.join(root, name) for root, _, names in sorted(os.walk(source))
+              for name in sorted(names)] if os.path.isdir(source) else [source])
+    stats = [[os.path.relpath(f, source) if f != source else "", os.stat(f).st_size,
+              os.stat(f).st_mtime_ns] for f in files]
+    code = getattr(func, "__code__", None)  # edited code is another function
+    function = (f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', func)}:"
+                + (hashlib.sha1(marshal.dumps(code)).hexdigest() if code is not None else ""))
+    settings = {k: repr(options.get(k)) for k in ("errors", "timeout")}
+    return {"input": os.path.abspath(source), "files": stats, "function": function,
+            "operation": operation, "column": column, "into": into,
+            "batch_rows": batch_rows, "output_format": fmt_out, "settings": settings}
+
+
+def _read_json(path: str) -> Any:
+    import json
+
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, value: Any) -> None:
+    import json
+
+    with open(f"{path}.partial", "w") as file:
+        json.dump(value, file)
+    os.replace(f"{path}.partial", path)
 
 
 def _release_freed_memory() -> None:

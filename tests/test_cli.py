@@ -51,6 +51,21 @@ FUNCTIONS = textwrap.dedent('''
         time.sleep(0.05)
         return 1.0
 
+    def logged(row):
+        """Logs each row it is called with; hangs on row PP_HANG_AT."""
+        import os
+        with open(os.environ["PP_LOG"], "a") as log:
+            log.write(f"{row.name}\\n")
+        if os.environ.get("PP_HANG_AT") == str(row.name):
+            print(f"hanging on {row.name}", flush=True)
+            time.sleep(600)
+        return row["amount"] * 3
+
+    def fails_on_7_and_11(row):
+        if row.name in (7, 11):
+            raise KeyError(f"customer {row.name} is missing")
+        return row["amount"]
+
     def dies_on_3(row):
         time.sleep(0.02)
         if row.name == 3:
@@ -358,3 +373,103 @@ def test_out_of_core_file_five_times_the_memory_budget(tmp_path, funcs):
         expected = _load(f"{tmp_path}/big_fn.py", "double")(
             pd.read_parquet(source, columns=names))
         pd.testing.assert_frame_equal(pd.read_parquet(out, columns=names), expected)
+
+
+# -- ETL runs: resume, row errors, timeouts ----------------------------------------------
+def _logged_expected(frame):
+    return frame.apply(lambda row: row["amount"] * 3, axis=1).to_frame("result")
+
+
+def _logged_rows(log):
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def test_resume_after_sigkill_continues_from_the_last_finished_batch(tmp_path, funcs):
+    from tests.test_subprocesses import _read_lines_until
+
+    frame = _frame(1000)
+    source, out, log = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "log"
+    frame.to_parquet(source, index=False)
+    argv = [sys.executable, "-m", "pandas_parallel", "apply", str(source), "-f",
+            f"{funcs}:logged", "-o", str(out), "--batch-rows", "200", "--chunk-size", "20",
+            "--jobs", "2", "--no-progress", "--resume"]
+    env = dict(os.environ, PP_LOG=str(log), PP_HANG_AT="650")
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE)
+    try:
+        _read_lines_until(process, lambda lines: any("hanging on 650" in line
+                                                     for line in lines), timeout=120)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        process.kill()  # SIGKILL: nothing runs in the parent after this
+        process.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=10)  # they die with their parent
+        assert not alive
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.stdout.close()
+    assert not out.exists()
+    kept = tmp_path / ".out.parquet.resume"
+    assert sorted(p.name for p in kept.glob("batch-*.arrow")) == [
+        "batch-000000.arrow", "batch-000001.arrow", "batch-000002.arrow"]
+    before = len(_logged_rows(log))
+
+    env.pop("PP_HANG_AT")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = _logged_rows(log)[before:]
+    assert min(resumed) >= 600  # the three finished batches were not run again
+    assert sorted(set(resumed)) == list(range(600, 1000))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), _logged_expected(frame))
+    again = tmp_path / "again.parquet"
+    subprocess.run([*argv[:8], str(again), *argv[9:-1]], env=env, check=True, timeout=300)
+    assert pq.read_table(out).equals(pq.read_table(again))  # as an uninterrupted run
+    # Neither the kept batches nor the killed run's partial output are left.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_resume_continues_only_the_same_run(tmp_path, funcs, monkeypatch):
+    from pandas_parallel.io import process_file
+
+    frame = _frame(500)
+    source, out, log = tmp_path / "in.parquet", tmp_path / "out.csv", tmp_path / "log"
+    frame.to_parquet(source, index=False)
+    monkeypatch.setenv("PP_LOG", str(log))
+    logged = _load(funcs, "logged")
+
+    def fails_from_300(row):
+        if row.name >= 300:
+            raise RuntimeError("the service went away")
+        return logged(row)
+
+    run = dict(batch_rows=100, n_jobs=2, chunk_size=25, progress=False, resume=True)
+    with pytest.raises(RuntimeError, match="went away"):
+        process_file(str(source), fails_from_300, str(out), **run)
+    assert not out.exists() and len(_logged_rows(log)) == 300
+    # Another function: the kept batches are not its own, and are removed.
+    process_file(str(source), lambda row: logged(row) * 1, str(out), **run)
+    assert len(_logged_rows(log)) == 800
+    pd.testing.assert_frame_equal(pd.read_csv(out), _logged_expected(frame))
+    assert not (tmp_path / ".out.csv.resume").exists()
+    # Without resume, nothing is kept.
+    log.unlink()
+    with pytest.raises(RuntimeError):
+        process_file(str(source), fails_from_300, str(out), **{**run, "resume": False})
+    assert not (tmp_path / ".out.csv.resume").exists()
+
+
+def test_errors_coerce_and_timeout_on_the_command_line(tmp_path, funcs, capsys):
+    frame = _frame(30)
+    source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    frame.to_parquet(source, index=False)
+    assert _run("apply", source, "-f", f"{funcs}:fails_on_7_and_11", "-o", out,
+                "--errors", "coerce", "--chunk-size", "4", "--no-progress") == 0
+    expected = frame.apply(lambda row: None if row.name in (7, 11) else row["amount"],
+                           axis=1).to_frame("result")
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+    err = capsys.readouterr().err
+    assert ("2 rows failed and are missing in the output (--errors coerce); the first, "
+            "row 7: KeyError") in err
+    assert _run("apply", source, "-f", f"{funcs}:slow", "-o", out, "--timeout", "0.01",
+                "--chunk-size", "4", "--no-progress") == 1
+    assert "TimeoutError" in capsys.readouterr().err
+    assert _run("apply", source, "-f", f"{funcs}:slow", "-o", out, "--timeout", "-1") == 2

@@ -185,12 +185,14 @@ def crash_error(exc: BaseException, running: list[int],
 def late_call(counters: Any, limit: float) -> tuple[int, int] | None:
     """A chunk whose current call has run longer than ``limit`` seconds,
     and that call's number within it; ``None`` if there is none."""
-    starts, calls = counters.call_starts, counters.calls
-    if starts is None or calls is None:
+    if counters.call_starts is None or counters.calls is None:
         return None
+    # One read of the shared memory: workers reset a start to 0 as a call
+    # returns, and a second read would see "started at 0" (long ago).
+    starts = counters.call_starts.copy()
     now = int(time.monotonic() * 1e6)
     late = np.flatnonzero((starts > 0) & (now - starts > limit * 1e6))
-    return (int(late[0]), int(calls[late[0]])) if len(late) else None
+    return (int(late[0]), int(counters.calls[late[0]])) if len(late) else None
 
 
 def stuck_error(job: Any, late: tuple[int, int], timeout: float) -> TimeoutError:

@@ -582,7 +582,7 @@ def _job(op: Operation, plan: Plan, directory: str | None) -> Job:
         initial=done_here)
     timeout = None if plan.backend.cluster else op.options.timeout
     return Job(plan.n_workers, progress, executor.Reporter(op.label, describe, op.func),
-               counters, timeout)
+               counters, timeout, coerce=isinstance(op.func, policies.Coercing))
 
 
 def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None

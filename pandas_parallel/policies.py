@@ -136,12 +136,18 @@ class Timed:
 
     def __init__(self, func: Callable[..., Any], timeout: float) -> None:
         self.func = self.__wrapped__ = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)  # for pandas
         self.timeout = timeout
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if (threading.current_thread() is not threading.main_thread()
-                or signal.getitimer(signal.ITIMER_REAL)[0] > 0):  # someone else's timer
+        if threading.current_thread() is not threading.main_thread():
             return self.func(*args, **kwargs)
+        # Another timer (pytest-timeout's, the user's own) is put back as
+        # it would have run on; if it is due first, it is left to fire.
+        outer, interval = signal.getitimer(signal.ITIMER_REAL)
+        if outer and outer <= self.timeout:
+            return self.func(*args, **kwargs)
+        began = time.monotonic()
         previous = signal.signal(signal.SIGALRM, self._expired)
         signal.setitimer(signal.ITIMER_REAL, self.timeout)
         try:
@@ -149,6 +155,9 @@ class Timed:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer:
+                left = outer - (time.monotonic() - began)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
 
     def _expired(self, signum: int, frame: Any) -> None:
         raise TimeoutError(f"the call did not return within timeout={self.timeout} s")
@@ -163,6 +172,7 @@ class Retrying:
     def __init__(self, func: Callable[..., Any], retries: int,
                  retry_on: tuple[type[BaseException], ...], delay: float) -> None:
         self.func = self.__wrapped__ = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)  # for pandas
         self.retries, self.retry_on, self.delay = retries, retry_on, delay
         self.retried = 0
         self._lock = threading.Lock()
@@ -215,14 +225,19 @@ class Coercing:
 
     def __init__(self, func: Callable[..., Any], kind: str, missing: Any = None) -> None:
         self.func = self.__wrapped__ = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)  # for pandas
         self.kind, self.missing = kind, missing
         self.failures: list[tuple[Any, BaseException]] = []
         self._pending: list[tuple[int, Any, BaseException]] = []
         self._calls = 0
+        self._skipped: dict[int, BaseException] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         number = self._calls
         self._calls += 1
+        if number in self._skipped:
+            self.record(number, args[0] if args else None, self._skipped[number])
+            return self.missing
         try:
             return self.func(*args, **kwargs)
         except Exception as exc:
@@ -233,6 +248,11 @@ class Coercing:
         """Keep the failure of call ``number`` (counted from 0 in the order
         pandas made the calls) with ``argument``."""
         self._pending.append((number, _small(argument, self.kind), exc))
+
+    def skip(self, numbers: tuple[int, ...], exc: BaseException) -> None:
+        """Do not make calls ``numbers``: they failed with ``exc`` before
+        (they hung where nothing could interrupt them)."""
+        self._skipped.update(dict.fromkeys(numbers, exc))
 
     def counted(self, calls: int) -> None:
         """Calls were made elsewhere (``async def`` functions): ``calls`` in all."""

@@ -154,6 +154,9 @@ class Task:
     seed: np.random.SeedSequence | None = None  # the chunk's random stream (processes)
     record_warnings: bool = False  # send warnings back to the parent (Backend.records_warnings)
     setup_per_thread: bool = False  # the initializer runs once per thread (not per process)
+    # errors="coerce": calls (numbered from 0) that got stuck past the timeout
+    # in an earlier try of this chunk, now skipped as missing.
+    skip_calls: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -405,6 +408,10 @@ def run_chunk(task: Task) -> Outcome:
                 return failed
         data = load_input(task.payload)
         func = policy = _fresh(program.func)
+        if task.skip_calls and isinstance(policy, policies.Coercing):
+            policy.skip(task.skip_calls, TimeoutError(
+                "the call did not return within timeout= and could not be interrupted; "
+                "its worker process was stopped and replaced"))
         if task.watch_calls and counters.array is not None:
             func = _watching(func, counters, task.chunk)
         elif task.count_calls and counters.array is not None and program.calls_per_unit:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
+import warnings
 
 import joblib
 import numpy as np
@@ -17,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 
 import pandas_parallel
 from pandas_parallel import clusters, planning, transport
-from tests.helpers import check_like_pandas
+from tests.helpers import assert_same, check_like_pandas
 from tests.strategies import frames
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -141,6 +143,47 @@ def test_worker_killed_mid_run_is_a_clear_error(on_dask):
                       lambda: df.parallel.apply(row_sum, axis=1))
 
 
+WORKER_MODEL: dict = {}
+
+
+def load_worker_model(directory):
+    WORKER_MODEL["pid"] = os.getpid()
+    open(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"), "w").close()
+
+
+def scored_by_this_worker(row):
+    if WORKER_MODEL.get("pid") != os.getpid():
+        raise RuntimeError("not set up in this process")
+    return row["a"] * 2
+
+
+def test_initializer_once_per_dask_worker_and_kept_for_the_next_call(on_dask, tmp_path):
+    df = pd.DataFrame({"a": range(30)})
+    expected = df.apply(lambda row: row["a"] * 2, axis=1)
+    workers = set(on_dask.run(os.getpid).values())
+    for _ in range(2):
+        got = df.parallel(initializer=load_worker_model, initargs=(str(tmp_path),)).apply(
+            scored_by_this_worker, axis=1)
+        assert pandas_parallel.last_run().backend == "dask"
+        assert_same(expected, got)
+    pids = [int(name.split("-")[0]) for name in os.listdir(tmp_path)]
+    ran_on = set(pids) & workers
+    assert ran_on and len([p for p in pids if p in workers]) == len(ran_on)  # once each
+
+
+def test_errors_coerce_on_dask(on_dask):
+    df = pd.DataFrame({"a": range(30)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = df.parallel(errors="coerce").apply(fails_on_17, axis=1)
+    assert pandas_parallel.last_run().backend == "dask"
+    expected = df.apply(lambda row: None if row["a"] == 17 else fails_on_17(row), axis=1)
+    assert_same(expected, got)
+    [warning] = [w.message for w in caught if w.category is pandas_parallel.RowErrorsWarning]
+    [(label, exc)] = warning.failures
+    assert label == 17 and isinstance(exc, KeyError)
+
+
 def test_frames_travel_in_band_as_arrow_or_pickle():
     exact = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}, index=pd.Index(["p", "q"], name="i"))
     payload = transport.in_band(exact, "auto")
@@ -186,6 +229,17 @@ def test_ray_backend():
             with pytest.raises(KeyError) as info:
                 df.parallel.apply(fail_on_17, axis=1)
             assert "17" in "\n".join(info.value.__notes__)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = df.parallel(errors="coerce").apply(fail_on_17, axis=1)
+            assert_same(df.apply(lambda r: None if r["a"] == 17 else 1, axis=1), got)
+            assert [label for label, _ in caught[-1].message.failures] == [17]
+            model: dict = {}
+            set_up = lambda weight: model.update(weight=weight)  # noqa: E731
+            weighted = lambda row: row["a"] * model["weight"]  # noqa: E731
+            check_like_pandas(lambda: df.apply(lambda row: row["a"] * 3, axis=1),
+                              lambda: df.parallel(initializer=set_up, initargs=(3,)).apply(
+                                  weighted, axis=1))
             killed = lambda row: os.kill(os.getpid(), signal.SIGKILL) if row.a == 17 else 1  # noqa: E731
             with pytest.raises(pandas_parallel.WorkerCrashedError, match="ray worker died"):
                 df.parallel.apply(killed, axis=1)

@@ -45,6 +45,9 @@ class Job:
     reporter: Reporter
     counters: Counters
     timeout: float | None = None
+    #: errors="coerce": a call past the timeout that cannot be interrupted
+    #: becomes missing; backends that can replace its worker go on.
+    coerce: bool = False
 
 
 class Backend:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -245,10 +246,37 @@ def run_forked(tasks: list[Task], job: Job) -> Iterator[Outcome]:
             job.progress.refresh()
             if job.timeout is not None:
                 late = late_call(job.counters, stuck_limit(job.timeout))
-                if late is not None:  # stopped by _stop below
+                if late is not None and not job.coerce:  # stopped by _stop below
                     raise stuck_error(job, late, job.timeout)
+                if late is not None:
+                    _replace_stuck(late, tasks, workers, busy, job)
     finally:
         _stop(workers)
+
+
+def _replace_stuck(late: tuple[int, int], tasks: list[Task], workers: list[_Worker],
+                   busy: dict[Connection, _Worker], job: Job) -> None:
+    """Stop the worker stuck in call ``late`` and fork another to run its
+    chunk again, that call skipped as missing (``errors="coerce"``)."""
+    chunk, number = late
+    stuck = next(w for w in busy.values() if w.chunk == chunk)
+    logger.debug("chunk %d: call %d is stuck past the timeout; replacing its worker",
+                 chunk, number)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(stuck.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(stuck.pid, 0)
+    stuck.pid = 0
+    stuck.close()
+    del busy[stuck.results]
+    task = tasks[chunk]
+    tasks[chunk] = dataclasses.replace(task, skip_calls=(*task.skip_calls, number - 1))
+    job.counters.set_call_start(chunk, 0)
+    job.counters.set_calls(chunk, 0)
+    replacement = _fork(tasks, [w for w in workers if w.pid])
+    workers.append(replacement)
+    replacement.hand(chunk)
+    busy[replacement.results] = replacement
 
 
 def _crashed(dead: _Worker, reporter: Reporter) -> BaseException:

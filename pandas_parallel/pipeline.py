@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import math
+import pickle
 import time
 import uuid
 from collections.abc import Callable, Hashable, Iterator
@@ -30,9 +31,11 @@ from pandas_parallel.combine import CannotCombine
 from pandas_parallel.options import Options
 from pandas_parallel.splitting import Units
 from pandas_parallel.worker import (
+    Outcome,
     Program,
     Task,
     chunk_seeds,
+    dumps_result,
     encode_program,
     in_worker,
     show_label,
@@ -311,6 +314,7 @@ class Plan:
     expected: float | None = None  # seconds the remaining units take serially
     sampled_seconds: float = 0.0
     start_workers_after: bool = False  # only their start-up made this call serial
+    results: planning.ResultCost | None = None  # sending results back, per unit
 
 
 def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
@@ -351,10 +355,13 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
     remaining = n_units - plan.start
     remaining_bytes = plan.n_bytes * remaining // n_units
 
+    if not plan.backend.in_process:
+        plan.results = _result_cost(op, plan.pieces)
+
     def guess(start: str) -> planning.Estimate:
         assert plan.per_unit is not None
         return planning.estimate(plan.per_unit, remaining, plan.n_workers, remaining_bytes,
-                                 start, plan.backend.cluster)
+                                 start, plan.backend.cluster, plan.results)
 
     start = plan.backend.start(plan.n_workers)
     estimate = guess(start)
@@ -368,9 +375,41 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
     plan.start_workers_after = (
         start == "cold" and estimate.serial >= planning.MIN_SECONDS_TO_START_POOL
         and not clearly_serial and guess("warm").parallel_wins)
-    logger.debug("%s: %s (%.2e s/unit); remaining %d: serial %.3fs, parallel %.3fs "
-                 "(workers %s)", op.label, measured, plan.per_unit, remaining,
+    logger.debug("%s: %s (%.2e s/unit%s); remaining %d: serial %.3fs, parallel %.3fs "
+                 "(workers %s)", op.label, measured, plan.per_unit,
+                 f", results {plan.results.encode:.1e} + {plan.results.decode:.1e} s/unit "
+                 "to send back" if plan.results else "", remaining,
                  estimate.serial, estimate.parallel, start)
+
+
+def _result_cost(op: Operation, pieces: list[Piece]) -> planning.ResultCost | None:
+    """What sending a unit's result back from a worker costs, measured on
+    the sampled results (or remembered): only for results holding Python
+    objects, which pickle one by one; numbers travel as buffers."""
+    kind = _cost_kind(op)
+    units = sum(b - a for p in pieces for a, b in [p.units])
+    results = [p.result for p in pieces]
+    if not units or not any(map(_holds_objects, results)):
+        return planning.recall_results(op.func, kind) if not pieces else None
+    encode = decode = 0.0
+    for result in results:
+        began = time.perf_counter()
+        blob = dumps_result(Outcome(0, transport.ship_result(result, None, "", "pickle")))
+        encoded = time.perf_counter()
+        pickle.loads(blob)
+        encode, decode = encode + encoded - began, decode + time.perf_counter() - encoded
+    cost = planning.ResultCost(encode / units, decode / units)
+    planning.remember_results(op.func, kind, cost)
+    return cost
+
+
+def _holds_objects(result: Any) -> bool:
+    result = getattr(result, "value", result)  # a Tagged result
+    if isinstance(result, pd.Series):
+        return pd.api.types.is_object_dtype(result.dtype)
+    if isinstance(result, pd.DataFrame):
+        return any(map(pd.api.types.is_object_dtype, result.dtypes))
+    return not isinstance(result, np.ndarray)
 
 
 def _chunks(op: Operation, plan: Plan) -> list[tuple[int, int]]:

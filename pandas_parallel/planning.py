@@ -78,12 +78,14 @@ class Estimate:
 
 
 def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
-             workers: str = "warm", cluster: bool = False) -> Estimate:
+             workers: str = "warm", cluster: bool = False,
+             results: ResultCost | None = None) -> Estimate:
     """Serial vs parallel time for ``units`` more units of work.
 
     ``workers`` says how the call gets its worker processes: ``"warm"``
     (already running, or a cluster's), ``"fork"`` (forked from this process
     for the call) or ``"cold"`` (started, importing pandas, during the call).
+    ``results``: what sending each unit's result back costs, when measured.
     """
     serial = seconds_per_unit * units
     n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
@@ -97,7 +99,27 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
         # Forked workers read their input from memory; results still travel.
         + (1 if workers == "fork" else 2) * n_bytes / rate
     )
+    if results is not None:  # encoded in the workers, decoded here, one by one
+        parallel += units * (results.encode / n_workers + results.decode)
     return Estimate(serial, parallel)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultCost:
+    """Seconds per unit to encode a result in a worker and decode it here."""
+
+    encode: float
+    decode: float
+
+
+def remember_results(func: Any, kind: Hashable, cost: ResultCost) -> None:
+    """Note what sending results of ``func`` back cost per unit."""
+    _note(_costs, func, ("results", kind), cost)
+
+
+def recall_results(func: Any, kind: Hashable) -> ResultCost | None:
+    cost = _known(_costs, func, ("results", kind))
+    return cost if isinstance(cost, ResultCost) else None
 
 
 def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,

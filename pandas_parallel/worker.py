@@ -34,7 +34,14 @@ from pandas_parallel.errors import (
     UnpicklableFunctionError,
     UnpicklableResultError,
 )
-from pandas_parallel.transport import Payload, in_band, load_input, ship_result
+from pandas_parallel.transport import (
+    Inline,
+    Payload,
+    Tagged,
+    in_band,
+    load_input,
+    ship_result,
+)
 
 _local = threading.local()
 _in_worker_process = False
@@ -527,12 +534,84 @@ def run_chunk_pickled(task: Task) -> bytes:
         return _pickle_failure(outcome)
     outcome.row_errors = policies.portable(outcome.row_errors)
     try:
-        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        return dumps_result(outcome)
     except Exception:
         try:  # classes defined in a function or notebook cell travel by value
             return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             return _pickle_failure(_unpicklable_result(outcome, exc))
+
+
+def dumps_result(outcome: Outcome) -> bytes:
+    """``outcome`` pickled; fast for a result holding lists of numpy
+    scalars (``[row.a + i for i in ...]`` makes numpy floats, which pickle
+    one by one at about 2 us each): each such list travels as one array
+    and comes back as a list of the same scalar objects."""
+    payload = outcome.payload
+    inner = payload.value if isinstance(payload, Tagged) else payload
+    if isinstance(inner, Inline):
+        packed = _packed(inner.obj)
+        if packed is not inner.obj:
+            repacked = Inline(packed)
+            outcome = dataclasses.replace(outcome, payload=Tagged(repacked, payload.tag)
+                                          if isinstance(payload, Tagged) else repacked)
+    return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _packed(result: Any) -> Any:
+    """``result`` with its lists of numpy scalars packed (itself if it has
+    none; checked on each object column's first value)."""
+    if isinstance(result, pd.Series):
+        return _packed_column(result)
+    if not isinstance(result, pd.DataFrame):
+        return result
+    packed = result
+    for position, (_, column) in enumerate(result.items()):
+        replacement = _packed_column(column)
+        if replacement is not column:
+            if packed is result:
+                packed = result.copy(deep=False)
+            packed.isetitem(position, replacement)
+    return packed
+
+
+def _packed_column(column: pd.Series) -> pd.Series:
+    if column.dtype != object or not len(column) or not _scalar_list_kind(column.iloc[0]):
+        return column
+    values = column.to_numpy()
+    packed = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        kind = _scalar_list_kind(value)
+        packed[i] = _PackedList(np.array(value, dtype=kind)) if kind else value
+    result = pd.Series(packed, index=column.index, name=column.name, copy=False)
+    result.attrs = column.attrs
+    return result
+
+
+def _scalar_list_kind(value: Any) -> type | None:
+    """The numpy scalar type of every item of a list, if they share one."""
+    if type(value) is not list or not value:
+        return None
+    kind = type(value[0])
+    if kind in _SCALAR_TYPES and all(type(x) is kind for x in value):
+        return kind
+    return None
+
+
+_SCALAR_TYPES = frozenset({np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
+                           np.int8, np.uint64, np.uint32, np.uint16, np.uint8, np.bool_,
+                           np.complex128, np.complex64})
+
+
+class _PackedList:
+    """A list of numpy scalars, as one array, while it is pickled: it
+    unpickles as the list itself."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return list, (self.values,)
 
 
 def load_outcome(blob: bytes) -> Outcome:

@@ -325,3 +325,30 @@ def test_a_cold_pool_is_not_started_for_calls_it_would_slow(seconds):
     assert not cold.parallel_wins
     assert planning.estimate(seconds / rows, rows, 2, 8 * rows, workers="warm").parallel_wins
 
+
+
+def test_results_that_cost_more_to_send_back_than_parallel_saves_stay_serial():
+    # 20,000 rows of 40 us each, results at 25 us to encode, 21 us to decode
+    # per row (lists of strings, measured): the parent's decoding alone would
+    # take longer than half the work.
+    results = planning.ResultCost(encode=2.5e-5, decode=2.1e-5)
+    plain = planning.estimate(4e-5, 20_000, 2, 0, "fork")
+    priced = planning.estimate(4e-5, 20_000, 2, 0, "fork", results=results)
+    assert plain.parallel_wins and not priced.parallel_wins
+    # Cheap to send (packed numpy scalars): parallel still wins.
+    cheap = planning.ResultCost(encode=6.6e-5 / 1000, decode=5.3e-5 / 1000)
+    assert planning.estimate(1.6e-3, 4000, 2, 0, "fork", results=cheap).parallel_wins
+
+
+def list_of_strings(row):
+    return [str(i) for i in range(50)]
+
+
+def test_the_sample_measures_what_object_results_cost_to_send(planned, caplog):
+    df = pd.DataFrame({"a": np.arange(3000.0)})
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        df.parallel.apply(list_of_strings, axis=1)
+        df.parallel.apply(lambda row: row["a"] * 2, axis=1)
+    priced = [r.getMessage() for r in caplog.records if "sampled" in r.getMessage()]
+    assert "to send back" in priced[0]  # lists of strings: measured
+    assert "to send back" not in priced[1]  # numbers travel as buffers

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pandas_parallel
 from pandas_parallel import transport
 from tests.conftest import scratch_dirs
+from tests.helpers import assert_same
 from tests.strategies import DTYPES, PANDAS_3, make_column
 
 # Under pandas 2.2 "str" columns are object dtype and hold None: not exact.
@@ -290,3 +292,36 @@ def test_rows_split_into_contiguous_chunks_of_even_size(n, n_chunks, data):
     assert sum(sizes) == n - start and (not sizes or max(sizes) - min(sizes) <= 1)
     for a, b in ranges:
         assert units.rows_of(a, b) == slice(a, b)
+
+
+_SCALARS = [np.float64, np.float32, np.int64, np.int8, np.uint16, np.bool_, np.complex128]
+
+
+@settings(max_examples=40)
+@given(st.data())
+def test_lists_of_numpy_scalars_come_back_as_the_same_objects(data):
+    """Packed into arrays to travel (2 us a scalar otherwise), each list
+    comes back a list of scalars of the same type and bits."""
+    from pandas_parallel import worker
+
+    def scalar_list(kind):
+        values = st.lists(st.integers(0, 100), max_size=6)
+        return values.map(lambda v: [kind(x) for x in v])
+
+    kind = data.draw(st.sampled_from(_SCALARS))
+    cells = data.draw(st.lists(st.one_of(scalar_list(kind), st.none(),
+                                         st.just([1.5, np.float64(2)]), st.just("text"),
+                                         st.just([[np.float64(1)]])), min_size=1, max_size=8))
+    cells[0] = [kind(1), kind(2)]  # what the check looks at
+    series = pd.Series(cells, dtype=object, name="lists",
+                       index=pd.Index([f"r{i}" for i in range(len(cells))]))
+    series.attrs = {"source": "test"}
+    frame = pd.DataFrame({"x": np.arange(len(cells)), "y": series, "z": series})
+    for result in (series, frame):
+        outcome = worker.Outcome(0, transport.Inline(result))
+        back = pickle.loads(worker.dumps_result(outcome)).payload.obj
+        assert_same(result, back)
+        for got, sent in zip(np.ravel(back.to_numpy(object)), np.ravel(result.to_numpy(object))):
+            assert type(got) is type(sent)
+            if isinstance(sent, list):
+                assert [type(v) for v in got] == [type(v) for v in sent]

@@ -85,6 +85,9 @@ class GroupBySpec:
     # Per grouping, the column it is when it is one of obj's (a column's
     # name, or the column itself given as a Series), else None.
     in_axis: tuple[Any, ...] = ()
+    # Columns of obj the groupby groups by, which pandas leaves out of what
+    # the function sees (a pd.Grouper's key column among them).
+    exclusions: frozenset[Any] = frozenset()
 
 
 def groupby_spec(gb: Any) -> GroupBySpec:
@@ -102,6 +105,7 @@ def groupby_spec(gb: Any) -> GroupBySpec:
         result_index=gb._grouper.result_index,
         n_keys=len(gb._grouper.groupings),
         in_axis=tuple(g.name if g.in_axis else None for g in gb._grouper.groupings),
+        exclusions=frozenset(getattr(gb, "exclusions", ())),
     )
 
 

@@ -413,7 +413,7 @@ class GroupByParallelAccessor(Configurable):
             # groups of a DataFrameGroupBy returned None.
             only_none = [r.kinds == {"None"} for r in known]
             if all(only_none) and isinstance(spec.obj, pd.DataFrame):
-                return results[0]
+                return self._all_none(results[0])
             if "Series" in kinds:
                 raise combine.CannotCombine("groups returned both Series and None")
             if "scalar" in kinds and any(only_none):
@@ -485,6 +485,14 @@ class GroupByParallelAccessor(Configurable):
         if changed:
             result.index = pd.MultiIndex.from_arrays(arrays, names=index.names)
         return result
+
+    def _all_none(self, chunk_result: pd.DataFrame) -> pd.DataFrame:
+        """pandas' empty frame for groups that all returned None, from a
+        chunk's: without the columns the whole groupby groups by (pandas 3
+        keeps the others), which a chunk grouped by carried keys (a
+        ``pd.Grouper(key=..., freq=...)``) still holds."""
+        grouped_by = self._plan.spec.exclusions
+        return chunk_result.drop(columns=[c for c in chunk_result.columns if c in grouped_by])
 
     def _scalar_results(self, results: list[Any]) -> Any:
         """One value per group: a Series on the group index (pandas'

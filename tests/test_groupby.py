@@ -221,3 +221,15 @@ def test_unobserved_categories_and_empty_bins_stay_with_pandas():
     check_like_pandas(
         lambda: df.groupby(pd.Grouper(key="t", freq="1h"))["v"].apply(len),
         lambda: df.groupby(pd.Grouper(key="t", freq="1h"))["v"].parallel.apply(len))
+
+
+def test_all_groups_none_with_a_time_grouper_leaves_out_its_column(forced):
+    """Found by hypothesis: a ``pd.Grouper(key=..., freq=...)`` groups chunks by
+    carried keys, so each chunk's empty frame still held the key column."""
+    df = pd.DataFrame({"ts": pd.to_datetime(["2024-01-01 00:00", "2024-01-01 01:00"]),
+                       "v": [0, 1], "w": [0.0, 1.0]})  # two hours, no empty bin
+    for as_index in (True, False):
+        make = lambda: df.groupby(pd.Grouper(key="ts", freq="1h"), as_index=as_index)  # noqa: E731,B023
+        check_like_pandas(lambda: make().apply(lambda g: None),  # noqa: B023
+                          lambda: make().parallel.apply(lambda g: None))  # noqa: B023
+        assert pandas_parallel.last_run().backend != "serial"

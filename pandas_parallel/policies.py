@@ -140,7 +140,8 @@ class Timed:
         self.timeout = timeout
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
+        if (threading.current_thread() is not threading.main_thread()
+                or not hasattr(signal, "setitimer")):  # Windows: no interval timers
             return self.func(*args, **kwargs)
         # Another timer (pytest-timeout's, the user's own) is put back as
         # it would have run on; if it is due first, it is left to fire.

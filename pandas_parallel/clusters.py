@@ -10,6 +10,11 @@ bytes, or pickle), never as paths to this machine's shared memory.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import time
+from typing import Any
+
+logger = logging.getLogger("pandas_parallel")
 
 CLUSTER_BACKENDS = ("dask", "ray")
 _EXTRAS = {"dask": "distributed", "ray": "ray"}
@@ -58,6 +63,47 @@ def capacity(backend: str, n_jobs: int | None) -> int:
     if n_jobs is None:
         return max(1, total)
     return n_jobs if n_jobs > 0 else max(1, total + 1 + n_jobs)
+
+
+# Bytes a second a chunk and its result travel at, measured once per dask
+# scheduler (a LocalCluster on loopback moves hundreds of MB/s, a real
+# network a tenth of that: no one constant prices both).
+_rates: dict[str, float] = {}
+_PROBE_BYTES = 8 * 2**20
+
+
+def dask_bytes_per_second() -> float | None:
+    """How fast data makes the round trip between this process and the
+    active Client's workers, as a task argument there and a result back
+    (how chunks travel): measured once per scheduler, ``None`` without a
+    Client."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except ValueError:
+        return None
+    address = str(getattr(client.scheduler, "address", id(client)))
+    if address not in _rates:
+        _rates[address] = _measure_round_trip(client)
+        logger.debug("dask: %.0f MB/s between this process and the workers of %s",
+                     _rates[address] / 1e6, address)
+    return _rates[address]
+
+
+def _measure_round_trip(client: Any) -> float:
+    blob = bytes(_PROBE_BYTES)
+    client.submit(_echo, b"warm", pure=False).result()
+    seconds = []
+    for _ in range(2):
+        began = time.perf_counter()
+        client.submit(_echo, blob, pure=False).result()
+        seconds.append(time.perf_counter() - began)
+    return 2 * _PROBE_BYTES / max(min(seconds), 1e-6)  # there and back
+
+
+def _echo(value: bytes) -> bytes:
+    return value
 
 
 def lost_worker(exc: BaseException) -> bool:

@@ -357,11 +357,12 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
 
     if not plan.backend.in_process:
         plan.results = _result_cost(op, plan.pieces)
+    rate = plan.backend.bytes_per_second() if plan.backend.cluster else None
 
     def guess(start: str) -> planning.Estimate:
         assert plan.per_unit is not None
         return planning.estimate(plan.per_unit, remaining, plan.n_workers, remaining_bytes,
-                                 start, plan.backend.cluster, plan.results)
+                                 start, plan.backend.cluster, plan.results, rate)
 
     start = plan.backend.start(plan.n_workers)
     estimate = guess(start)

@@ -79,20 +79,23 @@ class Estimate:
 
 def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
              workers: str = "warm", cluster: bool = False,
-             results: ResultCost | None = None) -> Estimate:
+             results: ResultCost | None = None,
+             bytes_per_second: float | None = None) -> Estimate:
     """Serial vs parallel time for ``units`` more units of work.
 
     ``workers`` says how the call gets its worker processes: ``"warm"``
     (already running, or a cluster's), ``"fork"`` (forked from this process
     for the call) or ``"cold"`` (started, importing pandas, during the call).
-    ``results``: what sending each unit's result back costs, when measured.
+    ``results``: what sending each unit's result back costs, when measured;
+    ``bytes_per_second``: how fast the backend moves data, when measured.
     """
     serial = seconds_per_unit * units
     n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
     start_cpu = {"warm": 0.0, "fork": FORK_START_SECONDS,
                  "cold": WORKER_START_CPU_SECONDS}[workers] * n_workers
     overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
-    rate = CLUSTER_BYTES_PER_SECOND if cluster else TRANSFER_BYTES_PER_SECOND
+    rate = bytes_per_second or (CLUSTER_BYTES_PER_SECOND if cluster
+                                else TRANSFER_BYTES_PER_SECOND)
     parallel = (
         (serial + start_cpu) / n_workers
         + n_chunks * overhead / n_workers

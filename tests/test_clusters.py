@@ -184,6 +184,15 @@ def test_errors_coerce_on_dask(on_dask):
     assert label == 17 and isinstance(exc, KeyError)
 
 
+def test_the_transfer_rate_to_the_workers_is_measured_once(on_dask):
+    clusters._rates.clear()
+    rate = clusters.dask_bytes_per_second()
+    assert rate is not None and rate > 1e6  # bytes a second, loopback
+    began = time.perf_counter()
+    assert clusters.dask_bytes_per_second() == rate  # remembered per scheduler
+    assert time.perf_counter() - began < 0.01
+
+
 def test_frames_travel_in_band_as_arrow_or_pickle():
     exact = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}, index=pd.Index(["p", "q"], name="i"))
     payload = transport.in_band(exact, "auto")

@@ -352,3 +352,12 @@ def test_the_sample_measures_what_object_results_cost_to_send(planned, caplog):
     priced = [r.getMessage() for r in caplog.records if "sampled" in r.getMessage()]
     assert "to send back" in priced[0]  # lists of strings: measured
     assert "to send back" not in priced[1]  # numbers travel as buffers
+
+
+def test_a_measured_transfer_rate_replaces_the_clusters_constant():
+    # 1M strings (62 MB) over 2.3 s of work: at the constant's 100 MB/s the
+    # trip there and back would eat the gain; at a LocalCluster's measured
+    # few hundred MB/s parallel wins.
+    args = (2.3e-6, 1_000_000, 2, 62_000_000, "warm", True)
+    assert not planning.estimate(*args).parallel_wins
+    assert planning.estimate(*args, bytes_per_second=5e8).parallel_wins

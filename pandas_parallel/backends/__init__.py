@@ -94,6 +94,11 @@ class Backend:
     def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
         raise NotImplementedError
 
+    def bytes_per_second(self) -> float | None:
+        """How fast chunks and results travel, if measured (else the
+        planner's constant for the kind of backend)."""
+        return None
+
     def start_workers(self, n_workers: int) -> None:
         """Start workers in the background, for the next call."""
 

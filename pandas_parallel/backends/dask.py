@@ -25,6 +25,9 @@ class Dask(Backend):
     def capacity(self, n_jobs: int | None) -> int:
         return clusters.capacity("dask", n_jobs)
 
+    def bytes_per_second(self) -> float | None:
+        return clusters.dask_bytes_per_second()
+
     def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
         from distributed import as_completed, get_client
 

@@ -233,12 +233,14 @@ def _run_with_policies(accessor: Configurable, name: str, method: Callable[..., 
     policy = policies.CallPolicy(
         accessor._policy_label(name), kind, missing, options.errors, options.timeout,
         options.retries, options.retry_on, options.retry_delay)
-    _check_policy(policy, options, name, asynchronous.is_async(func))
-    if getattr(accessor._labels_source(), "size", 1) == 0:
+    is_async = asynchronous.is_async(func)
+    _check_policy(policy, options, is_async)
+    labels = accessor._labels_source()
+    if getattr(labels, "size", 1) == 0:
         # No row to fail: pandas calls the function on a stand-in only to
         # infer the result's shape, and ignores its exception.
         policy.errors = "raise"
-    if asynchronous.is_async(func):
+    if is_async:
         token = _async_policy.set(policy)
         try:
             result = method(accessor, *args, **kwargs)
@@ -251,12 +253,11 @@ def _run_with_policies(accessor: Configurable, name: str, method: Callable[..., 
         else:
             kwargs = {**kwargs, keyword: wrapped}  # type: ignore[dict-item]
         result = method(accessor, *args, **kwargs)
-    policy.warn(accessor._labels_source(), accessor._group_namer())
+    policy.warn(labels, accessor._group_namer())
     return result
 
 
-def _check_policy(policy: policies.CallPolicy, options: Options, name: str,
-                  is_async: bool) -> None:
+def _check_policy(policy: policies.CallPolicy, options: Options, is_async: bool) -> None:
     if policy.errors == "coerce" and policy.kind not in policies.LABEL_KINDS:
         raise ValueError(
             f"errors='coerce' is not available for {policy.label}: the function is "

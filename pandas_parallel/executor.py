@@ -24,7 +24,8 @@ import numpy as np
 
 from pandas_parallel import _compat, clusters
 from pandas_parallel.errors import InitializerError, RemoteTraceback, WorkerCrashedError
-from pandas_parallel.worker import Outcome, Task, unwrap
+from pandas_parallel.policies import unwrap
+from pandas_parallel.worker import Outcome, Task
 
 logger = logging.getLogger("pandas_parallel")
 

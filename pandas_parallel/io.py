@@ -532,8 +532,8 @@ def _run_identity(source: str, func: Callable[..., Any], operation: str,
 
     files = ([os.path.join(root, name) for root, _, names in sorted(os.walk(source))
               for name in sorted(names)] if os.path.isdir(source) else [source])
-    stats = [[os.path.relpath(f, source) if f != source else "", os.stat(f).st_size,
-              os.stat(f).st_mtime_ns] for f in files]
+    stats = [[os.path.relpath(f, source) if f != source else "", st.st_size, st.st_mtime_ns]
+             for f in files for st in [os.stat(f)]]
     code = getattr(func, "__code__", None)  # edited code is another function
     function = (f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', func)}:"
                 + (hashlib.sha1(marshal.dumps(code)).hexdigest() if code is not None else ""))

@@ -75,8 +75,7 @@ def _travels_by_value(func: Any) -> bool:
     """Whether cloudpickle sends ``func`` by value (defined in ``__main__``
     or a notebook, a lambda or a nested function, a module registered to
     travel by value), with a copy of the globals it uses."""
-    while isinstance(func, (functools.partial, Coercing, Retrying, Timed)):
-        func = func.func
+    func = unwrap(func)
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", "<")
     return (module is None or module == "__main__" or module not in sys.modules
@@ -198,6 +197,13 @@ class Retrying:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         vars(self).update(state, retried=0, _lock=threading.Lock())
+
+
+def unwrap(func: Any) -> Any:
+    """The user's own function inside partials and policy wrappers."""
+    while isinstance(func, (functools.partial, Coercing, Retrying, Timed)):
+        func = func.func
+    return func
 
 
 # -- row errors ----------------------------------------------------------------------

@@ -321,7 +321,7 @@ def _failing_argument(func: Callable[..., Any], tb: Any) -> tuple[bool, Any]:
 
     Read from the traceback after the fact, so successful calls pay nothing.
     """
-    target = unwrap(func)
+    target = policies.unwrap(func)
     code = getattr(getattr(target, "__func__", target), "__code__", None)
     found: tuple[bool, Any] = (False, None)
     while tb is not None and code is not None:
@@ -335,16 +335,6 @@ def _failing_argument(func: Callable[..., Any], tb: Any) -> tuple[bool, Any]:
                 break
         tb = tb.tb_next
     return found
-
-
-def unwrap(func: Any) -> Any:
-    """The user's own function inside partials and policy wrappers."""
-    while isinstance(func, _WRAPPERS):
-        func = func.func
-    return func
-
-
-_WRAPPERS = (functools.partial, policies.Coercing, policies.Retrying, policies.Timed)
 
 
 def _fresh(func: Any) -> Any:

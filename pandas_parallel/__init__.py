@@ -12,6 +12,7 @@ from pandas_parallel import _compat
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
 from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
 from pandas_parallel import windows as _windows  # noqa: F401  (rolling/expanding .parallel)
+from pandas_parallel.backends.forked import CREW as _CREW
 from pandas_parallel.backends.pool import POOL as _POOL
 from pandas_parallel.engine import Engine, engine
 from pandas_parallel.errors import (
@@ -51,9 +52,11 @@ __all__ = [
 
 
 def shutdown_pool() -> None:
-    """Stop the warm pool's worker processes now; the next call that needs
-    them starts new ones."""
+    """Stop the worker processes kept between calls now (the warm pool's,
+    and those forked from this process); the next call that needs workers
+    starts or forks new ones."""
     _POOL.shutdown()
+    _CREW.retire()
 
 
 _sweep()

@@ -71,21 +71,26 @@ class Options:
         on dask or Ray.
     fork : bool
         With the default ``"loky"`` backend, fork the workers from this
-        process for each call when that is safe: on Linux, with no other
-        Python thread and no OpenMP runtime loaded. Forked workers start in
-        milliseconds with everything this process has imported and read
-        their chunks from its memory, so nothing is shipped to them.
-        Otherwise (and always with ``fork=False``) calls run on a warm pool
-        of loky worker processes, started once and reused.
+        process when that is safe: on Linux, with no other Python thread,
+        no OpenMP runtime and no native thread pool running. Forked workers
+        start in milliseconds with everything this process has imported and
+        read the first call's chunks from its memory, so nothing is shipped
+        to them. They are kept for later calls (which send them their
+        chunks, as to the pool; a call whose input is large enough forks
+        anew instead) unless this process held over 2 GB when it forked
+        them, and retired after 5 minutes idle. Otherwise (and always with
+        ``fork=False``) calls run on a warm pool of loky worker processes,
+        started once and reused.
     initializer : callable or None
         ``initializer(*initargs)`` runs once in each worker (each thread,
         for ``backend="threading"``) before its first chunk, and once in
         this process (per thread) before the call runs any of the function
         here: to load a model or open a connection once per worker rather
         than once per row. A worker that ran it keeps its effect for the
-        rest of the call; warm pool, dask and Ray workers also for later
-        calls with the same initializer and arguments (forked workers and
-        threads are new for each call, and run it again).
+        rest of the call; worker processes kept between calls (forked,
+        warm pool, dask and Ray) also for later calls with the same
+        initializer and arguments (threads are new for each call, and run
+        it again).
     initargs : tuple
         Arguments for ``initializer``. Pickled to reach worker processes:
         pass what loads the object (a path), not the object.

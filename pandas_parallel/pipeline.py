@@ -153,11 +153,15 @@ def _labels(index: pd.Index) -> str:
 class Run:
     """How a call ran: ``backend`` is ``"serial"`` (pandas in this process)
     or the backend's name (``"forked"``, ``"pool"``, ``"threads"``,
-    ``"dask"``, ``"ray"``, ``"joblib"``)."""
+    ``"dask"``, ``"ray"``, ``"joblib"``); ``start`` how its workers
+    started: ``"fork"`` (forked from this process for the call), ``"warm"``
+    (already running: kept from an earlier call, or a cluster's) or
+    ``"cold"`` (the pool, started for the call)."""
 
     backend: str
     workers: int = 1
     chunks: int = 0
+    start: str = ""
 
 
 SERIAL = Run("serial")
@@ -314,6 +318,7 @@ class Plan:
     expected: float | None = None  # seconds the remaining units take serially
     sampled_seconds: float = 0.0
     start_workers_after: bool = False  # only their start-up made this call serial
+    fresh_workers: bool = False  # workers started for the call would be faster
     results: planning.ResultCost | None = None  # sending results back, per unit
 
 
@@ -334,6 +339,8 @@ def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
             return plan
     # Chosen again, thoroughly: the sampled calls may have started a thread.
     plan.backend = backends.choose(options)
+    if plan.fresh_workers:
+        plan.backend = plan.backend.with_fresh_workers() or plan.backend
     plan.ranges = _chunks(op, plan)
     if plan.blob is None:
         plan.blob = _encoded(program, plan.backend)
@@ -349,7 +356,7 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
         clearly_serial = False
     else:
         began = time.perf_counter()
-        plan.start, plan.per_unit, clearly_serial = _sample(op, plan.pieces)
+        plan.start, plan.per_unit, clearly_serial = _sample(op, plan.pieces, plan.n_workers)
         plan.sampled_seconds = time.perf_counter() - began
         measured = f"sampled {plan.start} {op.unit} in {plan.sampled_seconds:.4f}s"
     remaining = n_units - plan.start
@@ -372,6 +379,8 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
         plan.backend = backends.choose(op.options)  # in full, now it matters
         start = plan.backend.start(plan.n_workers)
         estimate = guess(start)
+    # Kept workers are sent the input; new ones forked hold it already.
+    plan.fresh_workers = start == "warm" and guess("fork").parallel < estimate.parallel
     plan.expected, plan.parallel = estimate.serial, estimate.parallel_wins
     plan.start_workers_after = (
         start == "cold" and estimate.serial >= planning.MIN_SECONDS_TO_START_POOL
@@ -458,7 +467,7 @@ def _encoded(program: Program, backend: Backend) -> bytes | Program:
     return program if backend.in_process else encode_program(program)
 
 
-def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:
+def _sample(op: Operation, pieces: list[Piece], n_workers: int) -> tuple[int, float, bool]:
     """Run the first units here in samples of growing size, timed, adding
     their pieces to ``pieces``; return the units done, the cost per unit
     of the rest, and whether the rest is clearly too little work for workers."""
@@ -467,7 +476,7 @@ def _sample(op: Operation, pieces: list[Piece]) -> tuple[int, float, bool]:
     samples: list[tuple[int, float]] = []  # (rows, seconds) of each sample
     remaining_rows = _work_rows(op, 0, n_units)
     per_row = 0.0
-    for size in planning.probe_sizes(n_units):
+    for size in planning.probe_sizes(n_units, n_workers):
         began = time.perf_counter()
         with _chunk_failures(op):
             pieces.append(op.run_here(start, start + size))
@@ -566,7 +575,7 @@ def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
     logger.debug("%s: parallel on %d %s workers, %d chunks of %s %s", op.label,
                  plan.n_workers, backend.name, len(ranges),
                  _sizes_text([b - a for a, b in ranges]), op.unit)
-    _ran(Run(backend.name, plan.n_workers, len(ranges)))
+    _ran(Run(backend.name, plan.n_workers, len(ranges), backend.start(plan.n_workers)))
     began = time.perf_counter()
     transport.sweep_stale_scratch()
     scratch = (transport.scratch_directory(plan.n_bytes) if backend.shares_files

@@ -37,7 +37,9 @@ FORK_START_SECONDS = 0.02
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
-PROBE_MAX_FRACTION = 0.1  # never sample more than this share of the work
+# On two workers, the first sample is 1/100 of the work, and all samples
+# together at most 1/10 (see probe_sizes).
+PROBE_FIRST_SHARES, PROBE_MAX_SHARES = 100, 10
 # Remaining work projected below this runs serially, without sampling more:
 # too little for workers to win by much (by estimate(), two warm workers
 # need over 0.012 s, forked ones 0.09 s), while the projection from a small
@@ -47,6 +49,11 @@ CLEARLY_SERIAL_SECONDS = 0.02
 PARALLEL_GAIN_REQUIRED = 0.75  # parallel must take < 75% of the serial time
 TARGET_CHUNK_SECONDS = (0.05, 1.0)  # each chunk's duration lies in this range
 CHUNKS_PER_WORKER = 4
+# What this process spends on each chunk, one after another: hand it out,
+# read its result, combine it (0.3-0.6 ms measured on small chunks); and
+# the share of a call it may take at the most.
+PARENT_SECONDS_PER_CHUNK = 0.0005
+PARENT_SHARE = 0.05
 MAX_CHUNK_BYTES = 256 * 2**20
 # On a cluster (dask, Ray) every chunk crosses the network and the
 # scheduler: fewer, larger chunks.
@@ -143,6 +150,10 @@ def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
             n = max(n_workers, math.floor(total / shortest))
         elif total / n > longest:
             n = math.ceil(total / longest)
+        # This process handles chunks one after another: with many workers,
+        # fewer chunks, so that handling them stays a small share of the call.
+        affordable = PARENT_SHARE * total / n_workers / PARENT_SECONDS_PER_CHUNK
+        n = min(n, max(n_workers, math.floor(affordable)))
     n = max(n, math.ceil(n_bytes / MAX_CHUNK_BYTES))
     # A whole number of chunks per worker: with one chunk more than a
     # multiple, one worker runs it while the others idle (0.5 s in 11 s, on
@@ -151,20 +162,25 @@ def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
     return max(1, min(n, units))
 
 
-def probe_sizes(units: int) -> list[int]:
+def probe_sizes(units: int, n_workers: int = 2) -> list[int]:
     """Doubling sample sizes within the sampling budget.
 
-    The first sample is 1% of the work (at least one unit). Samples'
-    results are kept, so a sample costs only the parallelism it forgoes
-    (half its time, on two cores), while each one pays pandas' fixed cost
-    per call (a groupby's is a couple of milliseconds): on typical work
-    this takes two samples where starting at 0.1% took four, and on cheap
-    work over a few thousand rows one sample shows it is too little for
-    workers (a smaller one would carry so much of pandas' fixed cost that
-    it could not tell).
+    On two workers the first sample is 1% of the work (at least one unit)
+    and all of them at most 10%. Samples' results are kept, so a sample
+    costs only the parallelism it forgoes (half its time, on two cores),
+    while each one pays pandas' fixed cost per call (a groupby's is a
+    couple of milliseconds): on typical work this takes two samples where
+    starting at 0.1% took four, and on cheap work over a few thousand rows
+    one sample shows it is too little for workers (a smaller one would carry
+    so much of pandas' fixed cost that it could not tell).
+
+    With more workers each share shrinks in proportion: what a sample
+    forgoes grows with the workers that could have shared it (1% of the
+    work is 64% of what 64 workers take for all of it).
     """
-    limit = max(1, int(units * PROBE_MAX_FRACTION))
-    sizes, size, taken = [], max(1, units // 100), 0
+    shares = max(2, n_workers) // 2
+    limit = max(1, units // (PROBE_MAX_SHARES * shares))
+    sizes, size, taken = [], max(1, units // (PROBE_FIRST_SHARES * shares)), 0
     while taken + size <= limit:
         sizes.append(size)
         taken += size

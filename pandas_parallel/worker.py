@@ -131,10 +131,14 @@ def _unpicklable_part(program: Program) -> str:
 
 
 def _decode_program(call_id: str, blob: bytes | Program) -> Program:
+    """The call's program; ``blob`` is empty where this worker was sent it
+    with an earlier chunk of the call."""
     if isinstance(blob, Program):
         return blob
     with _programs_lock:
         program = _programs.get(call_id)
+        if program is None and not blob:
+            raise RuntimeError(f"call {call_id}: this worker was not sent its program")
         if program is None:
             program = pickle.loads(blob)
             _programs[call_id] = program

@@ -138,8 +138,13 @@ def test_results_equal_pandas(on):
 
 
 def test_last_run_tells_where_each_call_ran(on, backend):
+    if backend == "forked":  # forked for the first call, kept for the second
+        pandas_parallel.shutdown_pool()
     FRAME.parallel.apply(_weigh, axis=1)
-    assert pandas_parallel.last_run() == pandas_parallel.Run(backend, workers=2, chunks=5)
+    first = "fork" if backend == "forked" else "warm"
+    assert pandas_parallel.last_run() == pandas_parallel.Run(backend, 2, 5, first)
+    FRAME.parallel.apply(_weigh, axis=1)
+    assert pandas_parallel.last_run() == pandas_parallel.Run(backend, 2, 5, "warm")
     assert_same(FRAME["a"].apply("sqrt"), FRAME["a"].parallel.apply("sqrt"))  # to pandas
     assert pandas_parallel.last_run() == pandas_parallel.Run("serial")
     FRAME["a"].expanding().parallel.apply(sum)  # needs every row before it: to pandas
@@ -343,7 +348,8 @@ def _check_worker_death(backend):
 @pytest.fixture
 def not_forked(backend):
     if backend == "forked":
-        pytest.skip("another thread running rules out forking: these calls use the pool")
+        pytest.skip("with threads running, calls share the kept forked workers or use the "
+                    "pool: see test_forked.py")
 
 
 def test_concurrent_calls_from_threads_each_get_their_own_result(not_forked, on):

@@ -61,7 +61,8 @@ def test_error_in_groupby_names_the_group():
     assert "DataFrame labelled 'b'" in "\n".join(info.value.__notes__)
 
 
-def test_error_is_raised_without_waiting_for_other_chunks_and_pool_stays_warm():
+def test_error_is_raised_without_waiting_for_other_chunks_and_pool_stays_warm(
+        forced_backend):
     df = pd.DataFrame({"a": range(4)})
     df.parallel.apply(lambda row: row.a, axis=1)  # warm
     before = _worker_pids()
@@ -76,7 +77,10 @@ def test_error_is_raised_without_waiting_for_other_chunks_and_pool_stays_warm():
     with pytest.raises(RuntimeError, match="boom"), pandas_parallel.config(chunk_size=1):
         df.parallel.apply(fail_fast_or_work, axis=1)
     assert time.monotonic() - started < 2.5
-    assert _worker_pids() == before  # the same warm workers, not restarted
+    if forced_backend == "pool":
+        assert _worker_pids() == before  # the same warm workers, not restarted
+    else:  # forked workers still running a chunk are stopped; the next call forks anew
+        assert _worker_pids() == set()
     pd.testing.assert_series_equal(df.parallel.apply(lambda r: r.a * 2, axis=1),
                                    df.apply(lambda r: r.a * 2, axis=1))
 
@@ -194,5 +198,6 @@ def test_debug_log_tells_the_plan(caplog, forced_backend):
     text = caplog.text
     assert f"parallel on 2 {forced_backend} workers, 8 chunks" in text
     assert f"ran on {forced_backend}" in text and "combined" in text
-    # Forked workers cut their chunks from their copy of memory: nothing shipped.
-    assert ("transport:" in text) == (forced_backend == "pool")
+    # Workers forked for the call cut their chunks from their copy of memory:
+    # nothing is shipped. Kept ones (and the pool's) are sent their chunks.
+    assert ("transport:" in text) == (pandas_parallel.last_run().start != "fork")

@@ -196,30 +196,37 @@ def workers():
     return "pool" if "loky" in " ".join(commands) else "forked"
 
 pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=10, progress=False)
-seen = [workers(), workers(), str(len(psutil.Process().children()))]
+seen = [workers(), pandas_parallel.last_run().start, workers(), pandas_parallel.last_run().start,
+        str(len(psutil.Process().children()))]
 CHANGE
+seen.append(workers())
+pandas_parallel.shutdown_pool()  # the kept workers too: the next call must fork
 seen.append(workers())
 print(*seen)
 """
 
 
 @pytest.mark.parametrize("change, then", [
-    ("pass", "forked"),
+    ("pass", ["forked", "forked"]),
     # A progress bar leaves no thread behind (tqdm's monitor would).
-    ("frame.parallel(progress=True).apply(where, axis=1)", "forked"),
-    ("pandas_parallel.config(fork=False)", "pool"),
-    ("threading.Thread(target=threading.Event().wait, daemon=True).start()", "pool"),
-    pytest.param("ctypes.CDLL(ctypes.util.find_library('gomp'))", "pool",
+    ("frame.parallel(progress=True).apply(where, axis=1)", ["forked", "forked"]),
+    ("pandas_parallel.config(fork=False)", ["pool", "pool"]),
+    # Workers forked while it was safe are still used: nothing is forked.
+    ("threading.Thread(target=threading.Event().wait, daemon=True).start()",
+     ["forked", "pool"]),
+    pytest.param("ctypes.CDLL(ctypes.util.find_library('gomp'))", ["forked", "pool"],
                  marks=pytest.mark.skipif(ctypes.util.find_library("gomp") is None,
                                           reason="needs GNU OpenMP")),
 ])
 def test_calls_fork_only_while_it_is_safe(tmp_path, change, then):
-    """Each call forks its workers (none outlive it) while the process has a
-    single thread and no OpenMP runtime; with ``fork=False``, another thread
-    running, or libgomp loaded (its thread pool hangs in a forked child),
-    calls run on the warm loky pool."""
+    """The first call forks its workers and the second uses them again (two
+    live children), while the process has a single thread and no OpenMP
+    runtime. Kept workers serve later calls whatever the process starts
+    since (no fork is needed); with them stopped, another thread running or
+    libgomp loaded (its thread pool hangs in a forked child) means the warm
+    loky pool, as ``fork=False`` always does."""
     out = _run_script(tmp_path, START_METHODS.replace("CHANGE", change))
-    assert out.split() == ["forked", "forked", "0", then]
+    assert out.split() == ["forked", "fork", "forked", "warm", "2", *then]
 
 
 POLARS = """

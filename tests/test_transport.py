@@ -28,7 +28,7 @@ def test_round_trip_is_exact_or_pickled(tmp_path, kind):
     frame = pd.DataFrame({"x": column.array, 0: np.arange(5)},
                          index=pd.date_range("2020", periods=5, freq="D", name="t"))
     frame.attrs = {"unit": "kg"}
-    shipment = transport.Shipment(frame, [(0, 1), (1, 4), (4, 5)], str(tmp_path), "auto")
+    shipment = transport.Shipment(frame, [(0, 1), (1, 4), (4, 5)], str(tmp_path), "arrow")
     payloads = [shipment.payload(i) for i in range(len(shipment))]
     assert isinstance(payloads[0], transport.ArrowSlice) == (kind in ARROW_EXACT)
     for payload, (a, b) in zip(payloads, [(0, 1), (1, 4), (4, 5)]):
@@ -36,6 +36,22 @@ def test_round_trip_is_exact_or_pickled(tmp_path, kind):
         pd.testing.assert_frame_equal(loaded, frame.iloc[a:b])
         assert loaded.attrs == frame.attrs
         assert loaded.index.freq == frame.index.freq
+
+
+def test_small_input_chunks_are_pickled_into_their_task(tmp_path):
+    """With ``transport="auto"``, a chunk smaller than INLINE_INPUT_BYTES
+    travels inside its task (an Arrow file would cost this process more
+    than pickling it); larger ones go by Arrow."""
+    rows = transport.INLINE_INPUT_BYTES // 16 * 4  # two float columns: 16 bytes a row
+    frame = pd.DataFrame({"a": np.arange(rows, dtype=float), "b": 1.0})
+    small = rows // 8
+    bounds = [(0, small), (small, rows)]
+    shipment = transport.Shipment(frame, bounds, str(tmp_path), "auto")
+    payloads = [shipment.payload(i) for i in range(2)]
+    assert isinstance(payloads[0], transport.Inline)
+    assert isinstance(payloads[1], transport.ArrowSlice)
+    for payload, (a, b) in zip(payloads, bounds):
+        pd.testing.assert_frame_equal(payload.load(), frame.iloc[a:b])
 
 
 @pytest.mark.parametrize("kind", ARROW_EXACT)

@@ -11,7 +11,7 @@ one per call; nothing else in the package names a backend.
 ======== ============================================ =====================
 name     where chunks run                             module
 ======== ============================================ =====================
-forked   processes forked from this one for the call  :mod:`.forked`
+forked   processes forked from this one, then kept    :mod:`.forked`
 pool     loky's warm, reusable process pool           :mod:`.pool`
 threads  threads of this process                      :mod:`.threads`
 dask     the active ``dask.distributed`` Client       :mod:`.dask`
@@ -99,6 +99,12 @@ class Backend:
         planner's constant for the kind of backend)."""
         return None
 
+    def with_fresh_workers(self) -> Backend | None:
+        """This backend with workers started for the call, where that is
+        possible now (kept forked workers would be sent a large input that
+        workers forked anew hold already); ``None`` otherwise."""
+        return None
+
     def start_workers(self, n_workers: int) -> None:
         """Start workers in the background, for the next call."""
 
@@ -142,6 +148,8 @@ def choose(options: Options, thorough: bool = True) -> Backend:
 
     name = options.backend or "loky"
     if name == "loky":
+        if options.fork and forked.CREW.ready(resolve_n_jobs(options.n_jobs)):
+            return forked.Kept()
         if options.fork and forked.available(thorough=thorough):
             return forked.Forked()
         return pool.POOL

@@ -1,41 +1,53 @@
-"""The ``forked`` backend: workers forked from this process for one call.
+"""The ``forked`` backend: workers forked from this process, kept for later calls.
 
-Where it is safe (:func:`available`), each call forks its own workers:
-they start in milliseconds with everything imported, and cut their chunks
-from their copy of this process's memory, so nothing is shipped to them.
-The pool is a few pipes, with no threads of its own, so the process stays
-single-threaded and the next call can fork again:
+Where it is safe (:func:`available`), a call with no kept workers forks its
+own: they start in milliseconds with everything imported, and cut their
+chunks from their copy of this process's memory, so nothing is shipped to
+them (:class:`Forked`). After the call they are kept (:data:`CREW`) while
+they pin little memory (a forked worker holds on to every page this process
+had when it forked), and later calls hand them pickled tasks with the input
+shipped like the warm pool's (:class:`Kept`): no fork, no copy-on-write
+faults, no start-up, which is what lets 64 workers scale. The pool is a few
+pipes, with no threads of its own, so the process stays single-threaded and
+can fork again:
 
-- each worker reads chunk numbers from its task pipe and answers each one
-  with a pickled :class:`~pandas_parallel.worker.Outcome` on its result pipe
-  (pickled by :func:`~pandas_parallel.worker.run_chunk_pickled`, so a result
-  that cannot travel is a clear failure, not a dead worker);
+- each worker reads messages from its task pipe: a chunk number of the call
+  it was forked in (it holds that call's tasks), a pickled task, "the call is
+  over" or "exit"; it answers each chunk with a pickled
+  :class:`~pandas_parallel.worker.Outcome` on its result pipe (pickled by
+  :func:`~pandas_parallel.worker.run_chunk_pickled`, so a result that cannot
+  travel is a clear failure, not a dead worker);
 - chunks are handed out one at a time, as workers free up;
 - a worker that dies closes its result pipe, and this process knows exactly
   which chunk it held;
-- a failure, Ctrl-C or the end of the call stops the workers and reaps them.
-  Workers also die with this process (``PR_SET_PDEATHSIG``).
+- a failure or Ctrl-C kills the workers and reaps them; the next call forks
+  new ones. Workers also die with this process (``PR_SET_PDEATHSIG``), and
+  kept ones that sit idle are retired (:data:`IDLE_SECONDS`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import dataclasses
 import gc
 import logging
 import os
+import pickle
 import re
+import selectors
 import signal
 import sys
 import threading
+import time
 import traceback
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from multiprocessing.connection import Connection, Pipe, wait
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from multiprocessing.connection import Connection, Pipe
 
 from pandas_parallel import worker
 from pandas_parallel.backends import Backend, Job, cut_in_worker
+from pandas_parallel.errors import WorkerCrashedError
 from pandas_parallel.executor import (
     POLL_SECONDS,
     Reporter,
@@ -52,10 +64,19 @@ from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_pickle
 logger = logging.getLogger("pandas_parallel")
 
 _PR_SET_PDEATHSIG = 1
+# Workers forked from a process holding more than this are not kept: they
+# pin every page it had (its frames included) for as long as they live.
+KEEP_RSS_BYTES = 2 * 2**30
+# Kept workers idle this long are retired at the next call (as loky retires
+# its pool's); they exit on their own a minute later, should none come.
+IDLE_SECONDS = 300.0
+_WORKER_IDLE_SECONDS = IDLE_SECONDS + 60.0
+# Messages other than a chunk number or a task.
+_EXIT, _CALL_OVER = -1, -2
 
 
 class Forked(Backend):
-    """Processes forked from this one for the call: they hold its memory,
+    """Workers forked from this process for the call: they hold its memory,
     so the program and the input are not shipped; results travel back."""
 
     name = "forked"
@@ -70,7 +91,27 @@ class Forked(Backend):
         return cut_in_worker(units, ranges)
 
     def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
-        return run_forked(list(tasks), job)
+        return CREW.run(tasks, job, fresh=True)
+
+
+class Kept(Forked):
+    """Workers forked by an earlier call and kept: the program is pickled to
+    them once per call and the input shipped, as to the warm pool."""
+
+    pickles_program = True
+
+    def start(self, n_workers: int) -> str:
+        return "warm"
+
+    def payloads(self, units: Units, ranges: Sequence[tuple[int, int]],
+                 directory: str | None, transport: str) -> Callable[[int], Payload]:
+        return Backend.payloads(self, units, ranges, directory, transport)
+
+    def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
+        return CREW.run(tasks, job, fresh=False)
+
+    def with_fresh_workers(self) -> Backend | None:
+        return Forked() if available() else None
 
 
 def available(thorough: bool = True) -> bool:
@@ -130,24 +171,73 @@ def _native_threads() -> list[str]:
     return found
 
 
+def _resident_bytes() -> int:
+    """This process's resident memory (one small read of ``/proc``)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return KEEP_RSS_BYTES + 1  # cannot tell: do not keep
+
+
+@dataclasses.dataclass(eq=False)
 class _Worker:
     """One forked process and the two pipes that connect it to this one."""
 
-    def __init__(self, pid: int, tasks: Connection, results: Connection) -> None:
-        self.pid = pid
-        self.tasks = tasks  # chunk numbers to the worker
-        self.results = results  # outcomes from the worker
-        self.chunk: int | None = None  # the chunk it is running
+    pid: int
+    tasks: Connection  # messages to the worker
+    results: Connection  # outcomes from the worker
+    call_id: str  # the call it was forked in
+    knows: Container[int]  # chunks of that call it holds (sent by number)
+    resident: int  # this process's resident bytes when it forked
+    chunk: int | None = None  # the chunk it is running
+    program_of: str = ""  # the call whose program it has been sent
 
-    def hand(self, chunk: int | None) -> None:
-        """Give the worker its next chunk, or tell it to exit (``None``)."""
-        self.chunk = chunk
+    def hand(self, task: Task) -> None:
+        """Give the worker a chunk: by number if it holds the task, else
+        pickled, the call's program with the first of the call's chunks.
+
+        Raises
+        ------
+        _CannotPickle
+            The task does not pickle (an object column holding a lock, say):
+            nothing was sent.
+        """
+        if task.call_id == self.call_id and task.chunk in self.knows:
+            message = pickle.dumps(task.chunk)
+        else:
+            sent = task if self.program_of != task.call_id else dataclasses.replace(
+                task, program=b"")
+            try:
+                message = pickle.dumps(sent, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise _CannotPickle(task, exc) from exc
+            self.program_of = task.call_id
+        self.chunk = task.chunk
+        self.send(message)
+
+    def tell(self, control: int) -> None:
+        """Send ``_EXIT`` or ``_CALL_OVER``."""
+        self.send(pickle.dumps(control))
+
+    def send(self, message: bytes) -> None:
         with contextlib.suppress(OSError):  # it may have died: its result pipe says so
-            self.tasks.send(-1 if chunk is None else chunk)
+            self.tasks.send_bytes(message)
 
     def close(self) -> None:
         self.tasks.close()
         self.results.close()
+
+    def alive(self) -> bool:
+        if not self.pid:
+            return False
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = self.pid  # reaped by someone else
+        if pid:
+            self.pid = 0
+        return not pid
 
     def exit_status(self) -> str:
         """How the (dead) worker ended, for a person."""
@@ -161,35 +251,270 @@ class _Worker:
             return f"it was killed by signal {signal.Signals(number).name}"
         return f"it exited with status {os.WEXITSTATUS(status)}"
 
+    def end(self, kill: bool) -> None:
+        """Stop the worker (``kill``: it may be running a chunk) and reap it."""
+        if self.pid and kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        elif self.pid:
+            self.tell(_EXIT)
+        self.close()
+        if self.pid:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = 0
 
-def _fork(tasks: list[Task], siblings: list[_Worker]) -> _Worker:
-    task_reader, task_writer = Pipe(duplex=False)
-    result_reader, result_writer = Pipe(duplex=False)
-    pid = os.fork()
-    if pid == 0:  # the worker: never returns
-        code = 1
+
+class _CannotPickle(Exception):
+    """A task that cannot be pickled to a kept worker."""
+
+    def __init__(self, task: Task, cause: Exception) -> None:
+        super().__init__(f"chunk {task.chunk}: {cause}")
+        self.task = task
+        self.cause = cause
+
+
+class _Call:
+    """One call's chunks on the crew: those made so far (a worker forked
+    during the call holds them), those waiting, and the workers running one
+    (registered with :attr:`selector`, which waits for their results)."""
+
+    def __init__(self, tasks: Iterable[Task], job: Job, fresh: bool) -> None:
+        self.job = job
+        self.fresh = fresh
+        self.made: dict[int, Task] = {}
+        if fresh:  # every payload is cut in the worker: make them all first
+            self.made = {task.chunk: task for task in tasks}
+            tasks = list(self.made.values())
+        self.waiting = iter(tasks)
+        self.selector = selectors.DefaultSelector()
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.selector.close()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.selector.get_map())
+
+    def next_task(self) -> Task | None:
+        task = next(self.waiting, None)
+        if task is not None:
+            self.made[task.chunk] = task
+        return task
+
+    def hand(self, current: _Worker, task: Task) -> None:
+        idle = current.chunk is None
+        current.hand(task)
+        if idle:
+            self.selector.register(current.results, selectors.EVENT_READ, current)
+
+    def hand_next(self, current: _Worker) -> None:
+        """Give ``current`` the next waiting chunk, or let it idle."""
+        task = self.next_task()
+        if task is not None:
+            self.hand(current, task)
+        else:
+            self.idle(current)
+
+    def idle(self, current: _Worker) -> None:
+        if current.chunk is not None:
+            self.selector.unregister(current.results)
+            current.chunk = None
+
+
+class Crew:
+    """This process's forked workers: those running a call, and those kept
+    for the next. One call uses them at a time (:attr:`lock`)."""
+
+    def __init__(self) -> None:
+        self.workers: list[_Worker] = []
+        self.lock = threading.Lock()
+        self.last_used = 0.0  # time.monotonic() when a call last ended
+
+    def ready(self, n_workers: int) -> bool:
+        """Whether ``n_workers`` kept workers wait for a call (their being
+        alive is checked when the call starts)."""
+        return (len(self.workers) == n_workers and not self.lock.locked()
+                and time.monotonic() - self.last_used < IDLE_SECONDS)
+
+    def retire(self) -> None:
+        """Stop every worker: those running a chunk are killed."""
+        workers, self.workers = self.workers, []
+        for current in workers:
+            current.end(kill=current.chunk is not None)
+
+    def forget_in_child(self) -> None:
+        """In a process forked from this one: these workers are not its own."""
+        for current in self.workers:
+            with contextlib.suppress(OSError):
+                current.close()
+        self.workers = []
+        self.lock = threading.Lock()
+
+    def run(self, tasks: Iterable[Task], job: Job, fresh: bool) -> Iterator[Outcome]:
+        """Run ``tasks``, yielding outcomes as they finish; ``fresh``: on
+        workers forked for this call (holding its tasks), else on the kept
+        ones (tasks pickled to them), forking any that are missing."""
+        with self.lock, _Call(tasks, job, fresh) as call:
+            ok = False
+            try:
+                if fresh:
+                    self.retire()
+                self._drop_dead()
+                self._start(call)
+                while call.busy:
+                    yield from self._collect(call)
+                    job.progress.refresh()
+                    if job.timeout is not None:
+                        self._check_stuck(call, job.timeout)
+                ok = True
+            finally:
+                self._settle(ok)
+
+    def _start(self, call: _Call) -> None:
+        """Hand the kept workers a chunk each, then fork any missing, each
+        handed its chunk as it starts."""
+        for current in list(self.workers):
+            self._hand_next(call, current)
+        may_fork = call.fresh or available()  # a fresh call's plan checked it
+        while may_fork and len(self.workers) < call.job.n_workers:
+            task = call.next_task()
+            if task is None:
+                break
+            self.workers.append(self._fork(task.call_id, call.made))
+            call.hand(self.workers[-1], task)
+        if not self.workers:
+            raise WorkerCrashedError(
+                "the worker processes kept from an earlier call died while idle, and "
+                "new ones cannot be forked now (another thread or a native thread "
+                "pool runs in this process). Call pandas_parallel.shutdown_pool() "
+                "and try again: the call then runs on the warm pool.")
+
+    def _collect(self, call: _Call) -> Iterator[Outcome]:
+        for key, _ in call.selector.select(timeout=POLL_SECONDS):
+            current: _Worker = key.data
+            try:
+                outcome = load_outcome(current.results.recv_bytes())
+            except (EOFError, OSError):  # it died, maybe in mid-message
+                raise _crashed(current, call.job.reporter) from None
+            self._hand_next(call, current)
+            yield deliver(outcome, call.job.progress, call.job.reporter)
+
+    def _hand_next(self, call: _Call, current: _Worker) -> None:
+        """Give ``current`` the next chunk; one that cannot be pickled goes to
+        a worker forked in its place, which holds it."""
         try:
-            task_writer.close()
-            result_reader.close()
-            for sibling in siblings:
-                sibling.close()
-            _serve(tasks, task_reader, result_writer)
-            code = 0
-        except BaseException:  # nothing may escape a forked child
-            with contextlib.suppress(BaseException):
-                traceback.print_exc()
-        finally:
-            with contextlib.suppress(BaseException):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-    task_reader.close()
-    result_writer.close()
-    return _Worker(pid, task_writer, result_reader)
+            call.hand_next(current)
+        except _CannotPickle as failure:
+            if not available():
+                failure.cause.add_note(
+                    f"pandas_parallel: {call.job.reporter.describe(failure.task.chunk)} "
+                    "of the input cannot be pickled to reach the worker processes. "
+                    "Use backend='threading', which does not pickle.")
+                raise failure.cause from None
+            call.idle(current)
+            current.end(kill=False)
+            self.workers.remove(current)
+            self.workers.append(self._fork(failure.task.call_id, call.made))
+            call.hand(self.workers[-1], failure.task)
+
+    def _fork(self, call_id: str, made: dict[int, Task]) -> _Worker:
+        # A child would write what this process has buffered a second time.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        knows = frozenset(made)
+        task_reader, task_writer = Pipe(duplex=False)
+        result_reader, result_writer = Pipe(duplex=False)
+        resident = _resident_bytes()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            code = 1
+            try:
+                task_writer.close()
+                result_reader.close()
+                _serve(made, task_reader, result_writer)
+                code = 0
+            except BaseException:  # nothing may escape a forked child
+                with contextlib.suppress(BaseException):
+                    traceback.print_exc()
+            finally:
+                with contextlib.suppress(BaseException):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        task_reader.close()
+        result_writer.close()
+        return _Worker(pid, task_writer, result_reader, call_id, knows, resident)
+
+    def _drop_dead(self) -> None:
+        """Reap kept workers that died while idle (killed, out of memory):
+        the call forks others in their place where that is safe, else runs
+        on those left."""
+        alive = [w for w in self.workers if w.alive()]
+        if len(alive) < len(self.workers):
+            logger.debug("fork: %d kept workers died while idle",
+                         len(self.workers) - len(alive))
+            for dead in self.workers:
+                if dead not in alive:
+                    dead.close()
+            self.workers = alive
+
+    def _check_stuck(self, call: _Call, timeout: float) -> None:
+        """A call past the timeout that its worker's timer could not
+        interrupt: fail the call, or (``errors="coerce"``) replace the
+        worker and run its chunk again with that call skipped."""
+        job = call.job
+        late = late_call(job.counters, stuck_limit(timeout))
+        if late is None:
+            return
+        if not job.coerce or not available():  # the worker is stopped by _settle
+            raise stuck_error(job, late, timeout)
+        chunk, number = late
+        stuck = next(w for w in self.workers if w.chunk == chunk)
+        logger.debug("chunk %d: call %d is stuck past the timeout; replacing its worker",
+                     chunk, number)
+        call.selector.unregister(stuck.results)
+        stuck.end(kill=True)
+        self.workers.remove(stuck)
+        task = call.made[chunk]
+        call.made[chunk] = dataclasses.replace(task, skip_calls=(*task.skip_calls, number - 1))
+        job.counters.set_call_start(chunk, 0)
+        job.counters.set_calls(chunk, 0)
+        self.workers.append(self._fork(task.call_id, call.made))
+        call.hand(self.workers[-1], call.made[chunk])
+
+    def _settle(self, ok: bool) -> None:
+        """After a call: keep the workers for the next (each told the call
+        is over, so it lets go of the call's tasks), or, after a failure or
+        Ctrl-C, or when they pin too much memory, stop them."""
+        self.last_used = time.monotonic()
+        if not ok:
+            self.retire()
+            return
+        keep = [w for w in self.workers if w.resident <= KEEP_RSS_BYTES]
+        for current in self.workers:
+            if current in keep:
+                current.tell(_CALL_OVER)
+            else:
+                current.end(kill=False)
+        if len(keep) < len(self.workers):
+            logger.debug("fork: not keeping %d workers: they were forked from a "
+                         "process holding over %d MB", len(self.workers) - len(keep),
+                         KEEP_RSS_BYTES >> 20)
+        self.workers = keep
 
 
-def _serve(tasks: list[Task], inbox: Connection, outbox: Connection) -> None:
-    """The worker's loop: run the chunks it is handed until told to stop."""
+CREW = Crew()
+os.register_at_fork(after_in_child=lambda: CREW.forget_in_child())
+atexit.register(lambda: CREW.retire())
+
+
+def _serve(made: dict[int, Task] | None, inbox: Connection, outbox: Connection) -> None:
+    """The worker's loop: run the chunks it is handed until told to exit or
+    left idle too long. ``made``: the tasks of the call it was forked in."""
     # Ctrl-C reaches the whole process group: the parent stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(Exception):
@@ -201,82 +526,18 @@ def _serve(tasks: list[Task], inbox: Connection, outbox: Connection) -> None:
     # Leave inherited objects out of garbage collections: a full collection
     # would walk (and so copy) all of them, tens of milliseconds.
     gc.freeze()
-    while True:
+    while inbox.poll(_WORKER_IDLE_SECONDS):
         try:
-            chunk = inbox.recv()
+            message = pickle.loads(inbox.recv_bytes())
         except EOFError:
             return
-        if chunk < 0:
+        if message == _EXIT:
             return
-        outbox.send_bytes(run_chunk_pickled(tasks[chunk]))
-
-
-def run_forked(tasks: list[Task], job: Job) -> Iterator[Outcome]:
-    """Run ``tasks`` on processes forked from this one for this call only,
-    yielding outcomes as they finish.
-
-    Chunks are handed out in the order given, one at a time as workers free
-    up. A failure or Ctrl-C kills the workers; a worker's death raises
-    :class:`~pandas_parallel.errors.WorkerCrashedError` naming its chunk.
-    """
-    waiting = deque(range(len(tasks)))
-    workers: list[_Worker] = []
-    # A child would write what this process has buffered a second time.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        for _ in range(min(job.n_workers, len(tasks))):
-            workers.append(_fork(tasks, workers))
-            workers[-1].hand(waiting.popleft())
-        busy = {w.results: w for w in workers}
-        while busy:
-            for ready in wait(list(busy), timeout=POLL_SECONDS):
-                assert isinstance(ready, Connection)
-                current = busy[ready]
-                try:
-                    outcome = load_outcome(ready.recv_bytes())
-                except (EOFError, OSError):  # it died, maybe in mid-message
-                    raise _crashed(current, job.reporter) from None
-                if waiting:
-                    current.hand(waiting.popleft())
-                else:
-                    current.hand(None)
-                    del busy[ready]
-                yield deliver(outcome, job.progress, job.reporter)
-            job.progress.refresh()
-            if job.timeout is not None:
-                late = late_call(job.counters, stuck_limit(job.timeout))
-                if late is not None and not job.coerce:  # stopped by _stop below
-                    raise stuck_error(job, late, job.timeout)
-                if late is not None:
-                    _replace_stuck(late, tasks, workers, busy, job)
-    finally:
-        _stop(workers)
-
-
-def _replace_stuck(late: tuple[int, int], tasks: list[Task], workers: list[_Worker],
-                   busy: dict[Connection, _Worker], job: Job) -> None:
-    """Stop the worker stuck in call ``late`` and fork another to run its
-    chunk again, that call skipped as missing (``errors="coerce"``)."""
-    chunk, number = late
-    stuck = next(w for w in busy.values() if w.chunk == chunk)
-    logger.debug("chunk %d: call %d is stuck past the timeout; replacing its worker",
-                 chunk, number)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(stuck.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(stuck.pid, 0)
-    stuck.pid = 0
-    stuck.close()
-    del busy[stuck.results]
-    task = tasks[chunk]
-    tasks[chunk] = dataclasses.replace(task, skip_calls=(*task.skip_calls, number - 1))
-    job.counters.set_call_start(chunk, 0)
-    job.counters.set_calls(chunk, 0)
-    replacement = _fork(tasks, [w for w in workers if w.pid])
-    workers.append(replacement)
-    replacement.hand(chunk)
-    busy[replacement.results] = replacement
+        if message == _CALL_OVER:
+            made = None  # let go of the call's input
+            continue
+        task = message if isinstance(message, Task) else made[message]  # type: ignore[index]
+        outbox.send_bytes(run_chunk_pickled(task))
 
 
 def _crashed(dead: _Worker, reporter: Reporter) -> BaseException:
@@ -284,17 +545,3 @@ def _crashed(dead: _Worker, reporter: Reporter) -> BaseException:
     chunk = [dead.chunk] if dead.chunk is not None else []
     return crash_error(RuntimeError(f"the worker process died: {how}"), chunk,
                        reporter.describe)
-
-
-def _stop(workers: list[_Worker]) -> None:
-    """Kill the workers still running (after a failure or Ctrl-C) and reap
-    all of them; those told to exit are gone or about to be."""
-    for current in workers:
-        if current.pid and current.chunk is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(current.pid, signal.SIGKILL)
-        current.close()
-    for current in workers:
-        if current.pid:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(current.pid, 0)

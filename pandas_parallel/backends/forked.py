@@ -253,12 +253,19 @@ class _Worker:
 
     def end(self, kill: bool) -> None:
         """Stop the worker (``kill``: it may be running a chunk) and reap it."""
+        self.stop(kill)
+        self.reap()
+
+    def stop(self, kill: bool) -> None:
+        """Tell the worker to exit, or kill it; reap it with :meth:`reap`."""
         if self.pid and kill:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         elif self.pid:
             self.tell(_EXIT)
         self.close()
+
+    def reap(self) -> None:
         if self.pid:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
@@ -331,6 +338,7 @@ class Crew:
 
     def __init__(self) -> None:
         self.workers: list[_Worker] = []
+        self.exiting: list[_Worker] = []  # stopped, not yet reaped
         self.lock = threading.Lock()
         self.last_used = 0.0  # time.monotonic() when a call last ended
 
@@ -340,18 +348,28 @@ class Crew:
         return (len(self.workers) == n_workers and not self.lock.locked()
                 and time.monotonic() - self.last_used < IDLE_SECONDS)
 
-    def retire(self) -> None:
-        """Stop every worker: those running a chunk are killed."""
+    def retire(self, wait: bool = True) -> None:
+        """Stop every worker: those running a chunk are killed. Without
+        ``wait``, they are reaped at the end of the call (exiting takes a
+        process a few milliseconds, which the call need not wait for)."""
         workers, self.workers = self.workers, []
         for current in workers:
-            current.end(kill=current.chunk is not None)
+            current.stop(kill=current.chunk is not None)
+        self.exiting += workers
+        if wait:
+            self.reap()
+
+    def reap(self) -> None:
+        exiting, self.exiting = self.exiting, []
+        for current in exiting:
+            current.reap()
 
     def forget_in_child(self) -> None:
         """In a process forked from this one: these workers are not its own."""
         for current in self.workers:
             with contextlib.suppress(OSError):
                 current.close()
-        self.workers = []
+        self.workers, self.exiting = [], []
         self.lock = threading.Lock()
 
     def run(self, tasks: Iterable[Task], job: Job, fresh: bool) -> Iterator[Outcome]:
@@ -362,7 +380,7 @@ class Crew:
             ok = False
             try:
                 if fresh:
-                    self.retire()
+                    self.retire(wait=False)
                 self._drop_dead()
                 self._start(call)
                 while call.busy:
@@ -494,6 +512,7 @@ class Crew:
         if not ok:
             self.retire()
             return
+        self.reap()
         keep = [w for w in self.workers if w.resident <= KEEP_RSS_BYTES]
         for current in self.workers:
             if current in keep:

@@ -476,6 +476,8 @@ def _sample(op: Operation, pieces: list[Piece], n_workers: int) -> tuple[int, fl
     samples: list[tuple[int, float]] = []  # (rows, seconds) of each sample
     remaining_rows = _work_rows(op, 0, n_units)
     per_row = 0.0
+    kind = _fixed_cost_kind(op)
+    fixed = planning.fixed_cost(kind)
     for size in planning.probe_sizes(n_units, n_workers):
         began = time.perf_counter()
         with _chunk_failures(op):
@@ -485,7 +487,8 @@ def _sample(op: Operation, pieces: list[Piece], n_workers: int) -> tuple[int, fl
         samples.append((rows, seconds))
         start += size
         remaining_rows -= rows
-        per_row = planning.cost_per_row(samples)
+        per_row = planning.cost_per_row(samples, fixed)
+        planning.learn_fixed_cost(kind, samples)
         # Stop once the rest is clearly too little work for any worker to
         # pay off (more samples would only cost time), or once one sample
         # alone is long enough that pandas' fixed cost per call (and its
@@ -513,6 +516,12 @@ def _cost_kind(op: Operation) -> tuple[Any, ...]:
     operation, the columns a row holds, and where it runs."""
     obj = op.units.obj
     return (op.label, op.unit, type(obj), obj.shape[1:], op.options.backend)
+
+
+def _fixed_cost_kind(op: Operation) -> tuple[Any, ...]:
+    """What pandas' fixed cost per call depends on: the operation and the
+    columns a row holds (not the function)."""
+    return ("fixed", op.label, op.unit, type(op.units.obj), op.units.obj.shape[1:])
 
 
 def _work_rows(op: Operation, start: int, stop: int) -> int:

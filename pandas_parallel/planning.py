@@ -188,7 +188,7 @@ def probe_sizes(units: int, n_workers: int = 2) -> list[int]:
     return sizes
 
 
-def cost_per_row(samples: list[tuple[int, float]]) -> float:
+def cost_per_row(samples: list[tuple[int, float]], fixed: float = 0.0) -> float:
     """Seconds per row from timed samples ``(rows, seconds)`` of growing size.
 
     Each sample carries pandas' fixed cost per call, which inflates a small
@@ -196,15 +196,37 @@ def cost_per_row(samples: list[tuple[int, float]]) -> float:
     groupby about 1 ms). Between two samples of different sizes it cancels:
     the cost is the slope between the last two, kept between half the last
     sample's average (so timing noise cannot make work look free) and that
-    average.
+    average. With a single sample, ``fixed`` (pandas' fixed cost for this
+    kind of call, learned from earlier calls: :func:`fixed_cost`) is taken
+    off, keeping at least a tenth of the average.
     """
     rows, seconds = samples[-1]
     average = seconds / max(rows, 1)
     if len(samples) < 2 or rows <= samples[-2][0]:
-        return average
+        return max(average / 10, (seconds - fixed) / max(rows, 1)) if fixed else average
     before_rows, before_seconds = samples[-2]
     slope = (seconds - before_seconds) / (rows - before_rows)
     return min(average, max(slope, average / 2))
+
+
+def learn_fixed_cost(kind: Hashable, samples: list[tuple[int, float]]) -> None:
+    """Note pandas' fixed cost per call of ``kind`` (the operation and the
+    input's shape, whatever the function), from samples of different sizes:
+    what the last one took beyond the slope between the last two. The
+    smallest seen is kept (a noisy sample can only make it look larger)."""
+    if len(samples) < 2 or samples[-1][0] <= samples[-2][0]:
+        return
+    (before_rows, before_seconds), (rows, seconds) = samples[-2:]
+    slope = (seconds - before_seconds) / (rows - before_rows)
+    fixed = seconds - slope * rows
+    if slope > 0 and 0 < fixed <= samples[0][1]:
+        with _memory_lock:
+            _fixed[kind] = min(fixed, _fixed.get(kind, fixed))
+
+
+def fixed_cost(kind: Hashable) -> float:
+    """pandas' fixed cost per call of ``kind``, if learned (else 0)."""
+    return _fixed.get(kind, 0.0)
 
 
 # What was learned of each function, per kind of call (the operation and the
@@ -213,6 +235,7 @@ def cost_per_row(samples: list[tuple[int, float]]) -> float:
 _Memory = weakref.WeakKeyDictionary[Any, dict[Hashable, Any]]
 _costs: _Memory = weakref.WeakKeyDictionary()  # seconds per row
 _cheap: _Memory = weakref.WeakKeyDictionary()  # rows that were clearly serial
+_fixed: dict[Hashable, float] = {}  # pandas' fixed cost per call, by kind of call
 _memory_lock = threading.Lock()
 
 

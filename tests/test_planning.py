@@ -315,6 +315,27 @@ def test_a_samples_cost_discounts_pandas_fixed_cost_per_call():
     assert planning.cost_per_row([(10, 0.0001), (20, 0.002)]) == pytest.approx(0.002 / 20)
 
 
+def test_pandas_fixed_cost_learned_once_discounts_a_single_sample():
+    """Learned from two samples of one call (whatever the function), pandas'
+    fixed cost is taken off the first sample of later calls of that kind, so
+    one sample can tell that a small call is too cheap for workers."""
+    kind = ("fixed", "test", object())
+    fixed, per_row = 0.0008, 2e-5
+    assert planning.fixed_cost(kind) == 0.0
+    planning.learn_fixed_cost(kind, [(rows, fixed + per_row * rows) for rows in (20, 40)])
+    assert planning.fixed_cost(kind) == pytest.approx(fixed)
+    one = [(20, fixed + per_row * 20)]
+    assert planning.cost_per_row(one) == pytest.approx(fixed / 20 + per_row)  # unknown
+    assert planning.cost_per_row(one, planning.fixed_cost(kind)) == pytest.approx(per_row)
+    # A sample no slower than the fixed cost: still a tenth of its average.
+    assert planning.cost_per_row([(20, fixed)], fixed) == pytest.approx(fixed / 20 / 10)
+    # A noisy estimate that would raise it is not kept; a smaller one is.
+    planning.learn_fixed_cost(kind, [(20, 0.004), (40, 0.0041)])
+    assert planning.fixed_cost(kind) == pytest.approx(fixed)
+    planning.learn_fixed_cost(kind, [(20, 0.0005), (40, 0.0006)])
+    assert planning.fixed_cost(kind) == pytest.approx(0.0004)
+
+
 @pytest.mark.parametrize("seconds", [0.5, 2.0, 3.5])
 def test_a_cold_pool_is_not_started_for_calls_it_would_slow(seconds):
     """Starting two workers costs about 2 CPU-seconds on a slow machine

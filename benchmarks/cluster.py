@@ -1,15 +1,19 @@
-"""Benchmark: the local pool beside a dask LocalCluster, side by side in one run.
+"""Benchmark: the local workers beside a dask LocalCluster and a local Ray
+runtime, side by side in one run.
 
 Usage::
 
-    python benchmarks/cluster.py [--repeat 3] [--output docs/cluster_benchmarks.md]
+    python benchmarks/cluster.py [--repeat 5] [--output docs/cluster_benchmarks.md]
 
 Starts a ``distributed.LocalCluster`` with 2 worker processes (one thread
-each) on 127.0.0.1, then for each workload times serial pandas, the local
-loky pool and ``backend="dask"``, interleaved, warm (pool and cluster
-already up), and reports medians and speed-ups over serial pandas. On one
-machine the cluster can only lose to the local pool (same cores, plus the
-scheduler and in-band transfer): the figures show what that costs.
+each) on 127.0.0.1 and, if Ray is installed, a local Ray runtime with 2
+CPUs; then for each workload times serial pandas, the local workers (the
+default: forked, kept between calls), ``backend="dask"`` and
+``backend="ray"``, interleaved, warm (workers and clusters already up), and
+reports medians, speed-ups over serial pandas, and each cluster's share of
+the local speed-up. On one machine a cluster can only lose to the local
+workers (same cores, plus its scheduler and transfers over sockets): the
+figures show what that costs.
 """
 
 from __future__ import annotations
@@ -44,45 +48,67 @@ def _check(expected, actual) -> None:
         pd.testing.assert_frame_equal(actual, expected)
 
 
-def measure(name: str, repeat: int) -> dict[str, float]:
+def measure(name: str, repeat: int, clusters: list[str]) -> dict[str, float]:
     workload = WORKLOADS[name]
     data = workload.make(workload.size)
-    runs: dict[str, list[float]] = {"serial": [], "local": [], "dask": []}
-    with pandas_parallel.config(serial_fallback=False):
-        workload.parallel(data)  # start the local workers
-        with pandas_parallel.config(backend="dask"):
-            workload.parallel(data)  # ship the function to the cluster once
+    backends = {"local": "loky", **{c: c for c in clusters}}
+    runs: dict[str, list[float]] = {"serial": [], **{kind: [] for kind in backends}}
+    for backend in backends.values():  # start workers, ship the function once
+        with pandas_parallel.config(serial_fallback=False, backend=backend):
+            workload.parallel(data)
     for _ in range(repeat):
         seconds, expected = _timed(workload.serial, data)
         runs["serial"].append(seconds)
-        for kind, backend in (("local", "loky"), ("dask", "dask")):
+        for kind, backend in backends.items():
             with pandas_parallel.config(backend=backend):
                 seconds, actual = _timed(workload.parallel, data)
             _check(expected, actual)
+            assert pandas_parallel.last_run().backend != "serial", (name, kind)
             runs[kind].append(seconds)
     return {kind: statistics.median(values) for kind, values in runs.items()}
+
+
+def start_ray() -> bool:
+    try:
+        import ray
+    except ImportError:
+        print("Ray is not installed: no Ray column", file=sys.stderr)
+        return False
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return True
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="*", default=DEFAULT_WORKLOADS)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--output", default=None, help="write the Markdown table here")
     args = parser.parse_args()
     from distributed import Client, LocalCluster
 
     pandas_parallel.config(progress=False)
-    rows = ["| workload | serial pandas (s) | local pool (s) | speed-up | "
-            "dask LocalCluster, 2 workers (s) | speed-up |", "|---|---|---|---|---|---|"]
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster):
-        for name in args.workloads:
-            m = measure(name, args.repeat)
-            rows.append(f"| {WORKLOADS[name].description} | {m['serial']:.2f} | "
-                        f"{m['local']:.2f} | {m['serial'] / m['local']:.2f}x | "
-                        f"{m['dask']:.2f} | {m['serial'] / m['dask']:.2f}x |")
-            print(rows[-1], flush=True)
+    clusters = ["dask"] + (["ray"] if start_ray() else [])
+    names = {"dask": "dask LocalCluster, 2 workers", "ray": "Ray, local, 2 CPUs"}
+    rows = ["| workload | serial pandas (s) | local workers (s) | speed-up | " + " | ".join(
+                f"{names[c]} (s) | speed-up | share of local" for c in clusters) + " |",
+            "|---|---|---|---|" + "---|---|---|" * len(clusters)]
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, Client(cluster):
+            for name in args.workloads:
+                m = measure(name, args.repeat, clusters)
+                local = m["serial"] / m["local"]
+                cells = [f"{m[c]:.2f} | {m['serial'] / m[c]:.2f}x | "
+                         f"{m['serial'] / m[c] / local:.0%}" for c in clusters]
+                rows.append(f"| {WORKLOADS[name].description} | {m['serial']:.2f} | "
+                            f"{m['local']:.2f} | {local:.2f}x | " + " | ".join(cells) + " |")
+                print(rows[-1], flush=True)
+    finally:
+        if "ray" in clusters:
+            import ray
+
+            ray.shutdown()
     write_table(f"pandas {pd.__version__}, {os.cpu_count()} CPUs; warm medians of "
                 f"{args.repeat} interleaved runs", rows, args.output)
 

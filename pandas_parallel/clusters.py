@@ -54,11 +54,9 @@ def capacity(backend: str, n_jobs: int | None) -> int:
         total = sum(client.nthreads().values())
     else:
         import ray
-        from ray.util.joblib import register_ray
 
         if not ray.is_initialized():
             ray.init()
-        register_ray()  # joblib's "ray" backend
         total = int(ray.cluster_resources().get("CPU", 1))
     if n_jobs is None:
         return max(1, total)
@@ -91,18 +89,49 @@ def dask_bytes_per_second() -> float | None:
     return _rates[address]
 
 
+def ray_bytes_per_second() -> float | None:
+    """As :func:`dask_bytes_per_second`, for the Ray runtime this process
+    is connected to."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    address = f"ray:{ray.get_runtime_context().gcs_address}"
+    if address not in _rates:
+        echo = ray.remote(max_retries=0)(_echo)
+        _rates[address] = _measure(lambda probe: ray.get(echo.remote(ray.put(probe))))
+        logger.debug("ray: %.0f MB/s between this process and the workers of %s",
+                     _rates[address] / 1e6, address)
+    return _rates[address]
+
+
 def _measure_round_trip(client: Any) -> float:
-    blob = bytes(_PROBE_BYTES)
-    client.submit(_echo, b"warm", pure=False).result()
+    def there_and_back(probe: Any) -> Any:
+        [sent] = client.scatter([probe], hash=False)
+        return client.submit(_echo, sent, pure=False).result()
+
+    return _measure(there_and_back)
+
+
+def _measure(there_and_back: Any) -> float:
+    """Bytes a second through ``there_and_back(probe)``. Chunks travel as
+    pandas objects, which the cluster serializes itself (and may compress):
+    the probe is one, of random numbers, which do not compress (zeros
+    would, and look much faster than data travels)."""
+    import numpy as np
+    import pandas as pd
+
+    probe = pd.Series(np.random.default_rng(0).random(_PROBE_BYTES // 8))
+    there_and_back(probe.iloc[:10])  # the first task pays for starting up
     seconds = []
     for _ in range(2):
         began = time.perf_counter()
-        client.submit(_echo, blob, pure=False).result()
+        there_and_back(probe)
         seconds.append(time.perf_counter() - began)
-    return 2 * _PROBE_BYTES / max(min(seconds), 1e-6)  # there and back
+    return 2 * _PROBE_BYTES / max(min(seconds), 1e-6)
 
 
-def _echo(value: bytes) -> bytes:
+def _echo(value: Any) -> Any:
     return value
 
 
@@ -111,7 +140,9 @@ def lost_worker(exc: BaseException) -> bool:
     module = type(exc).__module__.split(".")[0]
     names = {cls.__name__ for cls in type(exc).__mro__}
     if module == "distributed":
-        return "KilledWorker" in names
+        # A chunk scattered to a worker that died is lost with it: the task
+        # that needed it is cancelled rather than retried.
+        return bool(names & {"KilledWorker", "FutureCancelledError"})
     if module == "ray":
         return bool(names & {"WorkerCrashedError", "RayActorError", "ActorDiedError",
                              "NodeDiedError", "OutOfMemoryError"})

@@ -19,7 +19,7 @@ import math
 import pickle
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -388,29 +388,55 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
     logger.debug("%s: %s (%.2e s/unit%s); remaining %d: serial %.3fs, parallel %.3fs "
                  "(workers %s)", op.label, measured, plan.per_unit,
                  f", results {plan.results.encode:.1e} + {plan.results.decode:.1e} s/unit "
-                 "to send back" if plan.results else "", remaining,
+                 "to send back" if plan.results and plan.results.encode else "", remaining,
                  estimate.serial, estimate.parallel, start)
 
 
 def _result_cost(op: Operation, pieces: list[Piece]) -> planning.ResultCost | None:
     """What sending a unit's result back from a worker costs, measured on
-    the sampled results (or remembered): only for results holding Python
-    objects, which pickle one by one; numbers travel as buffers."""
+    the sampled results (or remembered): its bytes, and for results holding
+    Python objects, which pickle one by one, the time to encode and decode
+    them (numbers travel as buffers)."""
     kind = _cost_kind(op)
     units = sum(b - a for p in pieces for a, b in [p.units])
+    if not units:
+        return planning.recall_results(op.func, kind)
     results = [p.result for p in pieces]
-    if not units or not any(map(_holds_objects, results)):
-        return planning.recall_results(op.func, kind) if not pieces else None
+    sizes = [_nbytes(result) for result in results]
     encode = decode = 0.0
-    for result in results:
-        began = time.perf_counter()
-        blob = dumps_result(Outcome(0, transport.ship_result(result, None, "", "pickle")))
-        encoded = time.perf_counter()
-        pickle.loads(blob)
-        encode, decode = encode + encoded - began, decode + time.perf_counter() - encoded
-    cost = planning.ResultCost(encode / units, decode / units)
+    if any(map(_holds_objects, results)):
+        for result in results:
+            began = time.perf_counter()
+            blob = dumps_result(Outcome(0, transport.ship_result(result, None, "", "pickle")))
+            encoded = time.perf_counter()
+            pickle.loads(blob)
+            encode, decode = encode + encoded - began, decode + time.perf_counter() - encoded
+    size = None if None in sizes else sum(s for s in sizes if s is not None) / units
+    cost = planning.ResultCost(encode / units, decode / units, size)
     planning.remember_results(op.func, kind, cost)
     return cost
+
+
+def _remember_result_bytes(op: Operation, results: Iterable[Any], units: int) -> None:
+    """Note the bytes per unit of a call's results, for the next call's
+    estimate of what sending them back costs (a call planned from a
+    remembered cost samples none)."""
+    sizes = [_nbytes(result) for result in results]
+    if units and None not in sizes:
+        kind = _cost_kind(op)
+        known = planning.recall_results(op.func, kind) or planning.ResultCost(0.0, 0.0)
+        total = sum(size for size in sizes if size is not None)
+        planning.remember_results(op.func, kind, dataclasses.replace(known, bytes=total / units))
+
+
+def _nbytes(result: Any) -> int | None:
+    """A result's bytes of column data, if it is an array or frame."""
+    result = getattr(result, "value", result)  # a Tagged result
+    if isinstance(result, pd.Series | np.ndarray):
+        return int(result.nbytes)
+    if isinstance(result, pd.DataFrame):
+        return int(sum(column.nbytes for _, column in result.items()))
+    return None
 
 
 def _holds_objects(result: Any) -> bool:
@@ -614,6 +640,7 @@ def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
             if op.options.chunk_size is None:  # tiny chunks would overstate the cost
                 planning.remember(op.func, _cost_kind(op), worker_seconds,
                                   _work_rows(op, ranges[0][0], ranges[-1][1]))
+            _remember_result_bytes(op, results.values(), ranges[-1][1] - ranges[0][0])
         except (KeyboardInterrupt, executor.WorkerCrashedError):
             backend.broken()
             raise

@@ -103,11 +103,13 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
     overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
     rate = bytes_per_second or (CLUSTER_BYTES_PER_SECOND if cluster
                                 else TRANSFER_BYTES_PER_SECOND)
+    # Forked workers read their input from memory; results still travel.
+    sent = 0 if workers == "fork" else n_bytes
+    returned = n_bytes if results is None or results.bytes is None else units * results.bytes
     parallel = (
         (serial + start_cpu) / n_workers
         + n_chunks * overhead / n_workers
-        # Forked workers read their input from memory; results still travel.
-        + (1 if workers == "fork" else 2) * n_bytes / rate
+        + (sent + returned) / rate
     )
     if results is not None:  # encoded in the workers, decoded here, one by one
         parallel += units * (results.encode / n_workers + results.decode)
@@ -116,10 +118,13 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
 
 @dataclasses.dataclass(frozen=True)
 class ResultCost:
-    """Seconds per unit to encode a result in a worker and decode it here."""
+    """Seconds per unit to encode a result in a worker and decode it here
+    (objects pickled one by one; 0 for numbers), and its bytes per unit
+    (``None``: not known, taken as the input's)."""
 
     encode: float
     decode: float
+    bytes: float | None = None
 
 
 def remember_results(func: Any, kind: Hashable, cost: ResultCost) -> None:

@@ -536,6 +536,13 @@ def run_chunk_pickled(task: Task) -> bytes:
             return _pickle_failure(_unpicklable_result(outcome, exc))
 
 
+def run_chunk_sent_apart(task: Task, payload: Payload, program: bytes) -> bytes:
+    """:func:`run_chunk_pickled` for a task whose chunk and program reached
+    the worker apart from it (a cluster's scatter or object store: sent
+    once, straight to a worker, rather than inside every task)."""
+    return run_chunk_pickled(dataclasses.replace(task, payload=payload, program=program))
+
+
 def dumps_result(outcome: Outcome) -> bytes:
     """``outcome`` pickled; fast for a result holding lists of numpy
     scalars (``[row.a + i for i in ...]`` makes numpy floats, which pickle

@@ -15,7 +15,7 @@ forked   processes forked from this one, then kept    :mod:`.forked`
 pool     loky's warm, reusable process pool           :mod:`.pool`
 threads  threads of this process                      :mod:`.threads`
 dask     the active ``dask.distributed`` Client       :mod:`.dask`
-ray      a Ray runtime (joblib's Ray backend)         :mod:`.joblib`
+ray      a Ray runtime                                :mod:`.ray`
 joblib   any other registered joblib backend          :mod:`.joblib`
 ======== ============================================ =====================
 """
@@ -26,11 +26,10 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from pandas_parallel import clusters
 from pandas_parallel.executor import Progress, Reporter
 from pandas_parallel.options import Options, resolve_n_jobs
 from pandas_parallel.splitting import Units
-from pandas_parallel.transport import Deferred, Inline, Payload, in_band
+from pandas_parallel.transport import Deferred, Inline, Payload
 from pandas_parallel.worker import Counters, Outcome, Task
 
 __all__ = ["Backend", "Job", "choose"]
@@ -83,8 +82,8 @@ class Backend:
     def payloads(self, units: Units, ranges: Sequence[tuple[int, int]],
                  directory: str | None, transport: str) -> Callable[[int], Payload]:
         """Chunk ``i``'s payload, made when it is handed out."""
-        if self.cluster:  # everything in-band: no shared storage
-            return lambda i: in_band(units.local(*ranges[i]), transport)
+        if self.cluster:  # no shared storage: the cluster serializes the chunk itself
+            return lambda i: Inline(units.local(*ranges[i]))
         return units.ship(ranges, directory, transport).payload
 
     def counters(self, n_chunks: int, directory: str | None) -> Counters:
@@ -137,6 +136,12 @@ def cut_in_worker(units: Units, ranges: Sequence[tuple[int, int]]
     return lambda i: Deferred(functools.partial(units.local, *ranges[i]))
 
 
+def bare(task: Task) -> Task:
+    """``task`` without its chunk and program, for a cluster to which they
+    travel apart (scattered, or put in its object store)."""
+    return dataclasses.replace(task, payload=None, program=b"")  # type: ignore[arg-type]
+
+
 def choose(options: Options, thorough: bool = True) -> Backend:
     """The backend a call with ``options`` runs on now.
 
@@ -144,7 +149,7 @@ def choose(options: Options, thorough: bool = True) -> Backend:
     is safe (reading this process's threads and libraries): for a plan
     that chooses again, thoroughly, before it starts any worker.
     """
-    from pandas_parallel.backends import dask, forked, joblib, pool, threads
+    from pandas_parallel.backends import dask, forked, joblib, pool, ray, threads
 
     name = options.backend or "loky"
     if name == "loky":
@@ -157,6 +162,6 @@ def choose(options: Options, thorough: bool = True) -> Backend:
         return threads.Threads()
     if name == "dask":
         return dask.Dask()
-    if clusters.is_cluster(name):
-        return joblib.Ray()
+    if name == "ray":
+        return ray.Ray()
     return joblib.Joblib(name)

@@ -1,5 +1,12 @@
 """The ``dask`` backend: the workers of the active ``dask.distributed`` Client.
 
+The call's chunks are scattered to the workers straight from this process
+(not through the scheduler, as arguments inside tasks would go), as pandas
+objects that dask serializes itself: first one for each worker, then the
+rest in one round trip; its program goes once to every worker. Each task
+names its chunk, and the scheduler runs it where the chunk is. Results
+stream back as tasks finish.
+
 Submitted with the Client's public API rather than joblib's dask backend:
 joblib 1.6 never completes a task whose worker died (its dask backend drops
 the completion callback on errors), so the call would wait forever instead
@@ -8,13 +15,12 @@ of failing.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator
 
 from pandas_parallel import clusters
-from pandas_parallel.backends import Backend, Job
+from pandas_parallel.backends import Backend, Job, bare
 from pandas_parallel.executor import deliver, worker_losses
-from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_pickled
+from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_sent_apart
 
 
 class Dask(Backend):
@@ -32,15 +38,23 @@ class Dask(Backend):
         from distributed import as_completed, get_client
 
         client = get_client()
-        with warnings.catch_warnings():
-            # Chunks travel inside their tasks by design (no shared storage).
-            warnings.filterwarnings("ignore", message="Sending large graph")
-            futures = [client.submit(run_chunk_pickled, task, pure=False,
-                                     key=f"pandas_parallel-{task.call_id}-{task.chunk}")
-                       for task in tasks]
+        tasks = list(tasks)
+        label = job.reporter.label
+        futures = []
+        with worker_losses(label, "dask"):
+            [program] = client.scatter([tasks[0].program], broadcast=True, hash=False)
+            # A chunk for each worker first, so they start while the rest travel.
+            for batch in (tasks[:job.n_workers], tasks[job.n_workers:]):
+                if not batch:
+                    continue
+                chunks = client.scatter([task.payload for task in batch], hash=False)
+                futures += [
+                    client.submit(run_chunk_sent_apart, bare(task), chunk, program,
+                                  pure=False, key=f"pandas_parallel-{task.call_id}-{task.chunk}")
+                    for task, chunk in zip(batch, chunks)]
         try:
             for future in as_completed(futures):
-                with worker_losses(job.reporter.label, "dask"):
+                with worker_losses(label, "dask"):
                     outcome = load_outcome(future.result())
                 yield deliver(outcome, job.progress, job.reporter)
         finally:

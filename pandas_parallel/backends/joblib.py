@@ -1,6 +1,6 @@
-"""The ``ray`` backend and any other registered joblib backend, through
-``joblib.Parallel(return_as="generator_unordered")`` where the backend
-streams results (Ray's returns them all at once)."""
+"""Any registered joblib backend (``"multiprocessing"``, a library's own),
+through ``joblib.Parallel(return_as="generator_unordered")`` where the
+backend streams results."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator
 
 import joblib
 
-from pandas_parallel import clusters
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.executor import deliver, worker_losses
 from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_pickled
@@ -50,17 +49,3 @@ class Joblib(Backend):
                 # joblib warns that results of chunks still running go unused.
                 warnings.simplefilter("ignore")
                 getattr(blobs, "close", lambda: None)()
-
-
-class Ray(Joblib):
-    """A Ray runtime (started locally if none is), through joblib's Ray backend."""
-
-    name = "ray"
-    shares_files = False
-    cluster = True
-
-    def __init__(self) -> None:
-        super().__init__("ray")
-
-    def capacity(self, n_jobs: int | None) -> int:
-        return clusters.capacity("ray", n_jobs)

@@ -9,13 +9,14 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 EXIT_OK, EXIT_FUNCTION_FAILED, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
@@ -76,6 +77,12 @@ def _common(parser: argparse.ArgumentParser, streaming: bool) -> None:
                         help="rows (groups for groupby) per chunk (default: measured)")
     parser.add_argument("--backend", default=None,
                         help="loky (processes, default), threading, dask or ray")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="with --backend dask: the scheduler to connect to "
+                             "(tcp://host:8786); with --backend ray: the cluster's "
+                             "address (default: a local Ray runtime). On Parquet input "
+                             "the cluster's workers read the input and write the "
+                             "output's parts themselves")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar over the rows (default: on a terminal)")
     parser.add_argument("--errors", choices=["raise", "coerce"], default=None,
@@ -198,7 +205,7 @@ def _run_files(args: argparse.Namespace) -> int:
     if not os.path.exists(args.input):
         raise UsageError(f"no such input: {args.input!r}")
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _cluster(args):
             warnings.simplefilter("default")
             summary = _run_command(args, func, options)
     except KeyboardInterrupt:
@@ -211,6 +218,33 @@ def _run_files(args: argparse.Namespace) -> int:
     _report_warnings(args, caught)
     print(f"pandas-parallel {args.command}: {summary}", file=sys.stderr)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[None]:
+    """Connected to ``--scheduler`` for the run, with ``--backend``."""
+    if args.scheduler is None:
+        yield
+        return
+    if args.backend == "dask":
+        from distributed import Client
+
+        try:
+            client = Client(args.scheduler, timeout=30)
+        except OSError as exc:
+            raise UsageError(f"--scheduler {args.scheduler!r}: cannot connect: {exc}") from exc
+        with client:
+            yield
+    elif args.backend == "ray":
+        import ray
+
+        ray.init(address=args.scheduler, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    else:
+        raise UsageError("--scheduler goes with --backend dask or --backend ray")
 
 
 def _run_command(args: argparse.Namespace, func: Callable[..., Any],

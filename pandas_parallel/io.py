@@ -376,6 +376,12 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
         keeps nothing.
     **options
         pandas_parallel options (``n_jobs``, ``chunk_size``, ``backend``...).
+        With ``backend="dask"`` or ``"ray"`` and a Parquet input, the
+        cluster's workers read the input and write the output themselves,
+        a part each, and this process holds none of the data (see
+        :mod:`pandas_parallel.cluster_io`; the paths must be the same on
+        every worker). A directory output keeps their parts as they are;
+        a file output is assembled from them, one part at a time.
 
     Returns
     -------
@@ -394,11 +400,14 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
         raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
     fmt_in = detect_format(source, input_format)
     fmt_out = detect_format(destination, output_format)
+    show = sys.stderr.isatty() if progress is None else progress
+    if options.get("backend") in ("dask", "ray") and fmt_in == "parquet":
+        return _on_cluster(source, func, destination, operation, column, into, fmt_out,
+                           batch_rows, show, resume, options)
     run = _operation(operation, func, column, into, {**options, "progress": False},
                      source)
     began = time.perf_counter()
     total, tables = read_batches(source, fmt_in, batch_rows)
-    show = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(show, total)
     writer = AtomicWriter(destination, fmt_out)
     kept = None
@@ -440,16 +449,42 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
     shutil.rmtree(KeptBatches.place(destination), ignore_errors=True)
     summary = Summary(rows_in, rows_out, time.perf_counter() - began, destination)
     logger.info("%s", summary)
-    if failures:
-        from pandas_parallel._compat import caller_stack_level
-
-        label, first = failures[0]
-        warnings.warn(RowErrorsWarning(
-            f"{operation} over {source}: the function raised for {len(failures)} rows "
-            f"(errors='coerce'); they are missing values in {destination}. The first: row "
-            f"{label!r} ({type(first).__name__}: {first}); this warning's .failures "
-            "lists (label, exception) for each.", failures), stacklevel=caller_stack_level())
+    _warn_row_errors(operation, source, destination, failures)
     return summary
+
+
+def _on_cluster(source: str, func: Callable[..., Any], destination: str, operation: str,
+                column: str | None, into: str | None, fmt_out: str, batch_rows: int,
+                show: bool, resume: bool, options: dict[str, Any]) -> Summary:
+    """:func:`process_file` with the cluster's workers reading and writing."""
+    if resume:
+        raise ValueError(
+            "resume is not available when the cluster's workers read the input "
+            f"(backend={options['backend']!r} on Parquet): each of them writes its "
+            "part at once; run again to start over")
+    from pandas_parallel.cluster_io import process_on_cluster
+
+    summary, failures = process_on_cluster(
+        source, func, destination, operation=operation, column=column, into=into,
+        fmt_out=fmt_out, batch_rows=batch_rows, show_progress=show, options=options)
+    logger.info("%s", summary)
+    _warn_row_errors(operation, source, destination, failures)
+    return summary
+
+
+def _warn_row_errors(operation: str, source: str, destination: str,
+                     failures: list[tuple[Any, BaseException]]) -> None:
+    """One RowErrorsWarning for the whole run (``errors="coerce"``)."""
+    if not failures:
+        return
+    from pandas_parallel._compat import caller_stack_level
+
+    label, first = failures[0]
+    warnings.warn(RowErrorsWarning(
+        f"{operation} over {source}: the function raised for {len(failures)} rows "
+        f"(errors='coerce'); they are missing values in {destination}. The first: row "
+        f"{label!r} ({type(first).__name__}: {first}); this warning's .failures "
+        "lists (label, exception) for each.", failures), stacklevel=caller_stack_level())
 
 
 @contextlib.contextmanager

@@ -96,9 +96,11 @@ class Program:
     setup: policies.Setup | None = None  # the initializer option
 
 
-def encode_program(program: Program) -> bytes:
+def encode_program(program: Any) -> bytes:
     """Serialize a program once per call (cloudpickle: lambdas, closures and
-    functions defined in ``__main__`` or a notebook work).
+    functions defined in ``__main__`` or a notebook work): a
+    :class:`Program`, or anything else that carries the user's ``func``
+    (and maybe its ``args`` and ``kwargs``).
 
     Raises
     ------
@@ -117,11 +119,12 @@ def encode_program(program: Program) -> bytes:
         ) from exc
 
 
-def _unpicklable_part(program: Program) -> str:
+def _unpicklable_part(program: Any) -> str:
     """Name the first part of the call that does not pickle."""
+    args, kwargs = getattr(program, "args", ()), getattr(program, "kwargs", {})
     parts: list[tuple[str, Any]] = [(f"the function {program.func!r}", program.func)]
-    parts += [(f"positional argument {i} ({a!r})", a) for i, a in enumerate(program.args)]
-    parts += [(f"keyword argument {k}={v!r}", v) for k, v in program.kwargs.items()]
+    parts += [(f"positional argument {i} ({a!r})", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k}={v!r}", v) for k, v in kwargs.items()]
     for name, value in parts:
         try:
             cloudpickle.dumps(value)
@@ -395,10 +398,25 @@ def _watching(func: Callable[..., Any], counters: Counters, slot: int
 _FUNCTION_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 
 
-def run_chunk(task: Task) -> Outcome:
-    """Run the call's program on one chunk."""
+@contextlib.contextmanager
+def working() -> Iterator[None]:
+    """While this thread runs a worker's task: a call made inside (the
+    user's function calling ``.parallel``) runs serially."""
     outer = getattr(_local, "active", False)
     _local.active = True
+    try:
+        yield
+    finally:
+        _local.active = outer
+
+
+def run_chunk(task: Task) -> Outcome:
+    """Run the call's program on one chunk."""
+    with working():
+        return _run_chunk(task)
+
+
+def _run_chunk(task: Task) -> Outcome:
     counters = Counters.open(task.counters)
     counters.set_state(task.chunk, Counters.RUNNING)
     try:
@@ -442,7 +460,6 @@ def run_chunk(task: Task) -> Outcome:
                        row_errors=row_errors, retries=_retries(policy))
     finally:
         counters.set_state(task.chunk, Counters.FINISHED)
-        _local.active = outer
 
 
 def _set_up(setup: policies.Setup, task: Task) -> Outcome | None:

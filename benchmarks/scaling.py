@@ -303,26 +303,35 @@ def fork_table(sizes: list[float]) -> str:
 BOUNDS = """## What bounds it
 
 With waits instead of work, nothing limits the speed-up but what each library does
-one step after another in the calling process. For pandas_parallel on forked workers
-(the default in a script) that is, at 64 workers:
+one step after another in the calling process, and the CPU that 64 processes share
+on this machine's 2 cores. For pandas_parallel on forked workers (the default in a
+script), at 64 workers:
 
-- **forking the workers for each call**: a fork of this benchmark's process takes
-  {one:.1f} ms, so 64 of them take {many:.2f} s of the calling process's time, about as
-  much as the 0.25 s the whole call would take ideally; and a fork costs more as the
+- **Warm calls** use the workers the first call forked, kept between calls: no
+  fork, no copy-on-write faults. The calling process plans, hands out one chunk per
+  worker (with many workers it cuts fewer chunks each, so that handing them out
+  and reading their results stays under about 5% of the call: 20-30 ms of its CPU
+  here), and combines. What is left is this machine's: pandas' own CPU per row or
+  group (which serial pandas spends too), plus each chunk's fixed cost (about 2 ms
+  for a groupby of a chunk), all on 2 cores that 64 processes waking from their
+  waits queue for; a hand-written `multiprocessing.Pool`, started before the call
+  and doing no planning, stays a few points ahead on `apply` and `map`.
+- **The first call** forks the 64 workers ({one:.1f} ms a fork from an idle process
+  of this size, {many:.2f} s for 64; about twice that while workers already run,
+  so all are forked before any is handed a chunk), after a sample of a single row
+  or group (samples shrink in proportion to the workers waiting for them). Each new
+  worker's first writes to the memory it shares with this process then copy pages
+  (copy-on-write: about 1,700 page faults, 12 ms of CPU per worker on its first
+  chunk, 0.8 CPU-seconds for 64), which 2 cores take 0.4 s to get through; a
+  64-core machine spreads them over its cores. A fork also costs more as the
   process holds more memory (its page tables are copied):
 
 {forks}
 
-- **handing out chunks**: each chunk number written to a worker's pipe wakes that
-  worker; with more workers than cores the writes queue behind them;
-- **the first call's sample**: the first rows run here, timed, before any worker
-  starts (tens of milliseconds of waits here).
-
-A warm `multiprocessing.Pool` started before the call pays none of the forking,
-which is why it stays near 0.9 at 64 workers. Keeping forked workers alive between
-calls (while nothing that makes forking unsafe has happened), or a forkserver for
-the pool, would remove the largest of these costs; that is the next step for this
-benchmark."""
+  Workers forked from a process holding over 2 GB are not kept (they would pin
+  every page it had, its frames included, for as long as they live): there, every
+  call forks, as all did before.
+"""
 
 
 def main() -> None:

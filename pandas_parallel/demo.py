@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -128,6 +128,18 @@ def explain_slow(speed_up: float, cpus: int, backend: str, serial_seconds: float
             "data sent to them outweighed the work; try more --rows")
 
 
+def _how(ran: Any) -> str:
+    """How a call ran, for a person: ``2 workers, forked for it``."""
+    if ran.backend == "serial":
+        return "serially"
+    started = {"fork": "forked for it", "cold": "started for it"}.get(ran.start, "")
+    if ran.backend == "forked" and ran.start == "warm":
+        started = "forked earlier and kept"
+    return f"{ran.workers} workers, " + (
+        f"{ran.backend}" if not started else
+        started if ran.backend == "forked" else f"{ran.backend}, {started}")
+
+
 def run(rows: int, n_jobs: int | None) -> int:
     """Time serial pandas, then ``.parallel`` twice (the first call in this
     process, and a later one); 0 when all results are equal."""
@@ -156,8 +168,7 @@ def run(rows: int, n_jobs: int | None) -> int:
         ran = pandas_parallel.last_run() or pandas_parallel.Run("serial")
         calls.append((call, ran))
         equal = equal and expected.equals(actual) and expected.dtype == actual.dtype
-        how = "serially" if ran.backend == "serial" else (
-            f"{ran.workers} workers, {ran.backend}")
+        how = _how(ran)
         print(f"pandas_parallel  df.parallel.apply(risk_score, axis=1)   {call.seconds:7.2f} s"
               f"  ({when}: {how})", flush=True)
     (cold, _), (warm, warm_run) = calls

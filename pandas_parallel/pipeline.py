@@ -19,7 +19,7 @@ import math
 import pickle
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -413,15 +413,19 @@ def _result_cost(op: Operation, pieces: list[Piece]) -> planning.ResultCost | No
             encode, decode = encode + encoded - began, decode + time.perf_counter() - encoded
     size = None if None in sizes else sum(s for s in sizes if s is not None) / units
     cost = planning.ResultCost(encode / units, decode / units, size)
-    planning.remember_results(op.func, kind, cost)
+    if encode:  # the bytes alone are remembered from a call's full results
+        planning.remember_results(op.func, kind, cost)
     return cost
 
 
-def _remember_result_bytes(op: Operation, results: Iterable[Any], units: int) -> None:
-    """Note the bytes per unit of a call's results, for the next call's
-    estimate of what sending them back costs (a call planned from a
-    remembered cost samples none)."""
-    sizes = [_nbytes(result) for result in results]
+def _remember_result_bytes(op: Operation, results: dict[int, Any],
+                           ranges: list[tuple[int, int]]) -> None:
+    """Note the bytes per unit of a call's results (from its first few
+    chunks), for the next call's estimate of what sending them back costs
+    (a call planned from a remembered cost samples none)."""
+    first = sorted(results)[:4]
+    sizes = [_nbytes(results[i]) for i in first]
+    units = sum(ranges[i][1] - ranges[i][0] for i in first)
     if units and None not in sizes:
         kind = _cost_kind(op)
         known = planning.recall_results(op.func, kind) or planning.ResultCost(0.0, 0.0)
@@ -640,7 +644,7 @@ def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
             if op.options.chunk_size is None:  # tiny chunks would overstate the cost
                 planning.remember(op.func, _cost_kind(op), worker_seconds,
                                   _work_rows(op, ranges[0][0], ranges[-1][1]))
-            _remember_result_bytes(op, results.values(), ranges[-1][1] - ranges[0][0])
+            _remember_result_bytes(op, results, ranges)
         except (KeyboardInterrupt, executor.WorkerCrashedError):
             backend.broken()
             raise

@@ -402,6 +402,16 @@ def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:
 _PLAIN_KINDS = "biufmM"  # numpy kinds whose Arrow type converts back to the same dtype
 
 
+def _nbytes(obj: pd.DataFrame | pd.Series) -> int:
+    if isinstance(obj, pd.Series):
+        return int(obj.nbytes)
+    return int(sum(column.nbytes for _, column in obj.items()))
+
+
+def _dtypes(obj: pd.DataFrame | pd.Series) -> list[Any]:
+    return [obj.dtype] if isinstance(obj, pd.Series) else list(obj.dtypes)
+
+
 def _plain(dtypes: Any) -> bool:
     return all(isinstance(d, np.dtype) and d.kind in _PLAIN_KINDS for d in dtypes)
 
@@ -439,15 +449,26 @@ class Shipment:
         self.bounds = list(bounds)
         self.columns = columns
         self.directory = directory
-        self.table = (_to_table(obj) if directory is not None and use_arrow(obj, transport)
-                      else None)
+        self.arrow = directory is not None and use_arrow(obj, transport)
+        self._table: pa.Table | None = None
         # Row chunks smaller than this many rows are pickled ("auto" only).
         self.inline_rows = 0
-        if self.table is not None and transport == "auto":
-            self.inline_rows = INLINE_INPUT_BYTES * len(obj) // max(1, self.table.nbytes)
-        how = "Arrow IPC in " + str(directory) if self.table is not None else "pickle"
+        if self.arrow and transport == "auto":
+            table = None if _plain(_dtypes(obj)) else self.table  # numbers: as in numpy
+            nbytes = _nbytes(obj) if table is None else table.nbytes
+            self.inline_rows = INLINE_INPUT_BYTES * len(obj) // max(1, nbytes)
+        how = "Arrow IPC in " + str(directory) if self.arrow else "pickle"
         logger.debug("transport: %d chunks by %s", len(self), how)
         self._whole: str | None = None
+
+    @property
+    def table(self) -> pa.Table | None:
+        """The frame in Arrow, converted once, when a chunk first needs it
+        (never, when every chunk is small enough to pickle)."""
+        if self.arrow and self._table is None:
+            self._table = _to_table(self.obj)
+            self.arrow = self._table is not None
+        return self._table
 
     def __len__(self) -> int:
         return len(self.columns) if self.columns is not None else len(self.bounds)
@@ -457,7 +478,7 @@ class Shipment:
             return self._columns(i)
         start, stop = self.bounds[i]
         piece = self.obj.iloc[start:stop]
-        if self.table is None or stop - start <= self.inline_rows:
+        if stop - start <= self.inline_rows or self.table is None:
             return Inline(piece)
         path = os.path.join(self.directory, f"input-{i}.arrow")  # type: ignore[arg-type]
         _write_ipc(self.table.slice(start, stop - start), path, [(0, stop - start)])

@@ -1,6 +1,6 @@
 """Cluster backends against a real ``distributed.LocalCluster`` (separate
-worker processes on 127.0.0.1, started and closed here), and Ray's joblib
-backend when Ray is installed."""
+worker processes on 127.0.0.1, started and closed here), and a local Ray
+runtime when Ray is installed."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import os
 import threading
 import time
@@ -382,3 +383,51 @@ def test_a_measured_transfer_rate_replaces_the_clusters_constant():
     args = (2.3e-6, 1_000_000, 2, 62_000_000, "warm", True)
     assert not planning.estimate(*args).parallel_wins
     assert planning.estimate(*args, bytes_per_second=5e8).parallel_wins
+
+
+def test_results_are_priced_by_their_own_bytes():
+    """A map of 62 MB of strings to 8 MB of integers: the trip back costs an
+    eighth of the trip there, not as much (the estimate assumed the input's
+    size until results were measured)."""
+    args = (1.55e-6, 1_000_000, 2, 62_000_000, "warm", True)
+    unknown = planning.estimate(*args, bytes_per_second=2.5e8)
+    measured = planning.estimate(*args, results=planning.ResultCost(0.0, 0.0, 8.0),
+                                 bytes_per_second=2.5e8)
+    assert measured.parallel == pytest.approx(unknown.parallel - 54_000_000 / 2.5e8)
+    assert measured.parallel_wins and not unknown.parallel_wins
+
+
+def as_float(value):
+    return float(value) * 2
+
+
+def test_a_call_remembers_its_results_bytes_for_the_next(planned):
+    s = pd.Series(np.arange(20_000, dtype=np.int16))
+    with pandas_parallel.config(chunk_size=5_000):
+        s.parallel.map(as_float)
+    assert pandas_parallel.last_run().backend != "serial"
+    [cost] = [v for k, v in planning._costs[as_float].items() if k[0] == "results"]
+    assert cost.bytes == 8.0  # float64 results of int16 input
+
+
+@pytest.mark.parametrize("n_workers", [2, 16, 64])
+def test_many_workers_get_fewer_chunks_each_but_one_at_least(n_workers):
+    """This process handles chunks one after another: with many workers, each
+    gets fewer, so that handling them stays a small share of the call; never
+    fewer than one each."""
+    units, seconds = 25 * n_workers, 0.25 * n_workers  # 0.25 s of work per worker
+    count = planning.chunk_count(seconds / units, units, n_workers, 0)
+    affordable = planning.PARENT_SHARE * seconds / n_workers / planning.PARENT_SECONDS_PER_CHUNK
+    assert count >= n_workers
+    # At most what this process can afford, rounded up to a whole number each.
+    assert count <= n_workers * math.ceil(max(affordable, n_workers) / n_workers)
+    if n_workers == 2:
+        assert count == 2 * planning.CHUNKS_PER_WORKER  # two workers: as before
+
+
+def test_samples_shrink_with_the_workers_that_wait_for_them():
+    """1% of the work is 2% of what two workers take for all of it, but 64%
+    of what 64 take: the first sample shrinks in proportion."""
+    assert planning.probe_sizes(1600, 2)[0] == 16 and sum(planning.probe_sizes(1600, 2)) <= 160
+    assert planning.probe_sizes(1600, 64) == [1, 2]
+    assert planning.probe_sizes(100, 64) == [1]

@@ -398,12 +398,18 @@ class Crew:
         for current in list(self.workers):
             self._hand_next(call, current)
         may_fork = call.fresh or available()  # a fresh call's plan checked it
+        first: list[tuple[_Worker, Task]] = []
         while may_fork and len(self.workers) < call.job.n_workers:
             task = call.next_task()
             if task is None:
                 break
             self.workers.append(self._fork(task.call_id, call.made))
-            call.hand(self.workers[-1], task)
+            first.append((self.workers[-1], task))
+        # Handed out once all are forked: a worker running its chunk would take
+        # CPU from the forks still to come (on few cores, 64 forks took 0.33 s
+        # so, against 0.14 s with every new worker waiting).
+        for current, task in first:
+            call.hand(current, task)
         if not self.workers:
             raise WorkerCrashedError(
                 "the worker processes kept from an earlier call died while idle, and "

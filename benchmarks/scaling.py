@@ -314,8 +314,9 @@ script), at 64 workers:
   here), and combines. What is left is this machine's: pandas' own CPU per row or
   group (which serial pandas spends too), plus each chunk's fixed cost (about 2 ms
   for a groupby of a chunk), all on 2 cores that 64 processes waking from their
-  waits queue for; a hand-written `multiprocessing.Pool`, started before the call
-  and doing no planning, stays a few points ahead on `apply` and `map`.
+  waits queue for. A hand-written `multiprocessing.Pool`, started before the call
+  and doing no planning, is a few points ahead at 4 and 16 workers on `apply` and
+  `map`, and level at 64.
 - **The first call** forks the 64 workers ({one:.1f} ms a fork from an idle process
   of this size, {many:.2f} s for 64; about twice that while workers already run,
   so all are forked before any is handed a chunk), after a sample of a single row

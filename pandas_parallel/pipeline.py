@@ -337,6 +337,8 @@ def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
         _price(op, plan, per_row)
         if not plan.parallel:
             return plan
+    else:  # the input's trip to kept workers against forking new ones
+        plan.fresh_workers = planning.forking_is_cheaper(plan.n_bytes)
     # Chosen again, thoroughly: the sampled calls may have started a thread.
     plan.backend = backends.choose(options)
     if plan.fresh_workers:

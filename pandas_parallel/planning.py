@@ -116,6 +116,13 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
     return Estimate(serial, parallel)
 
 
+def forking_is_cheaper(n_bytes: int) -> bool:
+    """Whether sending ``n_bytes`` of input to workers that are running
+    costs more than forking new ones, which hold it already (what
+    :func:`estimate` weighs when it prices a call, without its work)."""
+    return n_bytes / TRANSFER_BYTES_PER_SECOND > FORK_START_SECONDS
+
+
 @dataclasses.dataclass(frozen=True)
 class ResultCost:
     """Seconds per unit to encode a result in a worker and decode it here

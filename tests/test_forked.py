@@ -148,3 +148,19 @@ def test_calls_from_threads_share_the_kept_workers_one_at_a_time(crew):
     for k in range(4):
         assert_same(frames[k].apply(weigh, axis=1), results[k])
     assert "forked" in crew.backends()
+
+
+def test_a_large_input_is_not_sent_to_kept_workers(crew):
+    """Forking new workers, which hold the input already, is cheaper than
+    sending a large one to the kept ones (here without pricing the work)."""
+    call_and_check()
+    kept = kept_pids()
+    large = pd.DataFrame({"a": np.arange(4_000_000.0), "b": 1.0})  # 64 MB
+    with pandas_parallel.config(chunk_size=1_000_000):
+        got = large.parallel.map_partitions(lambda part: part * 2)
+    assert_same(large * 2, got)
+    assert pandas_parallel.last_run().start == "fork"
+    assert not kept & kept_pids()  # the kept ones were replaced by those
+    small = FRAME.parallel.apply(weigh, axis=1)
+    assert_same(FRAME.apply(weigh, axis=1), small)
+    assert pandas_parallel.last_run().start == "warm"

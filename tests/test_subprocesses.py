@@ -258,3 +258,37 @@ def test_no_fork_while_a_native_thread_pool_runs(tmp_path):
     if importlib.util.find_spec("polars") is None:  # not imported here: its threads
         pytest.skip("polars is not installed")     # would rule out forking in this process
     assert _run_script(tmp_path, POLARS).split() == ["pool", "pool"]
+
+
+FORKED_CHILD = """
+import os, sys
+import pandas as pd, pandas_parallel
+
+frame = pd.DataFrame({"a": range(60)})
+double = lambda row: row["a"] * 2
+options = dict(n_jobs=2, serial_fallback=False, chunk_size=10, progress=False)
+frame.parallel(**options).apply(double, axis=1)  # this process keeps two workers
+parent_workers = sorted(w.pid for w in pandas_parallel.backends.forked.CREW.workers)
+pid = os.fork()
+if pid == 0:  # a child of this process (the user's own fork): it must not use them
+    got = frame.parallel(**options).apply(double, axis=1)
+    ok = got.equals(frame.apply(double, axis=1))
+    start = pandas_parallel.last_run().start
+    mine = sorted(w.pid for w in pandas_parallel.backends.forked.CREW.workers)
+    pandas_parallel.shutdown_pool()
+    print("child", ok, start, not set(mine) & set(parent_workers), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+got = frame.parallel(**options).apply(double, axis=1)
+print("parent", got.equals(frame.apply(double, axis=1)), pandas_parallel.last_run().start,
+      sorted(w.pid for w in pandas_parallel.backends.forked.CREW.workers) == parent_workers)
+"""
+
+
+def test_a_process_forked_from_one_with_kept_workers_forks_its_own(tmp_path):
+    """Kept workers belong to the process that forked them: a child of it
+    (the user's own ``os.fork``) forks workers of its own, and the parent's
+    keep serving the parent."""
+    out = _run_script(tmp_path, FORKED_CHILD).split("\n")
+    assert out[0].split() == ["child", "True", "fork", "True"], out
+    assert out[1].split() == ["parent", "True", "warm", "True"], out

@@ -48,3 +48,36 @@ def check_like_pandas(serial: Callable[[], Any], parallel: Callable[[], Any]) ->
 def _holds_pandas_objects(series: pd.Series) -> bool:
     return series.dtype == object and any(
         isinstance(v, (pd.Series, pd.DataFrame)) for v in series)
+
+
+def check_calls_from_threads(frame: pd.DataFrame, func: Callable[..., Any],
+                             threads: int = 4, calls: int = 3) -> None:
+    """Calls of ``frame * k``'s ``parallel.apply(func, axis=1)`` from
+    ``threads`` threads at once, under this thread's options: each gets
+    its own result, pandas'."""
+    import threading
+
+    import pandas_parallel
+
+    frames = [frame.assign(a=frame["a"] * k) for k in range(threads)]
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+    options = pandas_parallel.get_options()
+    names = ("n_jobs", "serial_fallback", "chunk_size", "progress", "backend", "fork")
+
+    def call(k: int) -> None:
+        try:
+            with pandas_parallel.config(**{name: getattr(options, name) for name in names}):
+                for _ in range(calls):
+                    results[k] = frames[k].parallel.apply(func, axis=1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    running = [threading.Thread(target=call, args=(k,)) for k in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(timeout=120)
+    assert not errors, errors
+    for k in range(threads):
+        assert_same(frames[k].apply(func, axis=1), results[k])

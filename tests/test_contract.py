@@ -26,7 +26,7 @@ import pytest
 import pandas_parallel
 from pandas_parallel import UnpicklableResultError, WorkerCrashedError
 from tests.conftest import ready_to_fork, recording_runs, worker_processes
-from tests.helpers import assert_same
+from tests.helpers import assert_same, check_calls_from_threads
 
 PROCESS_BACKENDS = ("forked", "pool", "dask", "ray")
 
@@ -353,26 +353,5 @@ def not_forked(backend):
 
 
 def test_concurrent_calls_from_threads_each_get_their_own_result(not_forked, on):
-    frames = [FRAME.assign(a=FRAME["a"] * k) for k in range(4)]
-    results: dict[int, pd.Series] = {}
-    errors: list[BaseException] = []
-    options = pandas_parallel.get_options()
-
-    def call(k: int) -> None:
-        try:
-            with pandas_parallel.config(**{f: getattr(options, f) for f in (
-                    "n_jobs", "serial_fallback", "chunk_size", "progress", "backend", "fork")}):
-                for _ in range(3):
-                    results[k] = frames[k].parallel.apply(_weigh, axis=1)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    for k in range(4):
-        assert_same(frames[k].apply(_weigh, axis=1), results[k])
+    check_calls_from_threads(FRAME, _weigh)
     FRAME.parallel.apply(_weigh, axis=1)  # a call on this thread, for `on`

@@ -16,7 +16,7 @@ import pytest
 import pandas_parallel
 from pandas_parallel.backends import forked
 from tests.conftest import ready_to_fork, recording_runs, worker_processes
-from tests.helpers import assert_same
+from tests.helpers import assert_same, check_calls_from_threads
 
 FRAME = pd.DataFrame({"a": np.arange(60.0), "g": np.arange(60) % 7})
 
@@ -125,28 +125,7 @@ def test_calls_from_threads_share_the_kept_workers_one_at_a_time(crew):
     """With threads running nothing is forked: one call at a time uses the
     kept workers, the others the warm pool; every result is its own."""
     call_and_check()
-    frames = [FRAME.assign(a=FRAME["a"] * k) for k in range(4)]
-    results: dict[int, pd.Series] = {}
-    errors: list[BaseException] = []
-    options = pandas_parallel.get_options()
-
-    def call(k: int) -> None:
-        try:
-            with pandas_parallel.config(**{f: getattr(options, f) for f in (
-                    "n_jobs", "serial_fallback", "chunk_size", "progress", "fork")}):
-                for _ in range(3):
-                    results[k] = frames[k].parallel.apply(weigh, axis=1)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    for k in range(4):
-        assert_same(frames[k].apply(weigh, axis=1), results[k])
+    check_calls_from_threads(FRAME, weigh)
     assert "forked" in crew.backends()
 
 

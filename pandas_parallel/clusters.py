@@ -105,9 +105,47 @@ def ray_bytes_per_second() -> float | None:
     return _rates[address]
 
 
+# Whether chunks go from this process straight to the dask workers, per
+# scheduler. dask's default routes scattered data through the scheduler:
+# every byte travels twice and the scheduler's one event loop, which also
+# hands out the tasks, handles it (a 1M-row groupby took 0.79 s that way
+# against 0.70 s straight, medians of 11 on a LocalCluster).
+_direct: dict[str, bool] = {}
+_DIRECT_CONNECT_TIMEOUT = "5s"
+
+
+def dask_scatters_direct(client: Any) -> bool:
+    """Whether to scatter chunks straight to ``client``'s workers: as the
+    Client says if it was made with ``direct_to_workers``; otherwise if this
+    process can reach them (tried once per scheduler: a client outside the
+    cluster's network, behind a gateway, cannot)."""
+    if client.direct_to_workers is not None:
+        return bool(client.direct_to_workers)
+    address = str(getattr(client.scheduler, "address", id(client)))
+    if address not in _direct:
+        _direct[address] = _can_reach_workers(client)
+    return _direct[address]
+
+
+def _can_reach_workers(client: Any) -> bool:
+    import dask
+
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": _DIRECT_CONNECT_TIMEOUT}):
+            [sent] = client.scatter([b"pandas_parallel"], direct=True, hash=False)
+        client.cancel([sent])
+        return True
+    except (OSError, TimeoutError) as exc:
+        logger.info("dask: this process cannot reach the workers directly (%s); chunks "
+                    "go through the scheduler", exc)
+        return False
+
+
 def _measure_round_trip(client: Any) -> float:
+    direct = dask_scatters_direct(client)
+
     def there_and_back(probe: Any) -> Any:
-        [sent] = client.scatter([probe], hash=False)
+        [sent] = client.scatter([probe], hash=False, direct=direct)
         return client.submit(_echo, sent, pure=False).result()
 
     return _measure(there_and_back)

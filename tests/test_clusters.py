@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 
 import pandas_parallel
 from pandas_parallel import clusters, planning, transport
+from tests.conftest import recording_runs
 from tests.helpers import assert_same, check_like_pandas
 from tests.strategies import frames
 
@@ -191,6 +192,35 @@ def test_the_transfer_rate_to_the_workers_is_measured_once(on_dask):
     began = time.perf_counter()
     assert clusters.dask_bytes_per_second() == rate  # remembered per scheduler
     assert time.perf_counter() - began < 0.01
+
+
+def test_chunks_go_straight_to_the_workers_unless_the_client_says_otherwise(on_dask):
+    """dask's default scatter hands the data to the scheduler, which passes it
+    on: counted here at the scheduler (it runs in this process)."""
+    scheduler = on_dask.cluster.scheduler
+    original = scheduler.handlers["scatter"]
+    through_scheduler = []
+
+    async def counted(*args, **kwargs):
+        through_scheduler.append(kwargs.get("data", {}).keys())
+        return await original(*args, **kwargs)
+
+    df = pd.DataFrame({"a": np.arange(30.0), "b": list("xyz") * 10})
+    scheduler.handlers["scatter"] = counted
+    clusters._direct.clear()
+    try:
+        with recording_runs() as runs:
+            assert_same(df.apply(row_sum, axis=1), df.parallel.apply(row_sum, axis=1))
+        assert clusters.dask_scatters_direct(on_dask)
+        assert through_scheduler == []
+        on_dask.direct_to_workers = False  # as Client(direct_to_workers=False) sets it
+        with recording_runs() as runs:
+            assert_same(df.apply(row_sum, axis=1), df.parallel.apply(row_sum, axis=1))
+        assert len(through_scheduler) >= 2  # the program, then the chunks
+    finally:
+        scheduler.handlers["scatter"] = original
+        on_dask.direct_to_workers = None
+    assert runs.backends() == {"dask"}
 
 
 def test_frames_travel_in_band_as_arrow_or_pickle():

@@ -1,8 +1,9 @@
 """The ``dask`` backend: the workers of the active ``dask.distributed`` Client.
 
 The call's chunks are scattered to the workers straight from this process
-(not through the scheduler, as arguments inside tasks would go), as pandas
-objects that dask serializes itself: first one for each worker, then the
+when it can reach them (``clusters.dask_scatters_direct``; not through the
+scheduler, as dask's default scatter and arguments inside tasks go), as
+pandas objects that dask serializes itself: first one for each worker, then the
 rest in one round trip; its program goes once to every worker. Each task
 names its chunk, and the scheduler runs it where the chunk is. Results
 stream back as tasks finish.
@@ -41,13 +42,16 @@ class Dask(Backend):
         tasks = list(tasks)
         label = job.reporter.label
         futures = []
+        direct = clusters.dask_scatters_direct(client)
         with worker_losses(label, "dask"):
-            [program] = client.scatter([tasks[0].program], broadcast=True, hash=False)
+            [program] = client.scatter([tasks[0].program], broadcast=True, hash=False,
+                                       direct=direct)
             # A chunk for each worker first, so they start while the rest travel.
             for batch in (tasks[:job.n_workers], tasks[job.n_workers:]):
                 if not batch:
                     continue
-                chunks = client.scatter([task.payload for task in batch], hash=False)
+                chunks = client.scatter([task.payload for task in batch], hash=False,
+                                        direct=direct)
                 futures += [
                     client.submit(run_chunk_sent_apart, bare(task), chunk, program,
                                   pure=False, key=f"pandas_parallel-{task.call_id}-{task.chunk}")

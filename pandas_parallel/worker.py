@@ -165,7 +165,7 @@ class Task:
     count_calls: bool = False  # publish calls made within the chunk
     watch_calls: bool = False  # also publish each call's start time (timeout)
     in_band: bool = False  # the result travels back inside the reply (clusters)
-    seed: np.random.SeedSequence | None = None  # the chunk's random stream (processes)
+    seed: ChunkSeed | None = None  # the chunk's random streams (processes)
     record_warnings: bool = False  # send warnings back to the parent (Backend.records_warnings)
     setup_per_thread: bool = False  # the initializer runs once per thread (not per process)
     # errors="coerce": calls (numbered from 0) that got stuck past the timeout
@@ -637,23 +637,35 @@ def load_outcome(blob: bytes) -> Outcome:
     return outcome
 
 
-def _seed_globals(seed: np.random.SeedSequence) -> None:
-    """Give numpy's global generator and ``random`` this chunk's stream:
+@dataclasses.dataclass(frozen=True)
+class ChunkSeed:
+    """A chunk's random streams: one for numpy's global generator, drawn from
+    this process's numpy state, and one for ``random``, drawn from its
+    ``random`` state. Kept apart so that a library drawing from ``random``
+    in this process (dask's client picks workers with ``random.choice``,
+    from its own thread) cannot change the numpy numbers of a seeded call."""
+
+    numpy: np.random.SeedSequence
+    python: np.random.SeedSequence
+
+
+def _seed_globals(seed: ChunkSeed) -> None:
+    """Give numpy's global generator and ``random`` this chunk's streams:
     forked workers would otherwise all repeat the parent's."""
-    state = seed.generate_state(4)
-    np.random.seed(state)
-    random.seed(int.from_bytes(state.tobytes(), "little"))
+    np.random.seed(seed.numpy.generate_state(4))
+    random.seed(int.from_bytes(seed.python.generate_state(4).tobytes(), "little"))
 
 
-def chunk_seeds(n_chunks: int) -> list[np.random.SeedSequence]:
-    """One independent random stream per chunk, drawn from this process's
-    numpy and ``random`` global state: after ``np.random.seed(s)`` (and
-    ``random.seed``) the same call with the same chunks draws the same
-    numbers, and each call advances this process's state, so a second call
-    draws new ones."""
-    entropy = [int(x) for x in np.random.randint(0, 2**32, size=4, dtype=np.uint64)]
-    entropy.append(random.getrandbits(128))
-    return np.random.SeedSequence(entropy).spawn(n_chunks)
+def chunk_seeds(n_chunks: int) -> list[ChunkSeed]:
+    """Independent random streams for each chunk, drawn from this process's
+    numpy and ``random`` global state: after ``np.random.seed(s)`` the same
+    call with the same chunks draws the same numpy numbers (and after
+    ``random.seed(s)`` the same ``random`` ones), and each call advances
+    this process's state, so a second call draws new ones."""
+    numpy_entropy = [int(x) for x in np.random.randint(0, 2**32, size=4, dtype=np.uint64)]
+    numpy_seeds = np.random.SeedSequence(numpy_entropy).spawn(n_chunks)
+    python_seeds = np.random.SeedSequence(random.getrandbits(128)).spawn(n_chunks)
+    return [ChunkSeed(n, p) for n, p in zip(numpy_seeds, python_seeds)]
 
 
 def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -81,3 +82,11 @@ def check_calls_from_threads(frame: pd.DataFrame, func: Callable[..., Any],
     assert not errors, errors
     for k in range(threads):
         assert_same(frames[k].apply(func, axis=1), results[k])
+
+
+def ctrl_c_reaches_python() -> None:
+    """``preexec_fn`` for a subprocess a test interrupts with SIGINT. A shell
+    starts background jobs (``cmd &``, ``nohup``) with SIGINT ignored, which
+    their children inherit, and Python then installs no KeyboardInterrupt
+    handler: the test would wait for an interruption that never comes."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pandas_parallel.__main__ import main
+from tests.helpers import ctrl_c_reaches_python
 
 FUNCTIONS = textwrap.dedent('''
     import time
@@ -276,7 +277,8 @@ def test_ctrl_c_exits_130_and_writes_nothing(tmp_path, funcs):
     process = subprocess.Popen(
         [sys.executable, "-m", "pandas_parallel", "apply", str(source), "-f",
          f"{funcs}:slow", "-o", str(out), "--jobs", "2", "--chunk-size", "5",
-         "--progress"], stderr=subprocess.PIPE, text=True)
+         "--progress"], stderr=subprocess.PIPE, text=True,
+         preexec_fn=ctrl_c_reaches_python)
     # Wait for the progress bar to appear: the work is under way.
     seen = ""
     while "rows" not in seen:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import pandas_parallel
+from tests.helpers import ctrl_c_reaches_python
 from tests.slow_server import get, get_async, slow_server
 
 LATENCY = 0.05  # seconds the server takes per request
@@ -198,7 +199,8 @@ def test_ctrl_c_stops_async_and_thread_runs(mode):
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     proc = subprocess.Popen([sys.executable, script, mode], stdout=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True,
+                            preexec_fn=ctrl_c_reaches_python)
     try:
         _read_lines_until(proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2,
                           timeout=60)

@@ -16,6 +16,8 @@ import time
 import psutil
 import pytest
 
+from tests.helpers import ctrl_c_reaches_python
+
 
 # -- Ctrl-C -----------------------------------------------------------------------------
 def _read_lines_until(proc, predicate, timeout):
@@ -58,7 +60,8 @@ def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     proc = subprocess.Popen([sys.executable, script, pool], stdout=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True,
+                            preexec_fn=ctrl_c_reaches_python)
     try:
         lines = _read_lines_until(
             proc, lambda ls: sum(x.startswith("worker") for x in ls) >= 2, timeout=60)

@@ -97,6 +97,17 @@ def _load(module_path, name):
     return namespace[name]
 
 
+def check_shouted(source, out, funcs) -> None:
+    """``out`` (a file or a directory of parts) is ``source`` with a ``loud``
+    column of ``shout(name)``, as pandas makes it, its Arrow types kept."""
+    written = pq.read_table(out)
+    assert written.schema.field("amount").type == pa.float32()
+    assert written.schema.field("store").type == pa.int16()
+    whole = pd.read_parquet(source)
+    whole["loud"] = whole["name"].map(_load(funcs, "shout"))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), whole)
+
+
 def _run(*argv):
     return main([str(a) for a in argv])
 
@@ -129,12 +140,7 @@ def test_map_keeps_the_input_schema_and_adds_a_column(tmp_path, funcs):
     out = tmp_path / "out.parquet"
     assert _run("map", source, "-f", f"{funcs}:shout", "--column", "name", "--into", "loud",
                 "-o", out, "--batch-rows", 77, "--chunk-size", 20, "--no-progress") == 0
-    written = pq.read_table(out)
-    assert written.schema.field("amount").type == pa.float32()
-    assert written.schema.field("store").type == pa.int16()
-    whole = pd.read_parquet(source)
-    whole["loud"] = whole["name"].map(_load(funcs, "shout"))
-    pd.testing.assert_frame_equal(pd.read_parquet(out), whole)
+    check_shouted(source, out, funcs)
 
 
 def test_partitions_into_a_directory_and_from_a_dataset(tmp_path, funcs):

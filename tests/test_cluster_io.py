@@ -22,7 +22,7 @@ import pytest
 
 from pandas_parallel import cluster_io, io
 from pandas_parallel.errors import RowErrorsWarning
-from tests.test_cli import FUNCTIONS, _frame, _load, _run
+from tests.test_cli import FUNCTIONS, _frame, _load, _run, check_shouted
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 dask = pytest.importorskip("dask")
@@ -119,12 +119,7 @@ def test_map_into_a_directory_of_parts_keeps_the_schema(scheduler, tmp_path, fun
     parts = sorted(os.listdir(out))
     assert parts == [cluster_io.part_name(i, "parquet") for i in range(len(parts))]
     assert len(parts) == len(cluster_io.pieces(str(source), 200)) > 1
-    written = pq.read_table(out)
-    assert written.schema.field("amount").type == pa.float32()
-    assert written.schema.field("store").type == pa.int16()
-    whole = pd.read_parquet(source)
-    whole["loud"] = whole["name"].map(_load(funcs, "shout"))
-    pd.testing.assert_frame_equal(pd.read_parquet(out), whole)
+    check_shouted(source, out, funcs)
 
 
 def test_a_failing_function_leaves_the_target_as_it_was(scheduler, dataset, funcs, tmp_path,

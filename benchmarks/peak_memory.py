@@ -1,5 +1,7 @@
 """Peak memory of a process tree: PSS of the process and all of its children,
-plus what it adds to ``/dev/shm``, sampled every 20 ms.
+plus what it adds to ``/dev/shm``, sampled every 20 ms. Pages of
+``/dev/shm`` files that the processes map are counted once, in ``/dev/shm``
+(their share of PSS, ``Pss_Shmem``, is left out of each process's).
 
 The sampler runs in a process of its own, not in a thread of the measured
 process: a thread there would change what is measured (pandas_parallel, for
@@ -26,14 +28,18 @@ INTERVAL_SECONDS = 0.02
 
 
 def _pss(pid: int) -> int:
+    """The process's PSS, without its share of shared-memory files (counted
+    once, as what ``/dev/shm`` holds)."""
+    fields = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                name, _, value = line.partition(":")
+                if name in ("Pss", "Pss_Shmem"):
+                    fields[name] = int(value.split()[0]) * 1024
     except OSError:
         pass
-    return 0
+    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
 
 
 def _shm_used() -> int:

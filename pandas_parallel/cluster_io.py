@@ -30,9 +30,8 @@ import pyarrow as pa
 import pyarrow.dataset as pa_ds
 import pyarrow.parquet as pq
 
-from pandas_parallel import clusters, io, worker
+from pandas_parallel import clusters, io, programs, worker
 from pandas_parallel.executor import POLL_SECONDS, worker_losses
-from pandas_parallel.worker import encode_program
 
 logger = logging.getLogger("pandas_parallel")
 
@@ -146,7 +145,7 @@ def process_on_cluster(source: str, func: Callable[..., Any], destination: str, 
     parts = _PartsDirectory(destination, fmt_out)
     work = Work(operation, func, column, into, options, os.path.abspath(source),
                 parts.directory, parts.fmt)
-    encoded = encode_program(work)
+    encoded = programs.pickled(work, out_of_band=False).blob
     bar = io._progress_bar(show_progress, sum(p.rows for p in found))
     finished: dict[int, Done] = {}
     try:

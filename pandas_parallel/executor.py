@@ -15,16 +15,13 @@ import logging
 import re
 import sys
 import time
-import types
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from pandas_parallel import _compat, clusters
+from pandas_parallel import clusters, relay
 from pandas_parallel.errors import InitializerError, RemoteTraceback, WorkerCrashedError
-from pandas_parallel.policies import unwrap
 from pandas_parallel.worker import Outcome, Task
 
 logger = logging.getLogger("pandas_parallel")
@@ -116,16 +113,13 @@ class Reporter:
         self.label = label
         self.describe = describe
         self.func = func
-        self.warned: set[tuple[type[Warning], str]] = set()
+        self.relay = relay.Relay(func)
 
     def issue_warnings(self, outcome: Outcome) -> None:
-        """Issue again, here, the warnings a worker recorded: each
-        distinct one once per call, as pandas issues its own, pointing at
-        the line that made the call."""
-        for category, message in outcome.warnings:
-            if (category, message) not in self.warned:
-                self.warned.add((category, message))
-                warnings.warn(message, category, stacklevel=_compat.caller_stack_level())
+        """Issue again, here, the warnings and log records a worker relayed
+        (see :mod:`pandas_parallel.relay`)."""
+        if outcome.warnings or outcome.logs:
+            self.relay.issue(outcome.warnings, outcome.logs)
 
     def raise_failure(self, outcome: Outcome) -> None:
         failure = outcome.failure
@@ -144,7 +138,7 @@ class Reporter:
 
     def restore_source(self, text: str) -> str:
         """Put file names and source lines back into a worker traceback."""
-        files = _code_files(self.func)
+        files = relay.source_files(self.func)
         fallback = next(iter(files.values()), None)
 
         def restore(match: re.Match[str]) -> str:
@@ -157,19 +151,6 @@ class Reporter:
             return restored + (f"\n    {source}" if source else "")
 
         return re.sub(r'File "<dynamic-code>", line (\d+), in (\S+)', restore, text)
-
-
-def _code_files(func: Any) -> dict[str, str]:
-    """Function name -> source file for ``func`` and the code it contains."""
-    func = unwrap(func)
-    code = getattr(getattr(func, "__func__", func), "__code__", None)
-    found: dict[str, str] = {}
-    stack = [code] if code is not None else []
-    while stack:
-        current = stack.pop()
-        found.setdefault(current.co_name, current.co_filename)
-        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
-    return found
 
 
 def crash_error(exc: BaseException, running: list[int],

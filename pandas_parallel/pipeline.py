@@ -25,18 +25,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import backends, executor, planning, policies, transport
+from pandas_parallel import backends, executor, planning, policies, programs, snapshot, transport
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.combine import CannotCombine
 from pandas_parallel.options import Options
+from pandas_parallel.programs import Encoded, Pickled, Program
 from pandas_parallel.splitting import Units
 from pandas_parallel.worker import (
     Outcome,
-    Program,
     Task,
     chunk_seeds,
     dumps_result,
-    encode_program,
     in_worker,
     show_label,
 )
@@ -308,7 +307,7 @@ class Plan:
     backend: Backend
     n_workers: int
     program: Program
-    blob: bytes | Program | None  # the program as workers get it
+    pickled: Pickled | None  # the program pickled (None: not yet, or for threads)
     n_bytes: int
     parallel: bool = True
     start: int = 0
@@ -325,14 +324,15 @@ class Plan:
 def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
     options = op.options
     program = Program(op.runner, op.func, op.args, op.kwargs, op.calls_per_unit,
-                      policies.Setup.of(options.initializer, options.initargs, op.func))
+                      policies.Setup.of(options.initializer, options.initargs),
+                      snapshot.capture("cluster" if backend.cluster else "process"))
     priced = options.serial_fallback and options.chunk_size is None
     per_row = planning.recall(op.func, _cost_kind(op)) if priced else None
     # Fail on an unpicklable function before any of its work (a sample runs
     # it), and pickle it once. Priced from a remembered cost, the call runs
     # none of it before deciding: it pickles only to go parallel.
-    blob = None if per_row is not None else _encoded(program, backend)
-    plan = Plan(backend, n_workers, program, blob, op.units.nbytes())
+    pickled = None if per_row is not None else _pickled(program, backend)
+    plan = Plan(backend, n_workers, program, pickled, op.units.nbytes())
     if priced:
         _price(op, plan, per_row)
         if not plan.parallel:
@@ -344,8 +344,8 @@ def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
     if plan.fresh_workers:
         plan.backend = plan.backend.with_fresh_workers() or plan.backend
     plan.ranges = _chunks(op, plan)
-    if plan.blob is None:
-        plan.blob = _encoded(program, plan.backend)
+    if plan.pickled is None:
+        plan.pickled = _pickled(program, plan.backend)
     return plan
 
 
@@ -492,11 +492,26 @@ def _finish_here(op: Operation, plan: Plan) -> Any:
     return result
 
 
-def _encoded(program: Program, backend: Backend) -> bytes | Program:
-    """``program`` as workers get it: pickled (raising
-    :class:`UnpicklableFunctionError` if it cannot be), or as it is for
-    threads in this process."""
-    return program if backend.in_process else encode_program(program)
+def _pickled(program: Program, backend: Backend) -> Pickled | None:
+    """``program`` pickled for worker processes (raising
+    :class:`UnpicklableFunctionError` if it cannot be), its large buffers
+    apart for workers on this machine; ``None`` for threads of this process."""
+    if backend.in_process:
+        return None
+    return programs.pickled(program, backend.shares_files or not backend.pickles_program)
+
+
+def _sent_program(plan: Plan) -> Program | Encoded:
+    """The program as the plan's workers get it: itself (they share or
+    copied this process's memory), published to the store (they are on
+    this machine), or pickled whole (a cluster)."""
+    backend = plan.backend
+    if not backend.pickles_program:
+        return plan.program
+    assert plan.pickled is not None
+    if backend.shares_files:
+        return programs.STORE.publish(plan.pickled)
+    return programs.in_band(plan.pickled)
 
 
 def _sample(op: Operation, pieces: list[Piece], n_workers: int) -> tuple[int, float, bool]:
@@ -621,9 +636,10 @@ def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
     transport.sweep_stale_scratch()
     scratch = (transport.scratch_directory(plan.n_bytes) if backend.shares_files
                else contextlib.nullcontext(None))
-    with scratch as directory:
+    sent = _sent_program(plan)
+    with scratch as directory, _published(sent, backend):
         job = _job(op, plan, directory)
-        tasks, handed_out = _tasks(op, plan, job, directory)
+        tasks, handed_out = _tasks(op, plan, job, directory, sent)
         results: dict[int, Any] = {}
         row_errors: dict[int, list[tuple[Any, BaseException]]] = {}
         ok = False
@@ -657,6 +673,16 @@ def _run_parallel(op: Operation, plan: Plan) -> list[Piece]:
     return [Piece(results[i], (a, b), op.units) for i, (a, b) in enumerate(ranges)]
 
 
+@contextlib.contextmanager
+def _published(sent: Program | Encoded, backend: Backend) -> Iterator[None]:
+    """While the call runs: the store keeps the program's files."""
+    try:
+        yield
+    finally:
+        if isinstance(sent, Encoded) and backend.shares_files:
+            programs.STORE.release(sent)
+
+
 def _job(op: Operation, plan: Plan, directory: str | None) -> Job:
     ranges = plan.ranges
 
@@ -676,15 +702,13 @@ def _job(op: Operation, plan: Plan, directory: str | None) -> Job:
                counters, timeout, coerce=isinstance(op.func, policies.Coercing))
 
 
-def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None
-           ) -> tuple[Iterator[Task], dict[int, transport.Payload]]:
+def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None,
+           program: Program | Encoded) -> tuple[Iterator[Task], dict[int, transport.Payload]]:
     """The call's tasks, longest first (so the biggest chunk does not start
     last), each shipped when handed out; and the payloads handed out so far.
     Counting calls costs a Python call per row: only for a visible bar."""
     backend, ranges, options = plan.backend, plan.ranges, op.options
     payload = backend.payloads(op.units, ranges, directory, options.transport)
-    program = plan.program if not backend.pickles_program else plan.blob
-    assert program is not None
     seeds = [None] * len(ranges) if backend.in_process else chunk_seeds(len(ranges))
     calls = [op.progress_size(a, b) * op.calls_per_unit for a, b in ranges]
     handed_out: dict[int, transport.Payload] = {}
@@ -697,8 +721,7 @@ def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None
                     count_calls=job.progress.bar is not None,
                     watch_calls=job.timeout is not None,
                     in_band=not backend.shares_files and not backend.in_process,
-                    seed=seeds[i], record_warnings=backend.records_warnings,
-                    setup_per_thread=backend.in_process)
+                    seed=seeds[i], place=backend.place)
 
     order = sorted(range(len(ranges)), key=lambda i: -calls[i])
     return (task(i) for i in order), handed_out

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import marshal
 import pickle
 import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -41,55 +41,56 @@ __all__ = ["CallPolicy", "Coercing", "Retrying", "Setup", "Timed", "ensure_setup
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """``initializer(*initargs)``, and ``key``, which tells whether a worker
-    already ran it (the same function and arguments, pickled alike)."""
+    ran it last: the same function and arguments, pickled alike (the
+    caller's own code by value, so with the globals it reads)."""
 
     initializer: Callable[..., Any]
     initargs: tuple[Any, ...]
     key: str
 
     @classmethod
-    def of(cls, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
-           func: Any = None) -> Setup | None:
-        """The setup for a call of ``func``; ``func`` given (for the
-        workers), a setup that reaches them with copies of its module's
-        globals is one of this call only (see :func:`_travels_by_value`)."""
+    def of(cls, initializer: Callable[..., Any] | None,
+           initargs: tuple[Any, ...]) -> Setup | None:
+        """The setup of the ``initializer`` option; ``None`` without one."""
         if initializer is None:
             return None
+        inner = unwrap(initializer)
+        code = getattr(inner, "__code__", None)
         try:
-            blob = cloudpickle.dumps((initializer, initargs), protocol=pickle.HIGHEST_PROTOCOL)
+            # The function by its name and code (not the globals it reads,
+            # which it may set itself), its arguments by value.
+            identity = (f"{getattr(inner, '__module__', '')}.{getattr(inner, '__qualname__', '')}"
+                        .encode() + marshal.dumps(code) if code is not None
+                        else cloudpickle.dumps(initializer))
+            blob = identity + cloudpickle.dumps(initargs)
         except Exception:  # only threads can take it: known by identity
             blob = repr((id(initializer), id(initargs))).encode()
-        key = hashlib.sha1(blob).hexdigest()
-        if func is not None and (_travels_by_value(initializer) or _travels_by_value(func)):
-            # Each call unpickles such functions with new globals: what the
-            # initializer set for one call is not there for the next.
-            key += f"-{uuid.uuid4().hex}"
-        return cls(initializer, initargs, key)
+        return cls(initializer, initargs, hashlib.sha1(blob).hexdigest())
+
+    def by_value(self) -> bool:
+        """Whether this is a copy that reached a worker by value (see
+        :mod:`.programs`): what it sets in its module's globals lives in
+        that copy's globals, not in a module of the worker's."""
+        inner = unwrap(self.initializer)
+        module = sys.modules.get(getattr(inner, "__module__", None) or "")
+        return getattr(inner, "__globals__", None) is not getattr(module, "__dict__", None)
 
     def describe(self) -> str:
         name = getattr(self.initializer, "__qualname__", repr(self.initializer))
         return f"the initializer {name}(*initargs)"
 
 
-def _travels_by_value(func: Any) -> bool:
-    """Whether cloudpickle sends ``func`` by value (defined in ``__main__``
-    or a notebook, a lambda or a nested function, a module registered to
-    travel by value), with a copy of the globals it uses."""
-    func = unwrap(func)
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", "<")
-    return (module is None or module == "__main__" or module not in sys.modules
-            or "<" in qualname or module in cloudpickle.list_registry_pickle_by_value())
-
-
-_done_in_process: set[str] = set()
+# What ran last here: in this process (a worker's), and in each thread.
+_last_in_process: list[tuple[str, int]] = []
 _process_lock = threading.Lock()
-_done_in_thread = threading.local()
+_last_in_thread = threading.local()
 
 
-def ensure_setup(setup: Setup, per_thread: bool, where: str) -> None:
-    """Run ``setup`` here unless it already ran: in this thread
-    (``per_thread``) or in this process.
+def ensure_setup(setup: Setup, per_thread: bool, where: str, program: Any = None) -> None:
+    """Run ``setup`` here unless it is the one that ran here last: in this
+    thread (``per_thread``) or in this process. In a worker process, a
+    setup that travels by value runs again for each new ``program`` (the
+    decoded copy its effects live in).
 
     Raises
     ------
@@ -97,22 +98,22 @@ def ensure_setup(setup: Setup, per_thread: bool, where: str) -> None:
         Naming the initializer and ``where`` it ran, from its exception.
     """
     if per_thread:
-        done = getattr(_done_in_thread, "keys", None)
-        if done is None:
-            done = _done_in_thread.keys = set()
-        if setup.key not in done:
+        if getattr(_last_in_thread, "key", None) != setup.key:
+            _last_in_thread.key = None
             _run_setup(setup, where)
-            done.add(setup.key)
+            _last_in_thread.key = setup.key
         return
+    ran = (setup.key, id(program) if setup.by_value() else 0)
     with _process_lock:  # a dask or Ray worker runs tasks on several threads
-        if setup.key not in _done_in_process:
+        if _last_in_process != [ran]:
+            _last_in_process.clear()
             _run_setup(setup, where)
-            _done_in_process.add(setup.key)
+            _last_in_process.append(ran)
 
 
 def forget_setups() -> None:
     """In a new worker process: what its parent ran is not its own."""
-    _done_in_process.clear()
+    _last_in_process.clear()
 
 
 def _run_setup(setup: Setup, where: str) -> None:

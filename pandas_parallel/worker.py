@@ -19,8 +19,6 @@ import random
 import threading
 import time
 import traceback
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,12 +26,9 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import policies
-from pandas_parallel.errors import (
-    InitializerError,
-    UnpicklableFunctionError,
-    UnpicklableResultError,
-)
+from pandas_parallel import policies, programs, relay, snapshot
+from pandas_parallel.errors import InitializerError, UnpicklableResultError
+from pandas_parallel.programs import Encoded, Program
 from pandas_parallel.transport import (
     Inline,
     Payload,
@@ -45,9 +40,6 @@ from pandas_parallel.transport import (
 
 _local = threading.local()
 _in_worker_process = False
-_programs: OrderedDict[str, Program] = OrderedDict()
-_programs_lock = threading.Lock()
-_PROGRAM_CACHE_SIZE = 4
 _PROGRESS_EVERY = 16  # calls between writes to the shared progress counter
 
 
@@ -56,9 +48,10 @@ def in_worker() -> bool:
     return _in_worker_process or getattr(_local, "active", False)
 
 
-def initialize_worker(parent: int | None = None) -> None:
-    """Mark the process as a worker; with ``parent``, end it within a
-    second of that process's death (SIGKILL included).
+def initialize_worker(parent: int | None = None, kind: str = "pool") -> None:
+    """Mark the process as a worker (of ``kind``, named so in the log
+    records it sends back); with ``parent``, end it within a second of that
+    process's death (SIGKILL included).
 
     Importing this module has already imported pandas and pyarrow, so the
     first chunk does not pay for them.
@@ -66,6 +59,8 @@ def initialize_worker(parent: int | None = None) -> None:
     global _in_worker_process
     _in_worker_process = True
     policies.forget_setups()
+    snapshot.forget()
+    relay.name_worker(kind)
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), daemon=True,
                          name="pandas_parallel-parent-watch").start()
@@ -85,79 +80,13 @@ def _exit_with(parent: int) -> None:
 
 
 @dataclasses.dataclass
-class Program:
-    """What every chunk of one call runs: ``runner(chunk, func, args, kwargs)``."""
-
-    runner: Callable[..., Any]
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    calls_per_unit: int = 1
-    setup: policies.Setup | None = None  # the initializer option
-
-
-def encode_program(program: Any) -> bytes:
-    """Serialize a program once per call (cloudpickle: lambdas, closures and
-    functions defined in ``__main__`` or a notebook work): a
-    :class:`Program`, or anything else that carries the user's ``func``
-    (and maybe its ``args`` and ``kwargs``).
-
-    Raises
-    ------
-    UnpicklableFunctionError
-        Naming what could not be pickled and how to avoid pickling.
-    """
-    try:
-        return cloudpickle.dumps(program, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        culprit = _unpicklable_part(program)
-        raise UnpicklableFunctionError(
-            f"pandas_parallel cannot send {culprit} to the worker processes: {exc}. "
-            "Functions and their arguments are pickled (with cloudpickle) to reach "
-            "worker processes. Create the object inside the function instead of "
-            "capturing it, or use backend='threading', which does not pickle."
-        ) from exc
-
-
-def _unpicklable_part(program: Any) -> str:
-    """Name the first part of the call that does not pickle."""
-    args, kwargs = getattr(program, "args", ()), getattr(program, "kwargs", {})
-    parts: list[tuple[str, Any]] = [(f"the function {program.func!r}", program.func)]
-    parts += [(f"positional argument {i} ({a!r})", a) for i, a in enumerate(args)]
-    parts += [(f"keyword argument {k}={v!r}", v) for k, v in kwargs.items()]
-    for name, value in parts:
-        try:
-            cloudpickle.dumps(value)
-        except Exception:
-            return name
-    return "the call"
-
-
-def _decode_program(call_id: str, blob: bytes | Program) -> Program:
-    """The call's program; ``blob`` is empty where this worker was sent it
-    with an earlier chunk of the call."""
-    if isinstance(blob, Program):
-        return blob
-    with _programs_lock:
-        program = _programs.get(call_id)
-        if program is None and not blob:
-            raise RuntimeError(f"call {call_id}: this worker was not sent its program")
-        if program is None:
-            program = pickle.loads(blob)
-            _programs[call_id] = program
-            while len(_programs) > _PROGRAM_CACHE_SIZE:
-                _programs.popitem(last=False)
-        return program
-
-
-@dataclasses.dataclass
 class Task:
     """One chunk of one call, as sent to a worker."""
 
     call_id: str
     chunk: int
     payload: Payload
-    program: bytes | Program
+    program: Program | Encoded
     units: int
     result_dir: str | None = None
     transport: str = "auto"
@@ -166,8 +95,9 @@ class Task:
     watch_calls: bool = False  # also publish each call's start time (timeout)
     in_band: bool = False  # the result travels back inside the reply (clusters)
     seed: ChunkSeed | None = None  # the chunk's random streams (processes)
-    record_warnings: bool = False  # send warnings back to the parent (Backend.records_warnings)
-    setup_per_thread: bool = False  # the initializer runs once per thread (not per process)
+    #: Where the chunk runs, which says what of the caller's state the worker
+    #: applies and what it sends back (see :data:`PLACES`).
+    place: str = "process"
     # errors="coerce": calls (numbered from 0) that got stuck past the timeout
     # in an earlier try of this chunk, now skipped as missing.
     skip_calls: tuple[int, ...] = ()
@@ -188,9 +118,10 @@ class Outcome:
     payload: Payload | None = None
     failure: Failure | None = None
     seconds: float = 0.0  # in the pandas call itself (not loading or shipping)
-    # Warnings pandas or the function issued in a worker (process or thread):
-    # each distinct (category, message) once, for the caller to issue again.
-    warnings: list[tuple[type[Warning], str]] = dataclasses.field(default_factory=list)
+    # Warnings pandas or the function issued in a worker (process or thread),
+    # each distinct one once, and log records, for the caller to issue again.
+    warnings: list[relay.Warned] = dataclasses.field(default_factory=list)
+    logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # errors="coerce": (label, exception) of each call that raised, in order.
     row_errors: list[tuple[Any, BaseException]] = dataclasses.field(default_factory=list)
     retries: int = 0  # retries made (the retries option)
@@ -416,123 +347,90 @@ def run_chunk(task: Task) -> Outcome:
         return _run_chunk(task)
 
 
+#: Where a chunk runs, which says what of the caller's state its worker
+#: applies (see :mod:`.snapshot`) and what goes back (see :mod:`.relay`):
+#: ``"process"``, a worker process of ours (all of it; warnings and log
+#: records go back); ``"cluster"``, a cluster's worker process (the state as
+#: it can hold there; warnings and log records of the chunk's thread go
+#: back); ``"thread"``, a thread of the caller's process (the per-thread
+#: part; warnings go back, log records reach the caller's handlers
+#: themselves); ``"caller"``, the calling thread itself (nothing to do).
+PLACES = ("process", "cluster", "thread", "caller")
+
+
 def _run_chunk(task: Task) -> Outcome:
     counters = Counters.open(task.counters)
     counters.set_state(task.chunk, Counters.RUNNING)
     try:
-        program = _decode_program(task.call_id, task.program)
+        program = programs.decode(task.program)
+        if program.snapshot is not None and task.place != "caller":
+            snapshot.apply(program.snapshot, task.place)
         if program.setup is not None:
-            failed = _set_up(program.setup, task)
+            failed = _set_up(program, task)
             if failed is not None:
                 return failed
         data = load_input(task.payload)
-        func = policy = _fresh(program.func)
-        if task.skip_calls and isinstance(policy, policies.Coercing):
-            policy.skip(task.skip_calls, TimeoutError(
-                "the call did not return within timeout= and could not be interrupted; "
-                "its worker process was stopped and replaced"))
-        if task.watch_calls and counters.array is not None:
-            func = _watching(func, counters, task.chunk)
-        elif task.count_calls and counters.array is not None and program.calls_per_unit:
-            func = _counting(func, counters, task.chunk)
+        policy = _fresh(program.func)
+        func = _instrumented(policy, task, counters, program.calls_per_unit)
         if task.seed is not None:
             _seed_globals(task.seed)
-        started = time.perf_counter()
-        with _recording_warnings(task.record_warnings) as issued:
+        logs = (program.snapshot.logs if program.snapshot is not None
+                and task.place in ("process", "cluster") else None)
+        with relay.relaying(task.place != "caller", logs) as relayed:
+            started = time.perf_counter()
             try:
                 result = program.runner(data, func, program.args, program.kwargs)
+                failure = None
             except _FUNCTION_FAILURES as exc:
                 found, argument = _failing_argument(program.func, exc.__traceback__)
                 failure = Failure(exc, traceback.format_exc(),
                                   _describe_argument(argument, data) if found else "")
-                return Outcome(task.chunk, failure=failure,
-                               seconds=time.perf_counter() - started,
-                               warnings=_distinct(issued))
-        seconds = time.perf_counter() - started
-        if task.in_band:
-            payload = in_band(result, task.transport)
+            seconds = time.perf_counter() - started
+        if failure is not None:
+            outcome = Outcome(task.chunk, failure=failure, seconds=seconds)
         else:
-            directory = None if counters.call_over else task.result_dir
-            payload = ship_result(result, directory,
-                                  f"result-{task.chunk}-{os.getpid()}.arrow", task.transport)
-        row_errors = policy.settle(data) if isinstance(policy, policies.Coercing) else []
-        return Outcome(task.chunk, payload, seconds=seconds, warnings=_distinct(issued),
-                       row_errors=row_errors, retries=_retries(policy))
+            row_errors = policy.settle(data) if isinstance(policy, policies.Coercing) else []
+            outcome = Outcome(task.chunk, _shipped(result, task, counters), seconds=seconds,
+                              row_errors=row_errors, retries=_retries(policy))
+        outcome.warnings, outcome.logs = relayed.warnings, relayed.logs
+        return outcome
     finally:
         counters.set_state(task.chunk, Counters.FINISHED)
 
 
-def _set_up(setup: policies.Setup, task: Task) -> Outcome | None:
+def _instrumented(func: Any, task: Task, counters: Counters, calls_per_unit: int) -> Any:
+    """``func``, publishing each call's start (a timeout is watched) or the
+    calls made (a progress bar is shown)."""
+    if task.skip_calls and isinstance(func, policies.Coercing):
+        func.skip(task.skip_calls, TimeoutError(
+            "the call did not return within timeout= and could not be interrupted; "
+            "its worker process was stopped and replaced"))
+    if task.watch_calls and counters.array is not None:
+        return _watching(func, counters, task.chunk)
+    if task.count_calls and counters.array is not None and calls_per_unit:
+        return _counting(func, counters, task.chunk)
+    return func
+
+
+def _shipped(result: Any, task: Task, counters: Counters) -> Payload:
+    if task.in_band:
+        return in_band(result, task.transport)
+    directory = None if counters.call_over else task.result_dir
+    return ship_result(result, directory, f"result-{task.chunk}-{os.getpid()}.arrow",
+                       task.transport)
+
+
+def _set_up(program: Program, task: Task) -> Outcome | None:
     """Run the initializer where it has not run yet; a failure as the
     chunk's outcome."""
-    where = (f"worker thread {threading.current_thread().name}" if task.setup_per_thread
+    per_thread = task.place in ("thread", "caller")
+    where = (f"worker thread {threading.current_thread().name}" if per_thread
              else f"worker process {os.getpid()}")
     try:
-        policies.ensure_setup(setup, task.setup_per_thread, where)
+        policies.ensure_setup(program.setup, per_thread, where, program)
     except InitializerError as exc:
         return Outcome(task.chunk, failure=Failure(exc, traceback.format_exc(), ""))
     return None
-
-
-_MAX_WARNINGS = 20  # distinct ones per chunk: a warning per row is one warning
-
-
-@contextlib.contextmanager
-def _recording_warnings(record: bool) -> Iterator[list[warnings.WarningMessage]]:
-    """Warnings issued in the block, recorded for the parent to issue again
-    (``record=False``: left alone).
-
-    A worker process's only thread records them all. A worker thread
-    shares the warnings machinery of the process: it collects only its own
-    (the user's filters apply), through one hook installed for good, so no
-    thread ever swaps the machinery under another."""
-    if not record:
-        yield []
-    elif threading.current_thread() is threading.main_thread():
-        with warnings.catch_warnings(record=True) as issued:
-            warnings.simplefilter("always")
-            yield issued
-    else:
-        _install_thread_collector()
-        issued = []
-        _collected.messages = issued
-        try:
-            yield issued
-        finally:
-            _collected.messages = None
-
-
-_collected = threading.local()
-_installed = threading.Lock()
-
-
-def _install_thread_collector() -> None:
-    """Route warnings shown in a collecting worker thread to its list.
-    (``catch_warnings`` saves and restores what it replaces; it does not
-    replace ``warnings._showwarnmsg``, which the C ``warn`` looks up.)"""
-    with _installed:
-        shown = warnings._showwarnmsg  # type: ignore[attr-defined]
-        if getattr(shown, "pandas_parallel", False):
-            return
-
-        def show_or_collect(message: warnings.WarningMessage) -> None:
-            messages = getattr(_collected, "messages", None)
-            if messages is None:
-                shown(message)
-            else:
-                messages.append(message)
-
-        show_or_collect.pandas_parallel = True  # type: ignore[attr-defined]
-        warnings._showwarnmsg = show_or_collect  # type: ignore[attr-defined]
-
-
-def _distinct(issued: list[warnings.WarningMessage]) -> list[tuple[type[Warning], str]]:
-    seen: dict[tuple[type[Warning], str], None] = {}
-    for message in issued:
-        seen.setdefault((message.category, str(message.message)), None)
-        if len(seen) == _MAX_WARNINGS:
-            break
-    return list(seen)
 
 
 def run_chunk_pickled(task: Task) -> bytes:
@@ -553,7 +451,7 @@ def run_chunk_pickled(task: Task) -> bytes:
             return _pickle_failure(_unpicklable_result(outcome, exc))
 
 
-def run_chunk_sent_apart(task: Task, payload: Payload, program: bytes) -> bytes:
+def run_chunk_sent_apart(task: Task, payload: Payload, program: Encoded) -> bytes:
     """:func:`run_chunk_pickled` for a task whose chunk and program reached
     the worker apart from it (a cluster's scatter or object store: sent
     once, straight to a worker, rather than inside every task)."""

@@ -7,6 +7,8 @@ and fails if any call ran on another backend than the one it names.
 
 from __future__ import annotations
 
+import decimal
+import importlib
 import inspect
 import logging
 import os
@@ -24,7 +26,7 @@ import psutil
 import pytest
 
 import pandas_parallel
-from pandas_parallel import UnpicklableResultError, WorkerCrashedError
+from pandas_parallel import UnpicklableResultError, WorkerCrashedError, programs
 from tests.conftest import ready_to_fork, recording_runs, worker_processes
 from tests.helpers import assert_same, check_calls_from_threads
 
@@ -169,7 +171,7 @@ def _warns(row):
 def on_this_machine(backend):
     """Only for backends whose workers are this machine's (asked for before ``on``)."""
     if backend in ("dask", "ray"):
-        pytest.skip("warnings in a cluster's workers stay in their logs")
+        pytest.skip("a cluster's workers run other tasks under their own warnings filters")
 
 
 def test_a_warning_in_the_workers_is_issued_once_at_the_callers_line(on_this_machine, on):
@@ -355,3 +357,277 @@ def not_forked(backend):
 def test_concurrent_calls_from_threads_each_get_their_own_result(not_forked, on):
     check_calls_from_threads(FRAME, _weigh)
     FRAME.parallel.apply(_weigh, axis=1)  # a call on this thread, for `on`
+
+
+# -- workers see what the caller sees ------------------------------------------------
+# Each case changes the caller's state between two calls (the first forks
+# workers or starts the pool, the second finds them kept or warm), or before
+# the first, and compares both calls with plain pandas.
+SERIES = pd.Series(np.arange(200))
+
+
+@pytest.fixture
+def first_call(backend):
+    """The case's first call forks new workers or starts the pool cold;
+    its later calls find them kept or warm."""
+    if backend in ("forked", "pool"):
+        pandas_parallel.shutdown_pool()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """Write and import modules of the caller's own project (a directory on
+    ``sys.path``, as a script's or notebook's helper modules are)."""
+    directory = tmp_path / "project"
+    directory.mkdir()
+    monkeypatch.syspath_prepend(str(directory))
+
+    def write(name: str, source: str):
+        (directory / f"{name}.py").write_text(source)
+        importlib.invalidate_caches()
+        if name in sys.modules:
+            return importlib.reload(sys.modules[name])
+        return importlib.import_module(name)
+
+    yield write
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", "")).startswith(str(directory)):
+            del sys.modules[name]
+
+
+def test_a_module_setting_changed_after_a_call_reaches_the_workers(first_call, on, project):
+    settings = project("pp_settings", "THRESHOLD = 10\n\ndef over(x):\n    return x > THRESHOLD\n")
+    assert_same(SERIES.map(settings.over), SERIES.parallel.map(settings.over))
+    settings.THRESHOLD = 150
+    assert_same(SERIES.map(settings.over), SERIES.parallel.map(settings.over))
+
+
+def test_a_module_setting_loaded_at_run_time_reaches_the_workers(first_call, on, project):
+    config = project("pp_config", "LOOKUP = None\n\ndef look(x):\n    return LOOKUP[x % 3]\n")
+    config.LOOKUP = {0: "zero", 1: "one", 2: "two"}  # as main() would load it
+    assert_same(SERIES.map(config.look), SERIES.parallel.map(config.look))
+
+
+def test_reloaded_code_reaches_the_workers(first_call, on, project):
+    helper = project("pp_helper", "def scale(x):\n    return x * 3\n")
+    assert_same(SERIES.map(helper.scale), SERIES.parallel.map(helper.scale))
+    helper = project("pp_helper", "def scale(x):\n    return x * 300 + 1\n")  # reloaded
+    assert_same(SERIES.map(helper.scale), SERIES.parallel.map(helper.scale))
+
+
+def _times_factor(x):
+    return x * int(os.environ.get("PP_FACTOR", "1"))
+
+
+def _read_relative(x):
+    with open("pp_data.txt") as file:
+        return f"{file.read()}-{x}"
+
+
+def _local_hour(x):
+    return time.localtime(x * 3600).tm_hour
+
+
+def _depth(n):
+    return 0 if n == 0 else 1 + _depth(n - 1)
+
+
+def _import_late(x):
+    return importlib.import_module("pp_late").VALUE + x
+
+
+def test_environment_changed_after_a_call_reaches_the_workers(first_call, on, monkeypatch):
+    assert_same(SERIES.map(_times_factor), SERIES.parallel.map(_times_factor))
+    monkeypatch.setenv("PP_FACTOR", "3")
+    assert_same(SERIES.map(_times_factor), SERIES.parallel.map(_times_factor))
+    monkeypatch.delenv("PP_FACTOR")
+    assert_same(SERIES.map(_times_factor), SERIES.parallel.map(_times_factor))
+
+
+def test_working_directory_changed_after_a_call_reaches_the_workers(first_call, on, tmp_path,
+                                                                     monkeypatch):
+    SERIES.parallel.map(str)
+    (tmp_path / "pp_data.txt").write_text("found")
+    monkeypatch.chdir(tmp_path)
+    assert_same(SERIES.map(_read_relative), SERIES.parallel.map(_read_relative))
+
+
+@pytest.fixture
+def time_zone(monkeypatch):
+    """Set the time zone as a program does (``TZ``, then ``time.tzset``)."""
+    def set_zone(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_time_zone_changed_after_a_call_reaches_the_workers(first_call, on, time_zone):
+    time_zone("UTC")
+    assert_same(SERIES.map(_local_hour), SERIES.parallel.map(_local_hour))
+    time_zone("Asia/Kolkata")
+    assert_same(SERIES.map(_local_hour), SERIES.parallel.map(_local_hour))
+
+
+@pytest.fixture
+def recursion_limit():
+    before = sys.getrecursionlimit()
+    yield sys.setrecursionlimit
+    sys.setrecursionlimit(before)
+
+
+def test_recursion_limit_raised_after_a_call_reaches_the_workers(first_call, on, recursion_limit):
+    deep = pd.Series([5, 2500, 10] * 10)
+    SERIES.parallel.map(str)
+    recursion_limit(10_000)
+    assert_same(deep.map(_depth), deep.parallel.map(_depth))
+
+
+def test_a_path_added_after_a_call_reaches_the_workers(first_call, on, tmp_path, monkeypatch):
+    SERIES.parallel.map(str)
+    (tmp_path / "pp_late.py").write_text("VALUE = 1000\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert_same(SERIES.map(_import_late), SERIES.parallel.map(_import_late))
+    finally:
+        sys.modules.pop("pp_late", None)
+
+
+def _reciprocal(x):
+    return np.float64(1.0) / np.float64(x)
+
+
+def _decimal_seventh(x):
+    return str(decimal.Decimal(int(x) + 1) / decimal.Decimal(7))
+
+
+def _printed(x):
+    return str(np.array([x / 3]))
+
+
+def test_numpy_error_state_reaches_the_workers(first_call, on):
+    SERIES.parallel.map(str)  # workers up, under numpy's defaults
+    with np.errstate(divide="raise"):
+        with pytest.raises(FloatingPointError):
+            SERIES.map(_reciprocal)
+        with pytest.raises(FloatingPointError):
+            SERIES.parallel.map(_reciprocal)
+
+
+def test_decimal_context_and_numpy_print_options_reach_the_workers(first_call, on):
+    SERIES.parallel.map(str)
+    with decimal.localcontext() as context, np.printoptions(precision=3):
+        context.prec = 5
+        assert_same(SERIES.map(_decimal_seventh), SERIES.parallel.map(_decimal_seventh))
+        assert_same(SERIES.map(_printed), SERIES.parallel.map(_printed))
+
+
+def _divide_by_zero(row):
+    return row["a"] / 0
+
+
+def test_pandas_options_changed_after_a_call_reach_the_workers(first_call, on):
+    frame = pd.DataFrame({"a": [1, 2, 3] * 20})
+    SERIES.parallel.map(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # future.infer_string is deprecated on pandas 3
+        with pd.option_context("future.infer_string", not pd.get_option(
+                "future.infer_string"), "display.precision", 2):
+            assert_same(SERIES.map(str), SERIES.parallel.map(str))
+            assert_same(SERIES.map(lambda x: repr(pd.Series([x / 3]))),
+                        SERIES.parallel.map(lambda x: repr(pd.Series([x / 3]))))
+        if "future.python_scalars" in pd.describe_option("future", _print_desc=False):
+            with pd.option_context("future.python_scalars", True):
+                with pytest.raises(ZeroDivisionError):
+                    frame.apply(_divide_by_zero, axis=1)
+                with pytest.raises(ZeroDivisionError):
+                    frame.parallel.apply(_divide_by_zero, axis=1)
+
+
+def _log_or_minus_one(x):
+    try:
+        return float(np.log(np.float64(x)))
+    except RuntimeWarning:
+        return -1.0
+
+
+def test_the_callers_warnings_filters_hold_in_the_workers(on_this_machine, first_call, on):
+    SERIES.parallel.map(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        expected = SERIES.map(_log_or_minus_one)
+        assert expected.iloc[0] == -1.0
+        assert_same(expected, SERIES.parallel.map(_log_or_minus_one))
+
+
+def _log_some(x):
+    if x % 10 == 3:
+        logging.getLogger("tests.caller_state").warning("row %d is odd", x)
+    logging.getLogger("tests.caller_state").debug("row %d", x)  # below the level
+    return x
+
+
+def test_log_records_reach_the_callers_handlers(first_call, on, backend, caplog):
+    big = pd.Series(np.arange(400))
+    with caplog.at_level(logging.INFO, logger="tests.caller_state"):
+        big.map(_log_some)
+        expected = sorted(r.getMessage() for r in caplog.records)
+        for _ in range(2):  # workers started by the call, then kept or warm
+            caplog.clear()
+            big.parallel.map(_log_some)
+            records = [r for r in caplog.records if r.name == "tests.caller_state"]
+            assert sorted(r.getMessage() for r in records) == expected
+    assert len(expected) == 40
+    assert {(r.levelname, r.funcName, r.pathname) for r in records} == {
+        ("WARNING", "_log_some", __file__)}
+    from_workers = [r for r in records if r.process != os.getpid()]
+    assert all(r.pandas_parallel_worker.endswith(f"worker process {r.process}")
+               for r in from_workers)
+    if backend != "threads":  # threads log in this process: their records are its own
+        assert from_workers
+    caplog.clear()
+    logging.getLogger("tests.caller_state").setLevel(logging.ERROR)
+    try:
+        big.parallel.map(_log_some)
+    finally:
+        logging.getLogger("tests.caller_state").setLevel(logging.NOTSET)
+    assert not [r for r in caplog.records if r.name == "tests.caller_state"]
+
+
+def _set_weight(value):
+    sys.pandas_parallel_test_weight = value  # set where it ran: nothing carries it
+
+
+def _weighted(x):
+    return x * sys.pandas_parallel_test_weight
+
+
+def test_the_initializer_runs_again_when_its_arguments_go_back(first_call, on):
+    try:
+        for weight in (0.5, 2.0, 0.5):  # a loop over regions, say
+            _set_weight(weight)
+            expected = SERIES.map(_weighted)
+            got = SERIES.parallel(initializer=_set_weight, initargs=(weight,)).map(_weighted)
+            assert_same(expected, got)
+    finally:
+        del sys.pandas_parallel_test_weight
+
+
+TABLE = np.arange(2**20, dtype=np.float64)  # 8 MB: travels apart from the pickle
+
+
+def test_a_large_object_the_function_holds_is_current_on_every_call(first_call, on, backend):
+    table = TABLE.copy()
+
+    def look_up(x):
+        return table[x * 1000]
+
+    assert_same(SERIES.map(look_up), SERIES.parallel.map(look_up))
+    table[::1000] *= -1  # changed in place: same object, new content
+    assert_same(SERIES.map(look_up), SERIES.parallel.map(look_up))
+    if backend in ("forked", "pool"):  # stored once per content, then reused
+        written = len(programs.STORE.files)
+        assert_same(SERIES.map(look_up), SERIES.parallel.map(look_up))
+        assert len(programs.STORE.files) == written

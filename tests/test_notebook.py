@@ -51,3 +51,50 @@ def test_notebook_with_real_kernel(tmp_path):
     started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     _, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, f"processes left by the notebook run: {alive}"
+
+
+AUTORELOAD_CELLS = [
+    """import os, sys, tempfile
+sys.dont_write_bytecode = True
+project = tempfile.mkdtemp()
+sys.path.insert(0, project)
+with open(os.path.join(project, "nb_helper.py"), "w") as file:
+    file.write("def scale(x):\\n    return x * 3\\n")
+%load_ext autoreload
+%autoreload 2
+import pandas as pd, pandas_parallel, nb_helper
+pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=50, progress=False)
+s = pd.Series(range(400))
+s.parallel.map(lambda x: x)  # the pool starts: the calls below find it warm""",
+    """first = s.parallel.map(nb_helper.scale)
+pd.testing.assert_series_equal(first, s.map(nb_helper.scale))
+print("FIRST", first.iloc[1], pandas_parallel.last_run().backend,
+      pandas_parallel.last_run().start)""",
+    # The helper module edited, as in an editor, between two cells.
+    """with open(os.path.join(project, "nb_helper.py"), "w") as file:
+    file.write("def scale(x):\\n    return x * 300\\n")""",
+    """second = s.parallel.map(nb_helper.scale)
+pd.testing.assert_series_equal(second, s.map(nb_helper.scale))
+print("SECOND", second.iloc[1], pandas_parallel.last_run().backend,
+      pandas_parallel.last_run().start)""",
+    "pandas_parallel.shutdown_pool()",
+]
+
+
+def test_autoreloaded_helper_module_reaches_the_warm_pool(tmp_path):
+    """A real kernel, ``%autoreload 2``, a helper module edited between
+    cells: the warm pool's workers run the edited code, as pandas does."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in AUTORELOAD_CELLS]
+    client = nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    client.execute()
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "FIRST 3 pool warm" in text
+    assert "SECOND 300 pool warm" in text
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    _, alive = psutil.wait_procs(started, timeout=15)
+    assert not alive, f"processes left by the notebook run: {alive}"

@@ -65,10 +65,9 @@ class Backend:
     #: copied this process's memory). Pickled once per call either way,
     #: except in this process, so an unpicklable function fails alike.
     pickles_program = True
-    #: Workers record the warnings a chunk issues, for the parent to issue
-    #: them again at the caller's line (processes running one chunk at a
-    #: time, and this process's threads).
-    records_warnings = False
+    #: Where chunks run, which says what of the caller's state a worker
+    #: applies and what it sends back (see :data:`.worker.PLACES`).
+    place = "process"
 
     def capacity(self, n_jobs: int | None) -> int:
         """The workers ``n_jobs`` means here."""
@@ -120,6 +119,7 @@ class InProcess(Backend):
     in_process = True
     shares_files = False
     pickles_program = False
+    place = "thread"
 
     def payloads(self, units: Units, ranges: Sequence[tuple[int, int]],
                  directory: str | None, transport: str) -> Callable[[int], Payload]:

@@ -28,6 +28,7 @@ class Dask(Backend):
     name = "dask"
     shares_files = False
     cluster = True
+    place = "cluster"
 
     def capacity(self, n_jobs: int | None) -> int:
         return clusters.capacity("dask", n_jobs)

@@ -57,6 +57,7 @@ from pandas_parallel.executor import (
     stuck_error,
     stuck_limit,
 )
+from pandas_parallel.programs import Encoded
 from pandas_parallel.splitting import Units
 from pandas_parallel.transport import Payload
 from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_pickled
@@ -81,7 +82,6 @@ class Forked(Backend):
 
     name = "forked"
     pickles_program = False
-    records_warnings = True
 
     def start(self, n_workers: int) -> str:
         return "fork"
@@ -191,7 +191,7 @@ class _Worker:
     knows: Container[int]  # chunks of that call it holds (sent by number)
     resident: int  # this process's resident bytes when it forked
     chunk: int | None = None  # the chunk it is running
-    program_of: str = ""  # the call whose program it has been sent
+    program_digest: str = ""  # the program it decoded last (it keeps it)
 
     def hand(self, task: Task) -> None:
         """Give the worker a chunk: by number if it holds the task, else
@@ -206,13 +206,15 @@ class _Worker:
         if task.call_id == self.call_id and task.chunk in self.knows:
             message = pickle.dumps(task.chunk)
         else:
-            sent = task if self.program_of != task.call_id else dataclasses.replace(
-                task, program=b"")
+            program = task.program
+            if isinstance(program, Encoded) and program.digest == self.program_digest:
+                task = dataclasses.replace(task, program=program.known())
             try:
-                message = pickle.dumps(sent, protocol=pickle.HIGHEST_PROTOCOL)
+                message = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise _CannotPickle(task, exc) from exc
-            self.program_of = task.call_id
+            if isinstance(program, Encoded):
+                self.program_digest = program.digest
         self.chunk = task.chunk
         self.send(message)
 
@@ -547,7 +549,7 @@ def _serve(made: dict[int, Task] | None, inbox: Connection, outbox: Connection) 
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the line above
         return
-    worker.initialize_worker()
+    worker.initialize_worker(kind="forked")
     # Leave inherited objects out of garbage collections: a full collection
     # would walk (and so copy) all of them, tens of milliseconds.
     gc.freeze()

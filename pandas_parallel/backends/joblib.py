@@ -22,8 +22,10 @@ class Joblib(Backend):
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
-        # Other backends may run anywhere: results come back in-band.
+        # Other backends may run anywhere: results come back in-band, and
+        # their workers are treated as a cluster's.
         self.shares_files = backend == "multiprocessing"
+        self.place = "process" if self.shares_files else "cluster"
 
     def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
         # A backend made by parallel_config, not Parallel(backend=...): the

@@ -51,7 +51,6 @@ class Pool(Backend):
     size, whether its workers are up, when it last ran."""
 
     name = "pool"
-    records_warnings = True
 
     def __init__(self) -> None:
         self._executor: Any = None
@@ -79,7 +78,7 @@ class Pool(Backend):
         with self._lock:
             self._executor = get_reusable_executor(
                 max_workers=n_workers, timeout=IDLE_WORKER_TIMEOUT,
-                initializer=initialize_worker, initargs=(os.getpid(),))
+                initializer=initialize_worker, initargs=(os.getpid(), "pool"))
             return self._executor
 
     def start_workers(self, n_workers: int) -> None:
@@ -163,8 +162,7 @@ class Pool(Backend):
         task = next(waiting, None)
         if task is None:
             return False
-        here = dataclasses.replace(task, result_dir=None, seed=None, record_warnings=False,
-                                   setup_per_thread=True)
+        here = dataclasses.replace(task, result_dir=None, seed=None, place="caller")
         yield deliver(run_chunk(here), job.progress, job.reporter)
         return True
 

@@ -23,6 +23,7 @@ class Ray(Backend):
     name = "ray"
     shares_files = False
     cluster = True
+    place = "cluster"
 
     def capacity(self, n_jobs: int | None) -> int:
         return clusters.capacity("ray", n_jobs)

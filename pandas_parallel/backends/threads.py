@@ -17,7 +17,6 @@ from pandas_parallel.worker import Outcome, Task, run_chunk
 
 class Threads(InProcess):
     name = "threads"
-    records_warnings = True  # each thread collects its own (see worker.py)
 
     def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
         """Yield outcomes as chunks finish. ``job.n_workers`` may exceed the

@@ -49,9 +49,9 @@ def make_score(table, inner: int):
 def child(backend: str, rows: int, inner: int, repeat: int) -> dict:
     import numpy as np
     import pandas as pd
+    from peak_memory import PeakMemory
 
     import pandas_parallel
-    from peak_memory import PeakMemory
 
     table = np.random.default_rng(0).random(TABLE_BYTES // 8)
     score = make_score(table, inner)

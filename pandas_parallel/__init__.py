@@ -24,6 +24,7 @@ from pandas_parallel.errors import (
 )
 from pandas_parallel.options import Options, config, get_options
 from pandas_parallel.pipeline import Run, last_run
+from pandas_parallel.programs import STORE as _STORE
 from pandas_parallel.transport import sweep_stale_scratch as _sweep
 
 _compat.attribute_warnings_to_callers()
@@ -53,10 +54,12 @@ __all__ = [
 
 def shutdown_pool() -> None:
     """Stop the worker processes kept between calls now (the warm pool's,
-    and those forked from this process); the next call that needs workers
-    starts or forks new ones."""
+    and those forked from this process), and remove the large objects kept
+    for them in shared memory; the next call that needs workers starts or
+    forks new ones."""
     _POOL.shutdown()
     _CREW.retire()
+    _STORE.clear()
 
 
 _sweep()

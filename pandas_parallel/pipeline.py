@@ -28,6 +28,7 @@ import pandas as pd
 from pandas_parallel import backends, executor, planning, policies, programs, snapshot, transport
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.combine import CannotCombine
+from pandas_parallel.errors import UnpicklableFunctionError
 from pandas_parallel.options import Options
 from pandas_parallel.programs import Encoded, Pickled, Program
 from pandas_parallel.splitting import Units
@@ -319,6 +320,7 @@ class Plan:
     start_workers_after: bool = False  # only their start-up made this call serial
     fresh_workers: bool = False  # workers started for the call would be faster
     results: planning.ResultCost | None = None  # sending results back, per unit
+    program_cost: planning.ProgramCost | None = None  # sending the program
 
 
 def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
@@ -328,24 +330,33 @@ def _plan(op: Operation, backend: Backend, n_workers: int) -> Plan:
                       snapshot.capture("cluster" if backend.cluster else "process"))
     priced = options.serial_fallback and options.chunk_size is None
     per_row = planning.recall(op.func, _cost_kind(op)) if priced else None
-    # Fail on an unpicklable function before any of its work (a sample runs
-    # it), and pickle it once. Priced from a remembered cost, the call runs
-    # none of it before deciding: it pickles only to go parallel.
-    pickled = None if per_row is not None else _pickled(program, backend)
-    plan = Plan(backend, n_workers, program, pickled, op.units.nbytes())
+    # Pickle once, and know what sending the program costs. Fail on an
+    # unpicklable function before any of its work (a sample runs it); a
+    # call priced from a remembered cost runs none before deciding, and fails
+    # only if it goes parallel (serially, it is pandas' own call).
+    unpicklable = None
+    try:
+        pickled = _pickled(program, backend)
+    except UnpicklableFunctionError as exc:
+        if per_row is None:
+            raise
+        pickled, unpicklable = None, exc
+    plan = Plan(backend, n_workers, program, pickled, op.units.nbytes(),
+                program_cost=_program_cost(pickled, backend))
     if priced:
         _price(op, plan, per_row)
         if not plan.parallel:
             return plan
-    else:  # the input's trip to kept workers against forking new ones
-        plan.fresh_workers = planning.forking_is_cheaper(plan.n_bytes)
+        if unpicklable is not None:
+            raise unpicklable
+    else:  # the input's and the program's trip to kept workers against forking anew
+        plan.fresh_workers = planning.forking_is_cheaper(plan.n_bytes, n_workers,
+                                                         plan.program_cost)
     # Chosen again, thoroughly: the sampled calls may have started a thread.
     plan.backend = backends.choose(options)
     if plan.fresh_workers:
         plan.backend = plan.backend.with_fresh_workers() or plan.backend
     plan.ranges = _chunks(op, plan)
-    if plan.pickled is None:
-        plan.pickled = _pickled(program, plan.backend)
     return plan
 
 
@@ -371,7 +382,8 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
     def guess(start: str) -> planning.Estimate:
         assert plan.per_unit is not None
         return planning.estimate(plan.per_unit, remaining, plan.n_workers, remaining_bytes,
-                                 start, plan.backend.cluster, plan.results, rate)
+                                 start, plan.backend.cluster, plan.results, rate,
+                                 plan.program_cost)
 
     start = plan.backend.start(plan.n_workers)
     estimate = guess(start)
@@ -381,8 +393,13 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
         plan.backend = backends.choose(op.options)  # in full, now it matters
         start = plan.backend.start(plan.n_workers)
         estimate = guess(start)
-    # Kept workers are sent the input; new ones forked hold it already.
-    plan.fresh_workers = start == "warm" and guess("fork").parallel < estimate.parallel
+    # Kept workers are sent the input and the program; new ones forked hold
+    # them already, where forking is possible.
+    if start == "warm" and plan.backend.with_fresh_workers(thorough=False) is not None:
+        forked = guess("fork")
+        plan.fresh_workers = forked.parallel < estimate.parallel
+        if plan.fresh_workers and not clearly_serial:
+            estimate = forked
     plan.expected, plan.parallel = estimate.serial, estimate.parallel_wins
     plan.start_workers_after = (
         start == "cold" and estimate.serial >= planning.MIN_SECONDS_TO_START_POOL
@@ -499,6 +516,15 @@ def _pickled(program: Program, backend: Backend) -> Pickled | None:
     if backend.in_process:
         return None
     return programs.pickled(program, backend.shares_files or not backend.pickles_program)
+
+
+def _program_cost(pickled: Pickled | None, backend: Backend) -> planning.ProgramCost | None:
+    if pickled is None:
+        return None
+    if not backend.shares_files and backend.pickles_program:  # a cluster: all of it inside
+        return planning.ProgramCost(pickled.nbytes)
+    return planning.ProgramCost(len(pickled.blob), pickled.buffer_bytes,
+                                programs.STORE.unstored_bytes(pickled))
 
 
 def _sent_program(plan: Plan) -> Program | Encoded:

@@ -84,17 +84,48 @@ class Estimate:
         return self.parallel < PARALLEL_GAIN_REQUIRED * self.serial
 
 
+@dataclasses.dataclass(frozen=True)
+class ProgramCost:
+    """What a call's program weighs for workers that do not hold it (all
+    but those forked for the call): its pickle, sent to each worker, and
+    its large buffers, hashed here and written once where the store does
+    not hold them yet (see :mod:`pandas_parallel.programs`)."""
+
+    pickle_bytes: int
+    buffer_bytes: int = 0
+    unstored_bytes: int = 0
+
+    def seconds(self, n_workers: int, bytes_per_second: float) -> float:
+        hashing = self.buffer_bytes / (HASH_BYTES_PER_SECOND * min(n_workers, 8))
+        stored = STORE_WRITE_SHARE * self.unstored_bytes / STORE_BYTES_PER_SECOND
+        return self.pickle_bytes * n_workers / bytes_per_second + stored + hashing
+
+
+# Hashing a program's large buffers: CRC-32 at 4 GB/s a core, on as many
+# cores as there are 64 MB blocks (taken as the workers, up to 8).
+HASH_BYTES_PER_SECOND = 4.0e9
+# Writing a buffer into the store (shared memory), which workers then map:
+# 2.5 GB/s measured for 500 MB on a 2-core machine. Written once, it serves
+# the calls after this one too: this call is charged half. (Charged in full,
+# a call of a function holding 500 MB, twice as fast on warm workers, ran
+# serially call after call: none ever wrote it.)
+STORE_BYTES_PER_SECOND = 2.0e9
+STORE_WRITE_SHARE = 0.5
+
+
 def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
              workers: str = "warm", cluster: bool = False,
              results: ResultCost | None = None,
-             bytes_per_second: float | None = None) -> Estimate:
+             bytes_per_second: float | None = None,
+             program: ProgramCost | None = None) -> Estimate:
     """Serial vs parallel time for ``units`` more units of work.
 
     ``workers`` says how the call gets its worker processes: ``"warm"``
     (already running, or a cluster's), ``"fork"`` (forked from this process
     for the call) or ``"cold"`` (started, importing pandas, during the call).
     ``results``: what sending each unit's result back costs, when measured;
-    ``bytes_per_second``: how fast the backend moves data, when measured.
+    ``bytes_per_second``: how fast the backend moves data, when measured;
+    ``program``: what the call's program weighs.
     """
     serial = seconds_per_unit * units
     n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
@@ -113,14 +144,19 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
     )
     if results is not None:  # encoded in the workers, decoded here, one by one
         parallel += units * (results.encode / n_workers + results.decode)
+    if program is not None and workers != "fork":  # forked ones hold it already
+        parallel += program.seconds(n_workers, rate)
     return Estimate(serial, parallel)
 
 
-def forking_is_cheaper(n_bytes: int) -> bool:
-    """Whether sending ``n_bytes`` of input to workers that are running
-    costs more than forking new ones, which hold it already (what
-    :func:`estimate` weighs when it prices a call, without its work)."""
-    return n_bytes / TRANSFER_BYTES_PER_SECOND > FORK_START_SECONDS
+def forking_is_cheaper(n_bytes: int, n_workers: int, program: ProgramCost | None) -> bool:
+    """Whether sending ``n_bytes`` of input and the program to workers that
+    are running costs more than forking new ones, which hold both already
+    (what :func:`estimate` weighs when it prices a call, without its work)."""
+    seconds = n_bytes / TRANSFER_BYTES_PER_SECOND
+    if program is not None:
+        seconds += program.seconds(n_workers, TRANSFER_BYTES_PER_SECOND)
+    return seconds > FORK_START_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -154,6 +154,8 @@ def _unlink(path: str) -> None:
 
 _LEFTOVERS = (
     (SCRATCH_PREFIX, lambda path: shutil.rmtree(path, ignore_errors=True)),
+    # The program store (see programs.py): large objects, kept between calls.
+    ("pandas_parallel_store-", lambda path: shutil.rmtree(path, ignore_errors=True)),
     ("sem.loky-", _unlink),  # loky's named semaphores, should their owner die
 )
 

@@ -117,6 +117,8 @@ def no_processes_left_behind():
     pandas_parallel.shutdown_pool()
     _, alive = psutil.wait_procs(worker_processes(), timeout=10)
     assert not alive, f"worker processes left running: {alive}"
+    assert not glob.glob(f"/dev/shm/pandas_parallel_store-{os.getpid()}-*"), \
+        "the store of large objects outlived shutdown_pool()"
 
 
 def worker_processes() -> list[psutil.Process]:

@@ -174,7 +174,7 @@ def on_this_machine(backend):
         pytest.skip("a cluster's workers run other tasks under their own warnings filters")
 
 
-def test_a_warning_in_the_workers_is_issued_once_at_the_callers_line(on_this_machine, on):
+def test_a_warning_in_the_workers_is_issued_once_at_the_callers_line(on):
     df = pd.DataFrame({"a": np.arange(60.0)})
     with warnings.catch_warnings(record=True) as issued:
         warnings.simplefilter("always")

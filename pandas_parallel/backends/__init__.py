@@ -97,10 +97,11 @@ class Backend:
         planner's constant for the kind of backend)."""
         return None
 
-    def with_fresh_workers(self) -> Backend | None:
+    def with_fresh_workers(self, thorough: bool = True) -> Backend | None:
         """This backend with workers started for the call, where that is
         possible now (kept forked workers would be sent a large input that
-        workers forked anew hold already); ``None`` otherwise."""
+        workers forked anew hold already); ``None`` otherwise.
+        ``thorough=False``: the quick part of that check only."""
         return None
 
     def start_workers(self, n_workers: int) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
@@ -78,7 +79,7 @@ class Pool(Backend):
         with self._lock:
             self._executor = get_reusable_executor(
                 max_workers=n_workers, timeout=IDLE_WORKER_TIMEOUT,
-                initializer=initialize_worker, initargs=(os.getpid(), "pool"))
+                initializer=_initialize_pool_worker, initargs=(os.getpid(),))
             return self._executor
 
     def start_workers(self, n_workers: int) -> None:
@@ -186,6 +187,18 @@ class Pool(Backend):
         # outlive it and rule out forking for the rest of the process.
         self.shutdown()
         return error
+
+
+def _initialize_pool_worker(parent: int) -> None:
+    """A loky worker of the pool becomes ours. loky stops a worker whose
+    memory grew by 300 MB after its first task, taking it for a leak: ours
+    keep the programs they decoded, large objects included (mapped from
+    the store, see :mod:`pandas_parallel.programs`), by design, and bound
+    them themselves."""
+    from joblib.externals.loky import process_executor
+
+    process_executor._MAX_MEMORY_LEAK_SIZE = sys.maxsize  # type: ignore[attr-defined]
+    initialize_worker(parent, "pool")
 
 
 def _ready() -> None:

@@ -6,12 +6,14 @@ Usage::
     python benchmarks/closure.py [--repeat 5] [--rows 12000] [--inner 240]
     python benchmarks/closure.py --baseline /path/to/an/older/checkout
 
-Each backend runs in a fresh process: its first call (workers forked for
-it, the pool started cold), then ``--repeat`` warm calls interleaved with
-serial pandas (medians and ranges); then the peak memory of one serial call
-and of one warm call, each under a sampler (PSS of the process tree, plus
-what ``/dev/shm`` gained, shared memory counted once). ``--baseline`` runs
-another checkout of pandas_parallel the same way in the same session, for a
+Each backend runs ``--runs`` times, each in a fresh process: its first call
+(workers forked for it, the pool started cold), then ``--repeat`` warm calls
+interleaved with serial pandas; then the peak memory of one serial call and
+of one warm call, each under a sampler (PSS of the process tree, plus what
+``/dev/shm`` gained, shared memory counted once). Ratios are against the
+serial median of the same process; the table shows medians and ranges over
+all runs. ``--baseline`` runs another checkout of pandas_parallel the same
+way in the same session (versions alternate, run by run), for a
 before/after on one machine load. Every result is checked against pandas.
 """
 
@@ -98,20 +100,30 @@ def run(backend: str, args: argparse.Namespace, source: str | None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def row(name: str, result: dict) -> str:
-    if "error" in result:
-        return f"| {name} | error: {result['error']} | | | |"
-    serial = statistics.median(result["serial"])
-    ratios = sorted(s / w for s, w in zip(result["serial"], result["warm"]))
-    extra = (result["peak_parallel"] - result["peak_serial"]) / TABLE_BYTES
-    return (f"| {name} | {serial:.2f} | {serial / result['first']:.2f}x ({result['ran']}) | "
-            f"{serial / statistics.median(result['warm']):.2f}x "
-            f"({ratios[0]:.2f}-{ratios[-1]:.2f}) | {extra:+.2f}x |")
+def _spread(values: list[float], unit: str = "x") -> str:
+    values = sorted(values)
+    return (f"{statistics.median(values):.2f}{unit} "
+            f"({values[0]:.2f}-{values[-1]:.2f})")
+
+
+def row(name: str, results: list[dict]) -> str:
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        return f"| {name} | error: {errors[0]} | | | |"
+    serial = [statistics.median(r["serial"]) for r in results]
+    first = [s / r["first"] for s, r in zip(serial, results)]
+    warm = [s / w for r in results for s, w in zip(r["serial"], r["warm"])]
+    extra = [(r["peak_parallel"] - r["peak_serial"]) / TABLE_BYTES for r in results]
+    how = sorted({r["ran"] for r in results})
+    return (f"| {name} | {statistics.median(serial):.2f} | {_spread(first)} "
+            f"({', '.join(how)}) | {_spread(warm)} | {_spread(extra, 'x')} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="warm calls in each process")
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per backend")
     parser.add_argument("--rows", type=int, default=12_000)
     parser.add_argument("--inner", type=int, default=240,
                         help="table lookups per row (about 100 us per row at 240)")
@@ -132,8 +144,12 @@ def main() -> None:
         versions = [("", None)]
         if args.baseline:
             versions.append((" (baseline)", args.baseline))
-        for suffix, source in versions:
-            print(row(backend + suffix, run(backend, args, source)), flush=True)
+        results: dict[str, list[dict]] = {suffix: [] for suffix, _ in versions}
+        for _ in range(args.runs):
+            for suffix, source in versions:
+                results[suffix].append(run(backend, args, source))
+        for suffix, _ in versions:
+            print(row(backend + suffix, results[suffix]), flush=True)
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
 
 

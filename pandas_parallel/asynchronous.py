@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -190,7 +191,12 @@ def _compute(func: Callable[..., Any], calls: list[_Call], label: str, concurren
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    thread = threading.Thread(target=drive, name="pandas_parallel-async", daemon=True)
+    # The loop runs in a copy of the caller's context: numpy's error state
+    # and print options and the decimal context are context variables, which
+    # a new thread would otherwise start without.
+    caller = contextvars.copy_context()
+    thread = threading.Thread(target=caller.run, args=(drive,), name="pandas_parallel-async",
+                              daemon=True)
     ok = False
     thread.start()
     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -143,3 +145,21 @@ def test_a_large_input_is_not_sent_to_kept_workers(crew):
     small = FRAME.parallel.apply(weigh, axis=1)
     assert_same(FRAME.apply(weigh, axis=1), small)
     assert pandas_parallel.last_run().start == "warm"
+
+
+def test_kept_workers_do_not_hold_another_programs_input_open(crew):
+    """A subprocess started before a call reads its input to the end once
+    this process closes it, while the workers forked by the call live on
+    (they inherited the pipe's write end; holding it, they would keep the
+    subprocess waiting for as long as they live)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read(); print('end of input')"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert_same(FRAME.apply(weigh, axis=1), FRAME.parallel.apply(weigh, axis=1))
+        assert pandas_parallel.last_run().backend == "forked" and kept_pids()
+        out, _ = child.communicate(timeout=30)  # closes its input, then reads
+        assert out == "end of input\n" and child.returncode == 0
+    finally:
+        child.kill()
+        child.wait()

@@ -8,6 +8,7 @@ import threading
 import time
 
 import joblib
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -211,3 +212,19 @@ def test_ctrl_c_stops_async_and_thread_runs(mode):
         assert "interrupted" in proc.stdout.read()
     finally:
         stop_leftover(proc)
+
+
+async def _reciprocal_async(x):
+    await asyncio.sleep(0)
+    return np.float64(1.0) / np.float64(x)
+
+
+def test_async_calls_see_the_callers_numpy_error_state():
+    """The calls run on an event loop in a thread of its own, which starts
+    with numpy's defaults unless it is given the caller's context."""
+    s = pd.Series([1.0, 0.0, 2.0])
+    with np.errstate(divide="raise"):
+        with pytest.raises(FloatingPointError):
+            s.map(lambda x: np.float64(1.0) / np.float64(x))
+        with pytest.raises(FloatingPointError):
+            s.parallel.map(_reciprocal_async)

@@ -38,6 +38,7 @@ import pickle
 import re
 import selectors
 import signal
+import stat
 import sys
 import threading
 import time
@@ -549,6 +550,7 @@ def _serve(made: dict[int, Task] | None, inbox: Connection, outbox: Connection) 
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the line above
         return
+    _let_go_of_pipes(keep={inbox.fileno(), outbox.fileno()})
     worker.initialize_worker(kind="forked")
     # Leave inherited objects out of garbage collections: a full collection
     # would walk (and so copy) all of them, tens of milliseconds.
@@ -565,6 +567,30 @@ def _serve(made: dict[int, Task] | None, inbox: Connection, outbox: Connection) 
             continue
         task = message if isinstance(message, Task) else made[message]  # type: ignore[index]
         outbox.send_bytes(run_chunk_pickled(task))
+
+
+def _let_go_of_pipes(keep: set[int]) -> None:
+    """In a new worker: point the pipes and sockets it inherited (other than
+    its own, and its standard streams) at ``/dev/null``. A kept worker
+    holding the write end of another program's input (a subprocess's stdin
+    this process closed) would keep that program waiting for the end of its
+    input for as long as the worker lives; a listening socket would stay
+    bound. (Pointed elsewhere rather than closed: a Python object inherited
+    with the descriptor would close whatever file took its number.)"""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in descriptors:
+            if fd <= 2 or fd in keep or fd == null:
+                continue
+            with contextlib.suppress(OSError):
+                if stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def _crashed(dead: _Worker, reporter: Reporter) -> BaseException:

@@ -1,5 +1,6 @@
 """Peak memory of a process tree: PSS of the process and all of its children,
-plus what it adds to ``/dev/shm``, sampled every 20 ms. Pages of
+plus what it adds to ``/dev/shm`` (and what it held there already, in files
+named for its pid), sampled every 20 ms. Pages of
 ``/dev/shm`` files that the processes map are counted once, in ``/dev/shm``
 (their share of PSS, ``Pss_Shmem``, is left out of each process's).
 
@@ -49,6 +50,23 @@ def _shm_used() -> int:
         return 0
 
 
+def _own_shm_bytes(pid: int) -> int:
+    """What the measured process holds in ``/dev/shm`` already (files named
+    for its pid, as pandas_parallel names its scratch and store): counted as
+    its memory, though written before the measurement began."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/dev/shm"):
+            if f"-{pid}-" not in entry.name:
+                continue
+            paths = ([os.path.join(root, f) for root, _, files in os.walk(entry.path)
+                      for f in files] if entry.is_dir() else [entry.path])
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    total += os.stat(path).st_blocks * 512
+    return total
+
+
 class PeakMemory:
     """Context manager: the peak summed PSS of this process tree (``.peak``)."""
 
@@ -78,7 +96,7 @@ def _sample_until_stdin_closes(pid: int) -> int:
 
     me = os.getpid()
     root = psutil.Process(pid)
-    shm_base = _shm_used()
+    shm_base = _shm_used() - _own_shm_bytes(pid)
 
     def sample() -> int:
         pids = [pid]

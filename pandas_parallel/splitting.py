@@ -258,6 +258,40 @@ class Units:
         return order[: edges[-1]], bounds
 
 
+class WindowGroups(Units):
+    """One unit per group of a grouped window, labelled as pandas labels
+    the windows it passes to the function (``raw=False``).
+
+    pandas hands the function each window as a Series of the values in
+    group order under the labels of the *original* row order, position for
+    position (pandas issue 49878): the window over group-ordered positions
+    ``[i, j)`` carries ``labels[i:j]``. A chunk of whole groups is a run of
+    those positions, ``[offset, offset + rows)``: labelled with that run of
+    ``labels``, pandas gives each window on the chunk the labels it gives it
+    on the whole input.
+    """
+
+    def __init__(self, obj: pd.DataFrame, codes: np.ndarray, n_groups: int,
+                 labels: pd.Index) -> None:
+        grouped = codes if codes.min(initial=0) >= 0 else codes[codes >= 0]
+        super().__init__(obj, np.bincount(grouped, minlength=n_groups), codes=codes)
+        self.labels = labels
+
+    def local(self, start: int, stop: int) -> pd.DataFrame | pd.Series:
+        chunk = super().local(start, stop).copy(deep=False)
+        offset = self.row_start(start)
+        chunk.index = self.labels[offset:offset + len(chunk)]
+        return chunk
+
+    def ship(self, ranges: Sequence[tuple[int, int]], directory: str | None,
+             mode: str) -> transport.Shipped:
+        order, bounds = self.chunk_order(ranges)
+        chunks = self.obj.take(order)
+        offset = self.row_start(ranges[0][0])  # the chunks' groups follow one another
+        chunks.index = self.labels[offset:offset + len(chunks)]
+        return transport.Shipment(chunks, bounds, directory, mode)
+
+
 class PaddedRows(Units):
     """One unit per row; each chunk also carries the rows around it that its
     windows reach (``rolling``), so pandas computes its rows exactly.

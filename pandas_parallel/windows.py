@@ -33,7 +33,7 @@ from pandas_parallel.accessor import (
     with_policies,
 )
 from pandas_parallel.pipeline import Operation, Piece, execute, ran_serially
-from pandas_parallel.splitting import Carrier, PaddedRows, Units
+from pandas_parallel.splitting import Carrier, PaddedRows, Units, WindowGroups
 from pandas_parallel.transport import Tagged
 
 logger = logging.getLogger("pandas_parallel")
@@ -102,15 +102,24 @@ def apply_grouped(rewindow: Rewindow, carrier: pd.DataFrame, func: Any,
     return Tagged(result, positions[order])
 
 
-def _grouped_reason(spec: _compat.WindowSpec) -> str | None:
+def _grouped_reason(spec: _compat.WindowSpec, raw: bool) -> str | None:
     """Why a grouped window must stay with pandas: pandas fails on these in
-    ways that depend on the whole input, which chunks cannot reproduce."""
+    ways that depend on the whole input, or labels the windows it passes
+    in a way chunks cannot reproduce."""
     if not spec.as_index:
         return "as_index=False"
     if sum(len(rows) for rows in spec.groups or []) != len(spec.obj):
         return "rows without a group (NaN keys with dropna=True)"
     if spec.params.get("on") is not None and spec.obj.index.has_duplicates:
         return "on= with duplicate index labels"
+    window = spec.params.get("window")
+    if not raw and (spec.params.get("on") is not None
+                    or not (window is None or isinstance(window, (int, np.integer)))):
+        # pandas labels each window's values (in group order) with the labels
+        # of the rows in their original order (its issue 49878); a time
+        # window's bounds read those same labels, so no relabelling of a
+        # chunk can give both.
+        return "a time window or on= with raw=False, whose windows' labels pandas mismatches"
     return None
 
 
@@ -217,10 +226,10 @@ class WindowParallelAccessor(Configurable):
         if reason is None and (len(spec.obj) == 0 or spec.groups == []):
             reason = "the input is empty"
         if reason is None and spec.groups is not None:
-            reason = _grouped_reason(spec)
+            reason = _grouped_reason(spec, raw)
         if reason is None and spec.kind == "expanding" and not spec.groupings:
             reason = "an expanding window needs every row before it"
-        plan = None if reason is not None else self._plan(spec)
+        plan = None if reason is not None else self._plan(spec, raw)
         if plan is None:
             logger.debug("%s: serial (%s)", label,
                          reason or "a window whose reach cannot be measured")
@@ -238,10 +247,11 @@ class WindowParallelAccessor(Configurable):
         return execute(operation)
 
     # -- machinery ----------------------------------------------------------------
-    def _plan(self, spec: _compat.WindowSpec) -> tuple[Rewindow, Units, Any] | None:
+    def _plan(self, spec: _compat.WindowSpec, raw: bool
+              ) -> tuple[Rewindow, Units, Any] | None:
         obj = spec.obj
         if spec.groupings:
-            return self._grouped_units(spec)
+            return self._grouped_units(spec, raw)
         layout, carrier = Carrier.wrap(obj)
         padding = self._padding(spec)
         if padding is None:
@@ -279,7 +289,7 @@ class WindowParallelAccessor(Configurable):
         return _time_window_pad(times, window, bool(params["center"]))
 
     @staticmethod
-    def _grouped_units(spec: _compat.WindowSpec) -> tuple[Rewindow, Units, Any]:
+    def _grouped_units(spec: _compat.WindowSpec, raw: bool) -> tuple[Rewindow, Units, Any]:
         n = len(spec.obj)
         layout, carrier = Carrier.wrap(
             spec.obj, [*(pd.Index(g.values).array for g in spec.groupings),
@@ -309,7 +319,9 @@ class WindowParallelAccessor(Configurable):
             result.index = spec.index  # pandas' own group levels (dtypes, categories)
             return result
 
-        return rewindow, Units.groups(carrier, codes, len(groups)), combine_grouped
+        units = (Units.groups(carrier, codes, len(groups)) if raw
+                 else WindowGroups(carrier, codes, len(groups), spec.obj.index))
+        return rewindow, units, combine_grouped
 
 
 _TRUST_CONCAT = combine.Inference(combine.trust_concat, combine.trust_concat)

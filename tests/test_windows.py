@@ -191,6 +191,58 @@ def test_grouped_windows(df, key, sort, dropna, observed, as_index, kind, min_pe
                           lambda: make().parallel.apply(spread, raw=raw))
 
 
+def label_sum(w):
+    """Reads the window's labels, which pandas pairs with the values in its
+    own way for grouped windows (its issue 49878)."""
+    return float(sum(ord(str(label)[-1]) for label in w.index)) + float(np.nansum(w))
+
+
+INTERLEAVED = pd.DataFrame({"k": [1, 2, 3, 4] * 3, "v": np.arange(12.0),
+                            "w": np.arange(12.0) * 2}, index=list("abcdefghijkl"))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("make", [
+    lambda df: df.groupby("k").v.rolling(2, min_periods=1),
+    lambda df: df.groupby("k").v.expanding(),
+    lambda df: df.groupby("k")[["v", "w"]].rolling(2, min_periods=1),
+    lambda df: df.groupby("k")[["v", "w"]].expanding(),
+], ids=["series_rolling", "series_expanding", "frame_rolling", "frame_expanding"])
+def test_grouped_windows_carry_the_labels_pandas_gives_them(make, chunk_size):
+    """Four interleaved groups: every chunk size gives pandas' own labels."""
+    expected = make(INTERLEAVED).apply(label_sum, raw=False)
+    with pandas_parallel.config(chunk_size=chunk_size):
+        got = make(INTERLEAVED).parallel.apply(label_sum, raw=False)
+    assert pandas_parallel.last_run().backend != "serial"
+    pd.testing.assert_frame_equal(got.to_frame() if got.ndim == 1 else got,
+                                  expected.to_frame() if expected.ndim == 1 else expected)
+
+
+def test_grouped_time_windows_that_read_labels_go_to_pandas():
+    """A time window's bounds read the labels pandas mismatches with the
+    values: no chunk can reproduce both, so pandas runs it."""
+    df = INTERLEAVED.assign(t=pd.date_range("2024-01-01", periods=12, freq="h"))
+    check_like_pandas(
+        lambda: df.groupby("k").rolling("2h", on="t").v.apply(label_sum, raw=False),
+        lambda: df.groupby("k").rolling("2h", on="t").v.parallel.apply(label_sum, raw=False))
+    assert pandas_parallel.last_run().backend == "serial"
+
+
+@given(df=grouped_frames(), key=st.sampled_from(sorted(KEYS)),
+       kind=st.sampled_from(["int", "expanding"]), chunk_size=st.integers(1, 4))
+def test_grouped_windows_reading_labels(df, key, kind, chunk_size):
+    key_columns, group = KEYS[key]
+    data = df[key_columns + ["v"]]
+
+    def make():
+        gb = group(data, {})
+        return gb.rolling(3, min_periods=1) if kind == "int" else gb.expanding()
+
+    with pandas_parallel.config(chunk_size=chunk_size):
+        check_like_pandas(lambda: make().apply(label_sum, raw=False),
+                          lambda: make().parallel.apply(label_sum, raw=False))
+
+
 # -- what stays with pandas ---------------------------------------------------------
 @pytest.mark.parametrize("make", [
     lambda s: s.expanding(2),

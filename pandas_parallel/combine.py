@@ -53,17 +53,33 @@ def _as_objects(columns: Sequence[pd.Series]) -> pd.Series:
     return pd.concat([_objects(c) for c in columns])
 
 
+def _signed_with_unsigned(columns: Sequence[pd.Series]) -> pd.Series | None:
+    """Chunks of int64 beside chunks of uint64 (values past int64's range):
+    pandas infers object over all values when any is negative, whatever the
+    function returned; otherwise uint64 from Python ints and object from
+    numpy int64 scalars, which an int64 chunk does not tell apart."""
+    kinds = {getattr(c.dtype, "kind", "O") for c in columns}
+    if not {"i", "u"} <= kinds:
+        return None
+    if any(bool((c < 0).any()) for c in columns if getattr(c.dtype, "kind", "O") == "i"):
+        return pd.concat([c.astype(object) for c in columns])
+    raise CannotCombine("chunks of signed and of unsigned integers, none negative: pandas' "
+                        "dtype depends on whether they were Python or numpy integers")
+
+
 def reinfer_like_map(columns: Sequence[pd.Series]) -> pd.Series:
     """Inference of ``Series.map``/``apply``/``DataFrame.map`` (map_infer)."""
-    if {"i", "u"} <= {getattr(c.dtype, "kind", "O") for c in columns}:
-        # Over all values, map infers uint64 from Python ints but object from
-        # numpy int64 scalars: an int64 chunk does not say which it held.
-        raise CannotCombine("chunks of signed and of unsigned integers")
+    mixed = _signed_with_unsigned(columns)
+    if mixed is not None:
+        return mixed
     return _as_objects(columns).map(_identity)
 
 
 def reinfer_like_constructor(columns: Sequence[pd.Series]) -> pd.Series:
     """Inference of ``pd.Series(list_of_values)`` (apply's scalar results)."""
+    mixed = _signed_with_unsigned(columns)
+    if mixed is not None:
+        return mixed
     values = _as_objects(columns)
     return pd.Series(values.tolist(), index=values.index, name=values.name)
 

@@ -355,3 +355,27 @@ def test_rows_all_missing_keep_their_markers():
     check_like_pandas(lambda: frame.transform(lambda x: x, axis=1),
                       lambda: frame.parallel(chunk_size=1).transform(lambda x: x, axis=1))
     assert frame.parallel(chunk_size=1).transform(lambda x: x, axis=1).iloc[1, 1] is None
+
+
+BIG = 2**63  # past int64's range: pandas needs uint64, or object
+
+
+@pytest.mark.parametrize("value", [
+    lambda row: BIG if row.name == 399 else int(row["b"]),  # Python ints: uint64
+    lambda row: BIG if row.name == 399 else row["b"],  # numpy int64 scalars: object
+    lambda row: BIG if row.name == 399 else -int(row["b"]),  # a negative: object
+    lambda row: np.uint64(BIG) if row.name == 399 else int(row["b"]),
+], ids=["python_ints", "numpy_ints", "negative", "numpy_uint64"])
+def test_integers_past_int64_in_one_chunk_combine_as_pandas_infers(value):
+    """One chunk's values need uint64, the others' int64: the whole result
+    takes the dtype pandas infers over all values (an int64 chunk does not
+    say whether it held Python or numpy integers: where that decides, the
+    call is recomputed by pandas)."""
+    frame = pd.DataFrame({"b": np.arange(400)})
+    with pandas_parallel.config(chunk_size=50):  # the last chunk holds the big one
+        check_like_pandas(lambda: frame.apply(value, axis=1),
+                          lambda: frame.parallel.apply(value, axis=1))
+        series = frame["b"]
+        check_like_pandas(
+            lambda: series.map(lambda x: value(pd.Series({"b": x}, name=x))),
+            lambda: series.parallel.map(lambda x: value(pd.Series({"b": x}, name=x))))

@@ -89,6 +89,8 @@ class GroupBySpec:
     # Columns of obj the groupby groups by, which pandas leaves out of what
     # the function sees (a pd.Grouper's key column among them).
     exclusions: frozenset[Any] = frozenset()
+    # Some grouping is categorical.
+    categorical: bool = False
 
 
 def groupby_spec(gb: Any) -> GroupBySpec:
@@ -107,6 +109,8 @@ def groupby_spec(gb: Any) -> GroupBySpec:
         n_keys=len(gb._grouper.groupings),
         in_axis=tuple(g.name if g.in_axis else None for g in gb._grouper.groupings),
         exclusions=frozenset(getattr(gb, "exclusions", ())),
+        categorical=any(isinstance(getattr(g.grouping_vector, "dtype", None), pd.CategoricalDtype)
+                        for g in gb._grouper.groupings),
     )
 
 

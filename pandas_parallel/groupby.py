@@ -319,6 +319,11 @@ class GroupByParallelAccessor(Configurable):
             # group of a frame, as it would be in some chunk.
             return self._serial(name, args, kwargs)
         plan = _Plan(gb)
+        if not _compat.PANDAS_3 and not plan.spec.observed and plan.spec.categorical:
+            # pandas 2.2 adds the unobserved combinations of categorical keys
+            # to the result after the call (several keys group only the
+            # observed ones), with what the function gives for no rows.
+            return self._serial(name, args, kwargs)
         if not _compat.PANDAS_3 and not plan.spec.sort and any(
                 isinstance(plan.spec.result_index.get_level_values(i).dtype,
                            pd.CategoricalDtype)

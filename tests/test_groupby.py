@@ -233,3 +233,29 @@ def test_all_groups_none_with_a_time_grouper_leaves_out_its_column(forced):
         check_like_pandas(lambda: make().apply(lambda g: None),  # noqa: B023
                           lambda: make().parallel.apply(lambda g: None))  # noqa: B023
         assert pandas_parallel.last_run().backend != "serial"
+
+
+CATEGORICAL_KEYS = pd.DataFrame({
+    "A": pd.Categorical(["foo", "bar", "foo", "bar", "foo", "bar", "foo", "foo"],
+                        categories=["bar", "foo", "qux"]),
+    "B": pd.Categorical(["one", "one", "two", "three", "two", "two", "one", "three"],
+                        categories=["one", "two", "three", "four"]),
+    "C": np.arange(8.0),
+})
+
+
+@pytest.mark.parametrize("observed", [True, False])
+@pytest.mark.parametrize("selection, method, func", [
+    ("C", "agg", lambda s: s.max() - s.min()),
+    (["C"], "agg", lambda s: s.max() - s.min()),
+    ("C", "apply", lambda s: {"min": s.min(), "max": s.max()}),
+], ids=["series_agg", "frame_agg", "series_apply_dict"])
+def test_several_categorical_keys_with_unobserved_combinations(selection, method, func,
+                                                                observed):
+    """pandas 2.2 adds every unobserved combination of several categorical
+    keys with observed=False (pandas' test_seriesgroupby_observed_apply_dict)."""
+    def grouped():
+        return CATEGORICAL_KEYS.groupby(["A", "B"], observed=observed)[selection]
+
+    check_like_pandas(lambda: getattr(grouped(), method)(func),
+                      lambda: getattr(grouped().parallel, method)(func))

@@ -195,8 +195,10 @@ def _run_all(backend: str, found: list[Piece], work: Work, encoded: bytes
                 with worker_losses(label, "ray"):
                     yield ray.get(ref)
     finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        # A task interrupted mid-write leaves no part behind: its directory
+        # is removed with the run (a file it had open goes with it; one it
+        # opens later cannot be made there).
+        clusters.cancel_ray(pending)
 
 
 class _PartsDirectory:

@@ -173,6 +173,20 @@ def _echo(value: Any) -> Any:
     return value
 
 
+def cancel_ray(refs: list[Any]) -> None:
+    """Cancel Ray tasks that have not finished, leaving their workers alive.
+
+    Not ``force=True``: that kills the worker process, and this process may
+    still hold its lease and hand it the next call's first task, which then
+    fails as a crashed worker (seen once in about 30 runs of the contract
+    tests). Without force, a running task is interrupted (KeyboardInterrupt
+    in its Python code) and its worker serves the next call."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref)
+
+
 def lost_worker(exc: BaseException) -> bool:
     """Whether ``exc`` is a cluster's way of saying a worker died mid-task."""
     module = type(exc).__module__.split(".")[0]

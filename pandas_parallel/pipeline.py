@@ -37,6 +37,7 @@ from pandas_parallel.worker import (
     Task,
     chunk_seeds,
     dumps_result,
+    failing_call,
     in_worker,
     show_label,
 )
@@ -109,7 +110,15 @@ class Operation:
 
     def run_here(self, start: int, stop: int) -> Piece:
         chunk = self.units.local(start, stop)
-        result = self.runner(chunk, self.func, self.args, self.kwargs)
+        try:
+            result = self.runner(chunk, self.func, self.args, self.kwargs)
+        except Exception as exc:  # named as a worker's failure is (a timeout too)
+            note = f"pandas_parallel: {self.label} failed on {self.describe(start, stop)} " \
+                   "(run in this process)"
+            argument = failing_call(self.func, exc, chunk)
+            exc.add_note(note + (f", when the function was called with {argument}"
+                                 if argument else ""))
+            raise
         if isinstance(self.func, policies.Coercing):
             self.func.settle(chunk)
         return Piece(result, (start, stop), self.units)

@@ -254,6 +254,13 @@ def _label_of_value(chunk: Any, value: Any) -> Any:
         return None
 
 
+def failing_call(func: Callable[..., Any], exc: BaseException, chunk: Any) -> str:
+    """What the user's function was called with when it raised ``exc`` on
+    ``chunk``, for a person ("" when the traceback does not tell)."""
+    found, argument = _failing_argument(func, exc.__traceback__)
+    return _describe_argument(argument, chunk) if found else ""
+
+
 def _failing_argument(func: Callable[..., Any], tb: Any) -> tuple[bool, Any]:
     """The first argument of the user's function in the frame that raised.
 
@@ -382,9 +389,8 @@ def _run_chunk(task: Task) -> Outcome:
                 result = program.runner(data, func, program.args, program.kwargs)
                 failure = None
             except _FUNCTION_FAILURES as exc:
-                found, argument = _failing_argument(program.func, exc.__traceback__)
                 failure = Failure(exc, traceback.format_exc(),
-                                  _describe_argument(argument, data) if found else "")
+                                  failing_call(program.func, exc, data))
             seconds = time.perf_counter() - started
         if failure is not None:
             outcome = Outcome(task.chunk, failure=failure, seconds=seconds)

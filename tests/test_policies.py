@@ -419,6 +419,24 @@ def test_timeout_names_the_row_and_fails_fast(forced, forced_backend):
     no_stray_workers()
 
 
+def _hangs_on_5(row):
+    if row.name == 5:
+        time.sleep(60)
+    return row["a"]
+
+
+def test_a_timeout_in_rows_run_in_this_process_names_the_row():
+    """The first rows run here, timed, before any worker is asked: a call
+    stuck there fails as it would in a worker, naming its row."""
+    df = pd.DataFrame({"a": np.arange(200)})
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"timeout=1\.0") as info:
+        df.parallel(timeout=1.0, n_jobs=2).apply(_hangs_on_5, axis=1)
+    assert time.monotonic() - began < 10
+    notes = "".join(info.value.__notes__)
+    assert "(run in this process)" in notes and "the Series labelled 5" in notes
+
+
 def test_timeout_with_coerce_goes_on(forced, forced_backend):
     df = pd.DataFrame({"a": range(20)})
     got, warning = coerced(lambda: df.parallel(timeout=0.5, errors="coerce")

@@ -49,14 +49,7 @@ class Ray(Backend):
                     yield deliver(outcome, job.progress, job.reporter)
                 job.progress.refresh()
         finally:
-            # Not force=True: that kills the worker process, and this process
-            # may still hold its lease and hand it the next call's first task,
-            # which then fails as a crashed worker (seen once in about 30 runs
-            # of the contract tests). Without force, a running chunk is
-            # interrupted (KeyboardInterrupt in its Python code) and its
-            # worker serves the next call.
-            for ref in pending:
-                ray.cancel(ref)
+            clusters.cancel_ray(pending)
 
 
 @functools.cache

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as pa_ds
 import pyarrow.parquet as pq
 
-from pandas_parallel import clusters, io, programs, worker
+from pandas_parallel import batches, clusters, programs, reading, worker, writing
 from pandas_parallel.executor import POLL_SECONDS, worker_losses
 
 logger = logging.getLogger("pandas_parallel")
@@ -81,8 +81,8 @@ def pieces(source: str, batch_rows: int) -> list[Piece]:
     """The dataset cut into runs of whole row groups of about ``batch_rows``
     rows (a row group larger than that is a piece of its own), in the order
     its files and rows are read; from the files' footers only."""
-    io._must_exist(source)
-    with io._reading(source, "parquet"):
+    reading.must_exist(source)
+    with reading.errors_name_the_file(source, "parquet"):
         files = pa_ds.dataset(source, format="parquet").files
         found: list[Piece] = []
         offset = 0
@@ -107,22 +107,21 @@ def process_piece(piece: Piece, encoded: bytes) -> Done:
     ``__main__`` or a file travel by value) on it here, write its part. A
     failure of the user's function is raised as it is, with a note naming
     the piece."""
-    from pandas_parallel.io import _collecting, _operation, to_arrow, to_pandas
 
     work: Work = pickle.loads(encoded)
 
     table = pq.ParquetFile(piece.path).read_row_groups(list(piece.row_groups))
     options = {**work.options, "backend": "sequential", "progress": False}
-    run = _operation(work.operation, work.func, work.column, work.into, options, work.source)
+    run = batches.operation(work.operation, work.func, work.column, work.into, options, work.source)
     failures: list[tuple[Any, BaseException]] = []
     try:
-        with worker.working(), _collecting(failures):
-            result = run(to_pandas(table, piece.offset))
+        with worker.working(), batches.collecting_failures(failures):
+            result = run(reading.to_pandas(table, piece.offset))
     except Exception as exc:
         exc.add_note(f"pandas_parallel: {work.operation} failed on {piece.describe()}")
         raise
-    out = to_arrow(result, table if work.operation in ("map", "partitions") else None)
-    io._write_whole(out, os.path.join(work.directory, part_name(piece.number, work.fmt)),
+    out = writing.to_arrow(result, table if work.operation in ("map", "partitions") else None)
+    writing.write_whole(out, os.path.join(work.directory, part_name(piece.number, work.fmt)),
                     work.fmt)
     return Done(piece.number, piece.rows, out.num_rows, failures)
 
@@ -134,7 +133,7 @@ def part_name(number: int, fmt: str) -> str:
 def process_on_cluster(source: str, func: Callable[..., Any], destination: str, *,
                        operation: str, column: str | None, into: str | None,
                        fmt_out: str, batch_rows: int, show_progress: bool,
-                       options: dict[str, Any]) -> tuple[io.Summary, list[Any]]:
+                       options: dict[str, Any]) -> tuple[batches.Summary, list[Any]]:
     """:func:`pandas_parallel.io.process_file` with the cluster's workers
     reading and writing (see the module's docstring); also the failures
     under ``errors="coerce"``, in the input's order."""
@@ -146,7 +145,7 @@ def process_on_cluster(source: str, func: Callable[..., Any], destination: str, 
     work = Work(operation, func, column, into, options, os.path.abspath(source),
                 parts.directory, parts.fmt)
     encoded = programs.pickled(work, out_of_band=False).blob
-    bar = io._progress_bar(show_progress, sum(p.rows for p in found))
+    bar = batches.file_progress_bar(show_progress, sum(p.rows for p in found))
     finished: dict[int, Done] = {}
     try:
         for done in _run_all(backend, found, work, encoded):
@@ -158,13 +157,14 @@ def process_on_cluster(source: str, func: Callable[..., Any], destination: str, 
         parts.abort()
         raise
     finally:
+        parts.writer.release()
         if bar is not None:
             bar.close()
     failures = [f for number in sorted(finished) for f in finished[number].failures]
     rows_in = sum(done.rows_in for done in finished.values())
     rows_out = sum(done.rows_out for done in finished.values())
     logger.debug("%s on %s: %d pieces of %s", operation, backend, len(found), source)
-    return io.Summary(rows_in, rows_out, time.perf_counter() - began, destination), failures
+    return batches.Summary(rows_in, rows_out, time.perf_counter() - began, destination), failures
 
 
 def _run_all(backend: str, found: list[Piece], work: Work, encoded: bytes
@@ -209,7 +209,7 @@ class _PartsDirectory:
 
     def __init__(self, destination: str, fmt: str) -> None:
         self.destination = destination
-        self.writer = io.AtomicWriter(destination, fmt)
+        self.writer = writing.AtomicWriter(destination, fmt)
         self.fmt = fmt if self.writer.directory_output else "arrow"
         self.directory = self.writer.temporary
         if not self.writer.directory_output:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pandas_parallel import writing
 from pandas_parallel.__main__ import main
 from tests.helpers import ctrl_c_reaches_python
 
@@ -67,6 +68,14 @@ FUNCTIONS = textwrap.dedent('''
             raise KeyError(f"customer {row.name} is missing")
         return row["amount"]
 
+    def describe(row):
+        """Reads each value as pd.read_csv gives it: a text ID, a date string."""
+        return f"{row['id']}|{row['t'][:10]}|{type(row['id']).__name__}"
+
+    def grows(row):
+        """Short results, then long ones from row 600 on."""
+        return "x" * (10 if row.name < 600 else 5000)
+
     def dies_on_3(row):
         time.sleep(0.02)
         if row.name == 3:
@@ -110,6 +119,40 @@ def check_shouted(source, out, funcs) -> None:
 
 def _run(*argv):
     return main([str(a) for a in argv])
+
+
+def _changing_csv(path, rows, text_from):
+    """An ID column that is numbers, then alphanumeric from row
+    ``text_from`` on; ISO timestamps; a number column with a gap."""
+    ids = [str(i) for i in range(text_from)] + [f"A{i}" for i in range(text_from, rows)]
+    times = pd.date_range("2024-01-01", periods=rows, freq="min").strftime("%Y-%m-%dT%H:%M:%S")
+    amount = [float(i) if i % 1000 else "" for i in range(rows)]
+    flags = ["True" if i % 3 else ("" if i > text_from else "False") for i in range(rows)]
+    pd.DataFrame({"id": ids, "t": times, "amount": amount, "flag": flags}).to_csv(
+        path, index=False)
+
+
+@pytest.mark.parametrize("command", ["apply", "partitions"])
+def test_csv_values_reach_the_function_as_pd_read_csv_gives_them(tmp_path, funcs, command):
+    """Types over the whole file: the ID is text throughout (a batch alone
+    would read numbers), timestamps stay strings, and nothing fails midway."""
+    source, out = tmp_path / "in.csv", tmp_path / "out.parquet"
+    _changing_csv(source, 5000, text_from=3000)
+    function = "describe" if command == "apply" else "add_tax"
+    if command == "partitions":
+        (tmp_path / "jobs.py").write_text(FUNCTIONS + textwrap.dedent('''
+            def add_tax(frame):
+                return frame.assign(kinds=frame["id"].map(lambda v: type(v).__name__),
+                                    day=frame["t"].str[:10])
+        '''))
+    code = _run(command, source, "-f", f"{funcs}:{function}", "-o", out,
+                "--batch-rows", 1000, "--no-progress", "--jobs", 2)
+    assert code == 0
+    whole = pd.read_csv(source, low_memory=False)
+    expected = (whole.apply(_load(funcs, function), axis=1).to_frame("result")
+                if command == "apply" else _load(funcs, function)(whole))
+    # As pandas' own result would be written (a text ID, string dates).
+    assert pq.read_table(out).equals(writing.to_arrow(expected, None))
 
 
 @pytest.mark.parametrize("fmt, writer", [
@@ -432,6 +475,71 @@ def test_resume_after_sigkill_continues_from_the_last_finished_batch(tmp_path, f
     subprocess.run([*argv[:8], str(again), *argv[9:-1]], env=env, check=True, timeout=300)
     assert pq.read_table(out).equals(pq.read_table(again))  # as an uninterrupted run
     # Neither the kept batches nor the killed run's partial output are left.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["plain", "resume"])
+def test_a_second_run_on_the_same_target_is_refused_at_once(tmp_path, funcs, resume):
+    """Two runs writing one target would interleave (a short target with
+    exit 0): the second exits 2 at once, naming the first's process."""
+    from tests.test_subprocesses import _read_lines_until
+
+    source, out, log = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "log"
+    _frame(600).to_parquet(source, index=False)
+    argv = [sys.executable, "-m", "pandas_parallel", "apply", str(source), "-f",
+            f"{funcs}:logged", "-o", str(out), "--batch-rows", "200", "--jobs", "2",
+            "--no-progress", *(["--resume"] if resume else [])]
+    env = dict(os.environ, PP_LOG=str(log), PP_HANG_AT="250")
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE)
+    try:
+        _read_lines_until(first, lambda lines: any("hanging on 250" in line
+                                                   for line in lines), timeout=120)
+        env.pop("PP_HANG_AT")
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert f"process {first.pid}" in second.stderr and "another run" in second.stderr
+        workers = psutil.Process(first.pid).children(recursive=True)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+        first.stdout.close()
+    psutil.wait_procs(workers, timeout=10)
+    # The killed run's lock is the system's to release: the next run takes it.
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert pq.read_metadata(out).num_rows == 600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _file_size_limit(limit: int):
+    def limited() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails instead
+    return limited
+
+
+def test_a_full_disk_under_resume_leaves_no_partial_batch(tmp_path, funcs):
+    """The fourth batch's output cannot be written (as on a full disk): the
+    run fails, the three batches kept before it stay valid, nothing partial
+    remains, and the next run resumes from them."""
+    source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    _frame(1000).to_parquet(source, index=False)
+    argv = [sys.executable, "-m", "pandas_parallel", "apply", str(source), "-f",
+            f"{funcs}:grows", "-o", str(out), "--batch-rows", "200", "--jobs", "2",
+            "--no-progress", "--resume"]
+    failed = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                            preexec_fn=_file_size_limit(200_000))
+    assert failed.returncode == 3, failed.stderr
+    kept = tmp_path / ".out.parquet.resume"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "batch-000000.arrow", "batch-000001.arrow", "batch-000002.arrow", "identity.json"]
+    assert not out.exists()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = pd.read_parquet(source).apply(_load(funcs, "grows"), axis=1).to_frame("result")
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

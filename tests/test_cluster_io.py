@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pandas_parallel import cluster_io, io
+from pandas_parallel import cluster_io, io, reading
 from pandas_parallel.errors import RowErrorsWarning
 from tests.test_cli import FUNCTIONS, _frame, _load, _run, check_shouted
 
@@ -70,8 +70,8 @@ def no_reading_here(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the input was read by this process, not the workers")
 
-    monkeypatch.setattr(io, "read_batches", refuse)
-    monkeypatch.setattr(io, "read_whole", refuse)
+    monkeypatch.setattr(reading, "read_batches", refuse)
+    monkeypatch.setattr(reading, "read_whole", refuse)
 
 
 @pytest.fixture
@@ -180,5 +180,11 @@ def test_on_a_local_ray_runtime(dataset, funcs, tmp_path, no_reading_here):
         assert summary.rows_out == ROWS
         expected = _load(funcs, "add_tax")(pd.read_parquet(dataset))
         pd.testing.assert_frame_equal(pd.read_parquet(out).reset_index(drop=True), expected)
+        # A failure cancels the rest (their workers live on): no part is left.
+        failed = tmp_path / "failed"
+        with pytest.raises(KeyError, match="customer 7"):
+            io.process_file(str(dataset), _load(funcs, "fails_on_7"), f"{failed}/",
+                            backend="ray", batch_rows=50, progress=False)
+        assert sorted(os.listdir(tmp_path)) == ["in", "jobs.py", "out"]
     finally:
         ray.shutdown()

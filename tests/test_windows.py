@@ -232,7 +232,7 @@ def test_grouped_time_windows_that_read_labels_go_to_pandas():
        kind=st.sampled_from(["int", "expanding"]), chunk_size=st.integers(1, 4))
 def test_grouped_windows_reading_labels(df, key, kind, chunk_size):
     key_columns, group = KEYS[key]
-    data = df[key_columns + ["v"]]
+    data = df[[*key_columns, "v"]]
 
     def make():
         gb = group(data, {})

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pandas_parallel import _compat
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
+from pandas_parallel import backends as _backends
 from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
 from pandas_parallel import windows as _windows  # noqa: F401  (rolling/expanding .parallel)
 from pandas_parallel.backends.forked import CREW as _CREW
@@ -28,6 +29,9 @@ from pandas_parallel.programs import STORE as _STORE
 from pandas_parallel.transport import sweep_stale_scratch as _sweep
 
 _compat.attribute_warnings_to_callers()
+
+
+_backends.stop_at_exit_first()
 
 try:
     __version__ = version("pandas-parallel-accessor")

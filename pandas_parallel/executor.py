@@ -14,6 +14,7 @@ import linecache
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,6 +28,19 @@ from pandas_parallel.worker import Outcome, Task
 logger = logging.getLogger("pandas_parallel")
 
 POLL_SECONDS = 0.25
+
+#: Set as the interpreter begins to exit: a call still running in a daemon
+#: thread then waits quietly to be stopped with it (as a pandas call would
+#: be), instead of failing on workers stopped under it.
+EXITING = threading.Event()
+
+
+def quiet_at_exit() -> None:
+    """In a daemon thread whose call failed because the interpreter is
+    exiting: wait for the exit, which stops this thread mid-call as it would
+    stop a pandas call, rather than raise a traceback over the exit."""
+    if EXITING.is_set() and threading.current_thread().daemon:
+        threading.Event().wait()
 
 
 def progress_bar(**kwargs: Any) -> Any:

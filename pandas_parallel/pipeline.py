@@ -279,6 +279,9 @@ def execute(op: Operation) -> Any:
         logger.debug("%s: a chunk failed (%s); pandas runs the whole call for its own "
                      "answer", op.label, failure)
         return op.run_serial()
+    except BaseException:
+        executor.quiet_at_exit()
+        raise
 
 
 def _execute(op: Operation) -> Any:

@@ -15,6 +15,7 @@ ends, however it ends.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -186,10 +187,25 @@ def scratch_directory(nbytes: int) -> Iterator[str | None]:
         return
     path = os.path.join(base, f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     os.mkdir(path, 0o700)
+    _in_use.add(path)
     try:
         yield path
     finally:
+        _in_use.discard(path)
         _remove(path)
+
+
+# Scratch directories of calls under way: as the interpreter exits, a call
+# in a daemon thread is stopped before its own cleanup runs.
+_in_use: set[str] = set()
+
+
+def _remove_at_exit() -> None:
+    for path in list(_in_use):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(_remove_at_exit)
 
 
 def _remove(path: str) -> None:

@@ -5,6 +5,7 @@ workers forked for each call, each checked in a Python process of its own
 from __future__ import annotations
 
 import ctypes.util
+import glob
 import importlib.util
 import os
 import select
@@ -295,3 +296,44 @@ def test_a_process_forked_from_one_with_kept_workers_forks_its_own(tmp_path):
     out = _run_script(tmp_path, FORKED_CHILD).split("\n")
     assert out[0].split() == ["child", "True", "fork", "True"], out
     assert out[1].split() == ["parent", "True", "warm", "True"], out
+
+
+DAEMON_CALL = """
+import os, sys, threading, time, numpy as np, pandas as pd, pandas_parallel
+df = pd.DataFrame({"a": np.arange(4000)})
+
+def slow(row):
+    time.sleep(0.005)
+    return row["a"]
+
+def work():
+    df.parallel(n_jobs=2, fork=sys.argv[1] == "fork").apply(slow, axis=1)
+
+threading.Thread(target=work, daemon=True).start()
+time.sleep(1.0)  # the call is under way, on the pool (a thread runs: no fork)
+print("workers", *[c.pid for c in __import__("psutil").Process().children(recursive=True)],
+      flush=True)
+print("pid", os.getpid())
+print("main exits", time.monotonic(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("fork", ["fork", "nofork"])
+def test_a_daemon_thread_mid_call_lets_the_program_exit_promptly_and_quietly(tmp_path, fork):
+    """pandas in a daemon thread is simply stopped with the program; so is
+    a call through .parallel: no traceback, no late exit, nothing left."""
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON_CALL)
+    done = subprocess.run([sys.executable, str(script), fork], capture_output=True,
+                          text=True, timeout=60)
+    ended = time.monotonic()
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no traceback of the stopped call
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    workers = [int(pid) for pid in lines["workers"].split()]
+    assert workers, "the call ran on worker processes"
+    assert ended - float(lines["main"].split()[-1]) < 2.0
+    _, alive = psutil.wait_procs([psutil.Process(pid) for pid in workers
+                                  if psutil.pid_exists(pid)], timeout=10)
+    assert not alive
+    assert not glob.glob(f"/dev/shm/pandas_parallel-{lines['pid']}-*")

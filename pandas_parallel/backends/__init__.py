@@ -22,11 +22,13 @@ joblib   any other registered joblib backend          :mod:`.joblib`
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from pandas_parallel.executor import Progress, Reporter
+from pandas_parallel.executor import EXITING, Progress, Reporter
 from pandas_parallel.options import Options, resolve_n_jobs
 from pandas_parallel.splitting import Units
 from pandas_parallel.transport import Deferred, Inline, Payload
@@ -141,6 +143,25 @@ def bare(task: Task) -> Task:
     """``task`` without its chunk and program, for a cluster to which they
     travel apart (scattered, or put in its object store)."""
     return dataclasses.replace(task, payload=None, program=b"")  # type: ignore[arg-type]
+
+
+def stop_at_exit_first() -> None:
+    """Register :func:`_stop_at_exit` to run first as the interpreter exits:
+    threading's exit handlers run before atexit's, the last registered
+    first, and loky registers its own (which waits for the pool's tasks) as
+    its first pool starts, so this is called again after that."""
+    getattr(threading, "_register_atexit", atexit.register)(_stop_at_exit)
+
+
+def _stop_at_exit() -> None:
+    """Stop every worker at once: a call still running in a daemon thread
+    then waits, quietly, to end with the interpreter (see
+    :func:`~pandas_parallel.executor.quiet_at_exit`)."""
+    from pandas_parallel.backends import forked, pool
+
+    EXITING.set()
+    pool.POOL.shutdown(wait=False)
+    forked.CREW.retire(wait=False)
 
 
 def choose(options: Options, thorough: bool = True) -> Backend:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
-from pandas_parallel.backends import Backend, Job
+from pandas_parallel.backends import Backend, Job, stop_at_exit_first
 from pandas_parallel.errors import WorkerCrashedError
 from pandas_parallel.executor import (
     POLL_SECONDS,
@@ -77,9 +77,15 @@ class Pool(Backend):
         from joblib.externals.loky import get_reusable_executor
 
         with self._lock:
-            self._executor = get_reusable_executor(
+            executor = get_reusable_executor(
                 max_workers=n_workers, timeout=IDLE_WORKER_TIMEOUT,
                 initializer=_initialize_pool_worker, initargs=(os.getpid(),))
+            if executor is not self._executor:
+                self._executor = executor
+                # loky registers its exit handler as the pool starts: ours
+                # must run before it (see backends.stop_at_exit_first).
+                executor.submit(_ready)
+                stop_at_exit_first()
             return self._executor
 
     def start_workers(self, n_workers: int) -> None:
@@ -97,13 +103,19 @@ class Pool(Backend):
             self._last_used = time.monotonic()
             self._size = n_workers
 
-    def shutdown(self) -> None:
-        """Stop the worker processes now; the next call starts new ones."""
-        with self._lock:
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker processes now (killed, whatever they run); the
+        next call starts new ones. ``wait=False``: as the interpreter exits,
+        do not wait for the pool's threads, nor for a call holding it."""
+        if not self._lock.acquire(timeout=-1 if wait else 1.0):
+            return
+        try:
             if self._executor is not None:
-                self._executor.shutdown(wait=True, kill_workers=True)
+                self._executor.shutdown(wait=wait, kill_workers=True)
                 self._executor = None
             self._size = 0
+        finally:
+            self._lock.release()
 
     def finished(self, n_workers: int) -> None:
         self._size = n_workers

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import pandas_parallel
+from pandas_parallel.backends import crew as crew_module
 from pandas_parallel.backends import forked
 from tests.conftest import ready_to_fork, recording_runs, worker_processes
 from tests.helpers import assert_same, check_calls_from_threads
@@ -109,7 +110,7 @@ def test_a_failure_stops_the_workers_and_the_next_call_forks_anew(crew):
 
 def test_idle_workers_are_retired(crew, monkeypatch):
     call_and_check()
-    monkeypatch.setattr(forked, "IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(crew_module, "IDLE_SECONDS", 0.0)
     before = kept_pids()
     assert call_and_check().start == "fork"  # retired before the call, forked anew
     assert not before & kept_pids()

@@ -13,6 +13,7 @@ from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .par
 from pandas_parallel import backends as _backends
 from pandas_parallel import groupby as _groupby  # noqa: F401  (GroupBy .parallel)
 from pandas_parallel import windows as _windows  # noqa: F401  (rolling/expanding .parallel)
+from pandas_parallel.backends import forkserver as _forkserver
 from pandas_parallel.backends.forked import CREW as _CREW
 from pandas_parallel.backends.pool import POOL as _POOL
 from pandas_parallel.engine import Engine, engine
@@ -58,11 +59,12 @@ __all__ = [
 
 def shutdown_pool() -> None:
     """Stop the worker processes kept between calls now (the warm pool's,
-    and those forked from this process), and remove the large objects kept
-    for them in shared memory; the next call that needs workers starts or
-    forks new ones."""
+    those forked from this process, the fork server and its workers), and
+    remove the large objects kept for them in shared memory; the next call
+    that needs workers starts or forks new ones."""
     _POOL.shutdown()
     _CREW.retire()
+    _forkserver.stop()
     _STORE.clear()
 
 

@@ -161,11 +161,13 @@ def _labels(index: pd.Index) -> str:
 @dataclasses.dataclass(frozen=True)
 class Run:
     """How a call ran: ``backend`` is ``"serial"`` (pandas in this process)
-    or the backend's name (``"forked"``, ``"pool"``, ``"threads"``,
-    ``"dask"``, ``"ray"``, ``"joblib"``); ``start`` how its workers
-    started: ``"fork"`` (forked from this process for the call), ``"warm"``
-    (already running: kept from an earlier call, or a cluster's) or
-    ``"cold"`` (the pool, started for the call)."""
+    or the backend's name (``"forked"``, ``"forkserver"``, ``"pool"``,
+    ``"threads"``, ``"dask"``, ``"ray"``, ``"joblib"``); ``start`` how its
+    workers started: ``"fork"`` (forked from this process for the call),
+    ``"server"`` (forked from the fork server for the call), ``"starting"``
+    (the fork server started for the call, and this process ran chunks
+    until it was up), ``"warm"`` (already running: kept from an earlier
+    call, or a cluster's) or ``"cold"`` (the pool, started for the call)."""
 
     backend: str
     workers: int = 1
@@ -413,9 +415,14 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
         if plan.fresh_workers and not clearly_serial:
             estimate = forked
     plan.expected, plan.parallel = estimate.serial, estimate.parallel_wins
+    later_wins = not clearly_serial and guess("warm").parallel_wins
+    if start == "starting" and later_wins and not plan.parallel:
+        # Started now, in the background (another process, importing on
+        # another core): the next call like this one finds it up.
+        plan.backend.start_workers(plan.n_workers)
     plan.start_workers_after = (
         start == "cold" and estimate.serial >= planning.MIN_SECONDS_TO_START_POOL
-        and not clearly_serial and guess("warm").parallel_wins)
+        and later_wins)
     logger.debug("%s: %s (%.2e s/unit%s); remaining %d: serial %.3fs, parallel %.3fs "
                  "(workers %s)", op.label, measured, plan.per_unit,
                  f", results {plan.results.encode:.1e} + {plan.results.decode:.1e} s/unit "
@@ -737,7 +744,7 @@ def _job(op: Operation, plan: Plan, directory: str | None) -> Job:
         initial=done_here)
     timeout = None if plan.backend.cluster else op.options.timeout
     return Job(plan.n_workers, progress, executor.Reporter(op.label, describe, op.func),
-               counters, timeout, coerce=isinstance(op.func, policies.Coercing))
+               counters, plan.program, timeout, coerce=isinstance(op.func, policies.Coercing))
 
 
 def _tasks(op: Operation, plan: Plan, job: Job, directory: str | None,

@@ -34,6 +34,12 @@ WORKER_START_CPU_SECONDS = 1.0
 # plus the worker's first writes to memory it shares with this process
 # (copy-on-write): 10-15 ms on a 0.1 s map, measured.
 FORK_START_SECONDS = 0.02
+# The fork server (forkserver.py): its start, a fresh interpreter importing
+# pandas, pyarrow and this library (0.7-1.0 s measured on a 2-core machine),
+# on another core while this process works; then each worker's fork from it
+# (a small process: a few milliseconds).
+SERVER_START_SECONDS = 1.0
+SERVER_FORK_SECONDS = 0.005
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
@@ -122,14 +128,25 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
 
     ``workers`` says how the call gets its worker processes: ``"warm"``
     (already running, or a cluster's), ``"fork"`` (forked from this process
-    for the call) or ``"cold"`` (started, importing pandas, during the call).
+    for the call), ``"server"`` (forked from the fork server for the call),
+    ``"starting"`` (the same, once the fork server has started; this process
+    works meanwhile) or ``"cold"`` (started, importing pandas, during the
+    call).
     ``results``: what sending each unit's result back costs, when measured;
     ``bytes_per_second``: how fast the backend moves data, when measured;
     ``program``: what the call's program weighs.
     """
     serial = seconds_per_unit * units
+    if workers == "starting":
+        # This process runs the call alone until the server is up.
+        lead = min(serial, SERVER_START_SECONDS)
+        rest = int(units * (1 - lead / serial)) if serial > 0 else 0
+        after = estimate(seconds_per_unit, rest, n_workers, n_bytes * rest // max(units, 1),
+                         "server", cluster, results, bytes_per_second, program)
+        return Estimate(serial, lead + after.parallel if rest else serial + n_workers
+                        * SERVER_FORK_SECONDS)
     n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
-    start_cpu = {"warm": 0.0, "fork": FORK_START_SECONDS,
+    start_cpu = {"warm": 0.0, "fork": FORK_START_SECONDS, "server": SERVER_FORK_SECONDS,
                  "cold": WORKER_START_CPU_SECONDS}[workers] * n_workers
     overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
     rate = bytes_per_second or (CLUSTER_BYTES_PER_SECOND if cluster

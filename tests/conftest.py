@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import pandas_parallel
+from tests.helpers import spawn_only
 
 settings.register_profile(
     "default", max_examples=40, deadline=None,
@@ -79,10 +80,13 @@ def ready_to_fork() -> None:
                                 "in this process: forking is unsafe from now on")
 
 
-@pytest.fixture(scope="module", params=["forked", "pool"])
+@pytest.fixture(scope="module", params=["forked", "forkserver", "pool"])
 def forced_backend(request):
     """Module-scoped, so pytest runs each module's forked cases together,
-    then its pool cases: the pool starts once per module, not per test."""
+    then its fork-server cases, then its pool cases (Python's start method
+    forced to "spawn" for each, as on macOS and Windows): the pool starts
+    once per module, not per test."""
+    pandas_parallel.shutdown_pool()  # none of another kind's workers are left
     if request.param == "forked":
         ready_to_fork()
     return request.param
@@ -91,10 +95,18 @@ def forced_backend(request):
 @pytest.fixture
 def forced(forced_backend):
     """Real parallel execution: two workers, one-row chunks, no fallback;
-    on workers forked for each call, and on the warm loky pool. Results
-    come back through Arrow (``"auto"`` would pickle such small ones).
-    Fails the test if any call ran on another backend."""
-    with (recording_runs() as runs,
+    on workers forked for each call, on the fork server's (up: its start is
+    tested by the contract module) and on the warm loky pool. Results come
+    back through Arrow (``"auto"`` would pickle such small ones). Fails the
+    test if any call ran on another backend."""
+    if forced_backend == "forkserver":
+        from pandas_parallel.forkserver import SERVER
+
+        assert SERVER.wait_ready(timeout=60)
+    # (Set for each test, not for the module: tests of the module that do
+    # not ask for this fixture may run between its cases.)
+    with (spawn_only() if forced_backend == "pool" else contextlib.nullcontext(),
+          recording_runs() as runs,
           pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=1,
                                  progress=False, transport="arrow",
                                  fork=forced_backend == "forked") as options):
@@ -119,6 +131,12 @@ def no_processes_left_behind():
     assert not alive, f"worker processes left running: {alive}"
     assert not glob.glob(f"/dev/shm/pandas_parallel_store-{os.getpid()}-*"), \
         "the store of large objects outlived shutdown_pool()"
+
+
+def fork_server_pid() -> int | None:
+    from pandas_parallel.forkserver import SERVER
+
+    return SERVER.process.pid if SERVER.process is not None else None
 
 
 def worker_processes() -> list[psutil.Process]:

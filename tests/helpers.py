@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import signal
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -82,6 +84,18 @@ def check_calls_from_threads(frame: pd.DataFrame, func: Callable[..., Any],
     assert not errors, errors
     for k in range(threads):
         assert_same(frames[k].apply(func, axis=1), results[k])
+
+
+@contextlib.contextmanager
+def spawn_only() -> Iterator[None]:
+    """Worker processes start as fresh interpreters (the warm loky pool), as
+    on macOS and Windows: Python's start method set to ``"spawn"``."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(before, force=True)
 
 
 def ctrl_c_reaches_python() -> None:

@@ -1,6 +1,7 @@
 """Run by tests/test_reliability.py in a subprocess: a long parallel apply,
 interrupted with SIGINT by the test."""
 
+import multiprocessing
 import os
 import sys
 import threading
@@ -49,15 +50,24 @@ if __name__ == "__main__":
             frame["a"].parallel.map(slow_async, concurrency=10)
         elif mode == "threads":
             frame.parallel(backend="threading").apply(slow, axis=1)
-        elif mode == "warm-processes":
-            # Without forking, a first call starts the warm loky pool; this
-            # one runs on it.
+        elif mode in ("warm-processes", "warm-pool"):
+            # Without forking this process, a first call starts the fork
+            # server (or the warm loky pool, "spawn" forced); this one runs
+            # on its workers.
+            if mode == "warm-pool":
+                multiprocessing.set_start_method("spawn", force=True)
             pandas_parallel.config(fork=False)
             frame.iloc[:4].parallel.apply(lambda row: row["a"], axis=1)
             frame.parallel.apply(slow, axis=1)
         elif mode == "stuck":
             frame.parallel.apply(stuck, axis=1)
+        elif mode == "stuck-server":
+            from pandas_parallel.forkserver import SERVER
+
+            SERVER.wait_ready(60)  # up: its workers take the chunks from the start
+            frame.parallel(fork=False).apply(stuck, axis=1)
         elif mode == "stuck-pool":
+            multiprocessing.set_start_method("spawn", force=True)
             frame.parallel(fork=False).apply(stuck, axis=1)
         else:  # workers forked from this process for the call
             frame.parallel.apply(slow, axis=1)

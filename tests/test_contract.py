@@ -1,5 +1,7 @@
 """The execution contract, the same on every backend: forked workers, the
-warm pool, threads, a real dask LocalCluster, and Ray where installed.
+fork server's, the warm pool (Python's start method forced to "spawn", as on
+macOS and Windows), threads, a real dask LocalCluster, and Ray where
+installed.
 
 Every case runs in parallel (two workers, small chunks, no serial fallback)
 and fails if any call ran on another backend than the one it names.
@@ -7,6 +9,7 @@ and fails if any call ran on another backend than the one it names.
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import importlib
 import inspect
@@ -27,10 +30,13 @@ import pytest
 
 import pandas_parallel
 from pandas_parallel import UnpicklableResultError, WorkerCrashedError, programs
+from pandas_parallel.backends.forkserver import CREW as server_crew
+from pandas_parallel.forkserver import SERVER
 from tests.conftest import ready_to_fork, recording_runs, worker_processes
-from tests.helpers import assert_same, check_calls_from_threads
+from tests.helpers import assert_same, check_calls_from_threads, spawn_only
 
-PROCESS_BACKENDS = ("forked", "pool", "dask", "ray")
+PROCESS_BACKENDS = ("forked", "forkserver", "pool", "dask", "ray")
+LOCAL_PROCESSES = ("forked", "forkserver", "pool")
 
 
 def _cluster_param(name: str, module: str):
@@ -43,7 +49,7 @@ def _cluster_param(name: str, module: str):
 
 
 @pytest.fixture(scope="module", params=[
-    "forked", "pool", "threads",
+    "forked", "forkserver", "pool", "threads",
     _cluster_param("dask", "distributed"), _cluster_param("ray", "ray"),
 ])
 def backend(request):
@@ -97,11 +103,22 @@ def _start_cluster(name: str):
 
 _OPTIONS = {
     "forked": {"fork": True},
+    "forkserver": {"fork": False},
     "pool": {"fork": False},
     "threads": {"backend": "threading"},
     "dask": {"backend": "dask"},
     "ray": {"backend": "ray"},
 }
+
+
+@pytest.fixture(autouse=True)
+def spawn_for_the_pool(request):
+    """The pool's cases run with Python's start method forced to "spawn"
+    (set for each case: other modules' tests may run between them)."""
+    pool = getattr(request.node, "callspec", None) and \
+        request.node.callspec.params.get("backend") == "pool"
+    with spawn_only() if pool else contextlib.nullcontext():
+        yield
 
 
 @pytest.fixture
@@ -140,10 +157,12 @@ def test_results_equal_pandas(on):
 
 
 def test_last_run_tells_where_each_call_ran(on, backend):
-    if backend == "forked":  # forked for the first call, kept for the second
+    if backend in ("forked", "forkserver"):  # forked for the first call, kept for the second
         pandas_parallel.shutdown_pool()
+    if backend == "forkserver":
+        assert SERVER.wait_ready(timeout=60)
     FRAME.parallel.apply(_weigh, axis=1)
-    first = "fork" if backend == "forked" else "warm"
+    first = {"forked": "fork", "forkserver": "server"}.get(backend, "warm")
     assert pandas_parallel.last_run() == pandas_parallel.Run(backend, 2, 5, first)
     FRAME.parallel.apply(_weigh, axis=1)
     assert pandas_parallel.last_run() == pandas_parallel.Run(backend, 2, 5, "warm")
@@ -322,26 +341,34 @@ def test_a_dying_worker_is_worker_crashed_error_naming_its_chunk(processes, on):
     _check_worker_death(processes)
 
 
-def test_a_worker_dying_while_the_pool_starts_is_worker_crashed_error(backend):
-    """On a cold pool this process runs chunks itself while workers start;
-    one that dies then is a WorkerCrashedError too (it was loky's raw
-    TerminatedWorkerError when the pool broke as chunks were submitted)."""
-    if backend != "pool":
-        pytest.skip("only the pool starts while the call runs")
+def test_a_worker_dying_while_the_workers_start_is_worker_crashed_error(backend):
+    """On a cold pool or a fork server still starting, this process runs
+    chunks itself while workers start; one that dies then is a
+    WorkerCrashedError too (it was loky's raw TerminatedWorkerError when
+    the pool broke as chunks were submitted)."""
+    if backend not in ("pool", "forkserver"):
+        pytest.skip("only the pool and the fork server start while the call runs")
     pandas_parallel.shutdown_pool()
     with (recording_runs() as runs,
           pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=20,
                                  progress=False, fork=False)):
-        _check_worker_death("pool")
-    assert runs.backends() == {"pool"}
+        # Slow here, so that the workers start (the fork server takes a second).
+        _check_worker_death(backend, _die_in_a_worker_slow_here)
+    assert runs.backends() == {backend}
 
 
-def _check_worker_death(backend):
+def _die_in_a_worker_slow_here(row, parent):
+    if os.getpid() == parent:
+        time.sleep(0.02)
+    return _die_in_a_worker(row, parent)
+
+
+def _check_worker_death(backend, func=_die_in_a_worker):
     started = time.monotonic()
     with pytest.raises(WorkerCrashedError) as info:
-        FRAME.parallel.apply(_die_in_a_worker, axis=1, args=(os.getpid(),))
+        FRAME.parallel.apply(func, axis=1, args=(os.getpid(),))
     assert time.monotonic() - started < 30
-    if backend in ("forked", "pool"):  # a cluster does not say which chunk
+    if backend in LOCAL_PROCESSES:  # a cluster does not say which chunk
         assert re.search(r"while running chunk \d of 5: rows", str(info.value)), info.value
     assert_same(FRAME.apply(_weigh, axis=1), FRAME.parallel.apply(_weigh, axis=1))
 
@@ -368,10 +395,14 @@ SERIES = pd.Series(np.arange(200))
 
 @pytest.fixture
 def first_call(backend):
-    """The case's first call forks new workers or starts the pool cold;
-    its later calls find them kept or warm."""
+    """The case's first call forks new workers (from this process, or from
+    the fork server, up) or starts the pool cold; its later calls find them
+    kept or warm. (The fork server's start is the workers' start case.)"""
     if backend in ("forked", "pool"):
         pandas_parallel.shutdown_pool()
+    if backend == "forkserver":
+        server_crew.retire()
+        assert SERVER.wait_ready(timeout=60)
 
 
 @pytest.fixture
@@ -630,7 +661,7 @@ def test_a_large_object_the_function_holds_is_current_on_every_call(first_call, 
     assert_same(SERIES.map(look_up), SERIES.parallel.map(look_up))
     table[::1000] *= -1  # changed in place: same object, new content
     assert_same(SERIES.map(look_up), SERIES.parallel.map(look_up))
-    if backend in ("forked", "pool"):  # stored once per content, then reused
+    if backend in LOCAL_PROCESSES:  # stored once per content, then reused
         written = len(programs.STORE.files)
         assert_same(SERIES.map(look_up), SERIES.parallel.map(look_up))
         assert len(programs.STORE.files) == written

@@ -37,9 +37,9 @@ def crew():
           pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=7,
                                  progress=False, fork=True)):
         yield runs
-    assert runs.backends() <= {"forked", "pool", "serial"}, runs.backends()
+    assert runs.backends() <= {"forked", "forkserver", "serial"}, runs.backends()
     kept = kept_pids()
-    forked_ones = [p for p in worker_processes() if p.pid not in kept and not pool_worker(p)]
+    forked_ones = [p for p in worker_processes() if p.pid not in kept and not other_kind(p)]
     _, alive = psutil.wait_procs(forked_ones, timeout=10)
     assert not alive, f"forked workers neither kept nor stopped: {alive}"
     pandas_parallel.shutdown_pool()
@@ -47,9 +47,10 @@ def crew():
     assert not alive, f"shutdown_pool() left workers running: {alive}"
 
 
-def pool_worker(process: psutil.Process) -> bool:
+def other_kind(process: psutil.Process) -> bool:
+    """A worker of the fork server (or the server), not forked here."""
     try:
-        return "loky" in " ".join(process.cmdline())
+        return process.ppid() != os.getpid() or "forkserver" in " ".join(process.cmdline())
     except psutil.NoSuchProcess:
         return False
 
@@ -126,7 +127,7 @@ def test_workers_forked_from_a_large_process_are_not_kept(crew, monkeypatch):
 
 def test_calls_from_threads_share_the_kept_workers_one_at_a_time(crew):
     """With threads running nothing is forked: one call at a time uses the
-    kept workers, the others the warm pool; every result is its own."""
+    kept workers, the others the fork server's; every result is its own."""
     call_and_check()
     check_calls_from_threads(FRAME, weigh)
     assert "forked" in crew.backends()

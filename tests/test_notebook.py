@@ -65,7 +65,10 @@ with open(os.path.join(project, "nb_helper.py"), "w") as file:
 import pandas as pd, pandas_parallel, nb_helper
 pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=50, progress=False)
 s = pd.Series(range(400))
-s.parallel.map(lambda x: x)  # the pool starts: the calls below find it warm""",
+from pandas_parallel.forkserver import SERVER
+s.parallel.map(lambda x: x)  # the fork server starts: the calls below find workers warm
+SERVER.wait_ready(60)
+s.parallel.map(lambda x: x)""",
     """first = s.parallel.map(nb_helper.scale)
 pd.testing.assert_series_equal(first, s.map(nb_helper.scale))
 print("FIRST", first.iloc[1], pandas_parallel.last_run().backend,
@@ -81,9 +84,10 @@ print("SECOND", second.iloc[1], pandas_parallel.last_run().backend,
 ]
 
 
-def test_autoreloaded_helper_module_reaches_the_warm_pool(tmp_path):
-    """A real kernel, ``%autoreload 2``, a helper module edited between
-    cells: the warm pool's workers run the edited code, as pandas does."""
+def test_autoreloaded_helper_module_reaches_the_kept_workers(tmp_path):
+    """A real kernel (its threads rule out forking it: its calls run on the
+    fork server's workers), ``%autoreload 2``, a helper module edited
+    between cells: the kept workers run the edited code, as pandas does."""
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(source) for source in AUTORELOAD_CELLS]
     client = nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
@@ -93,8 +97,8 @@ def test_autoreloaded_helper_module_reaches_the_warm_pool(tmp_path):
     outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
-    assert "FIRST 3 pool warm" in text
-    assert "SECOND 300 pool warm" in text
+    assert "FIRST 3 forkserver warm" in text
+    assert "SECOND 300 forkserver warm" in text
     started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     _, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, f"processes left by the notebook run: {alive}"

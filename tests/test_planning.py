@@ -15,6 +15,7 @@ import pytest
 
 import pandas_parallel
 from pandas_parallel import planning
+from tests.conftest import ready_to_fork
 
 
 def _busy(row: pd.Series) -> float:
@@ -27,7 +28,9 @@ def _busy(row: pd.Series) -> float:
 
 @pytest.fixture
 def planned():
-    """The planner decides (the default); two workers."""
+    """The planner decides (the default); two workers, forked from this
+    process (no thread left by an earlier test rules that out)."""
+    ready_to_fork()
     with pandas_parallel.config(n_jobs=2, serial_fallback=True, chunk_size=None,
                                 progress=False) as options:
         yield options

@@ -1,4 +1,5 @@
-"""The warm loky pool: a call that finds it stopped, while its workers start."""
+"""The warm loky pool (Python's start method "spawn", as on macOS and
+Windows): a call that finds it stopped, while its workers start."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 import pandas_parallel
+from tests.helpers import spawn_only
 
 # This process's end of the line workers signal on; set by the test.
 _signals: socket.socket | None = None
@@ -49,11 +51,12 @@ def test_a_starting_pool_takes_over_once_it_finishes_a_chunk(signals):
     first call in a notebook ran nearly serially.)"""
     frame = pd.DataFrame({"a": np.arange(120.0)})
     pandas_parallel.shutdown_pool()  # known stopped, though earlier calls used it
-    with pandas_parallel.config(n_jobs=2, fork=False, serial_fallback=False,
-                                chunk_size=5, progress=False):
+    with spawn_only(), pandas_parallel.config(n_jobs=2, fork=False, serial_fallback=False,
+                                              chunk_size=5, progress=False):
         result = frame.parallel.map_partitions(_note_where_it_ran, os.getpid(), signals)
     pd.testing.assert_frame_equal(result.drop(columns="pid"), frame)
     ran_here = (result["pid"] == os.getpid()).to_numpy().reshape(24, 5).all(axis=1).sum()
     # At least the first chunk (workers take a good part of a second to
     # import pandas); at most one per chunk in flight on the pool (2 each).
     assert 1 <= ran_here <= 4, f"this process ran {ran_here} of 24 chunks"
+    assert pandas_parallel.last_run().backend == "pool"

@@ -16,13 +16,14 @@ import pytest
 
 import pandas_parallel
 from pandas_parallel import UnpicklableFunctionError, WorkerCrashedError
-from tests.conftest import worker_processes
+from tests.conftest import fork_server_pid, worker_processes
 
 pytestmark = pytest.mark.usefixtures("forced")
 
 
 def _worker_pids() -> set[int]:
-    return {p.pid for p in worker_processes()}
+    """Worker processes (not the fork server, which outlives its workers)."""
+    return {p.pid for p in worker_processes()} - {fork_server_pid()}
 
 
 # -- the user's function raises ---------------------------------------------------
@@ -79,7 +80,7 @@ def test_error_is_raised_without_waiting_for_other_chunks_and_pool_stays_warm(
     assert time.monotonic() - started < 2.5
     if forced_backend == "pool":
         assert _worker_pids() == before  # the same warm workers, not restarted
-    else:  # forked workers still running a chunk are stopped; the next call forks anew
+    else:  # workers still running a chunk are stopped; the next call forks anew
         assert _worker_pids() == set()
     pd.testing.assert_series_equal(df.parallel.apply(lambda r: r.a * 2, axis=1),
                                    df.apply(lambda r: r.a * 2, axis=1))

@@ -55,7 +55,7 @@ def stop_leftover(proc) -> None:
         child.kill()
 
 
-@pytest.mark.parametrize("pool", ["processes", "warm-processes"])
+@pytest.mark.parametrize("pool", ["processes", "warm-processes", "warm-pool"])
 @pytest.mark.parametrize("target", ["process", "process-group"])
 def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
@@ -88,11 +88,13 @@ def test_ctrl_c_stops_everything_within_two_seconds(target, pool, tmp_path):
         stop_leftover(proc)
 
 
-@pytest.mark.parametrize("mode", ["stuck", "stuck-pool"], ids=["forked", "pool"])
+@pytest.mark.parametrize("mode", ["stuck", "stuck-server", "stuck-pool"],
+                         ids=["forked", "forkserver", "pool"])
 def test_no_process_outlives_a_killed_parent(mode):
     """SIGKILL (an OOM-killed kernel) leaves the parent no chance to clean
-    up: its workers, forked or the pool's, and the pool's resource trackers
-    end within seconds, and the next call removes its scratch directory."""
+    up: its workers, forked, the fork server's or the pool's, the fork
+    server and the pool's resource trackers end within seconds, and the next
+    call removes its scratch directory."""
     script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     # The workers' function never returns.
@@ -112,6 +114,8 @@ def test_no_process_outlives_a_killed_parent(mode):
         assert pids <= {w.pid for w in workers}
         if mode == "stuck":  # forked: no other process
             assert {w.pid for w in workers} == pids
+        elif mode == "stuck-server":  # its workers, and the server
+            assert any("pandas_parallel.forkserver" in " ".join(w.cmdline()) for w in workers)
         else:  # the pool's workers, and its resource trackers
             assert any("resource_tracker" in " ".join(w.cmdline()) for w in workers)
         proc.kill()
@@ -196,8 +200,14 @@ def where(row):
 frame = pd.DataFrame({"a": range(100)})
 
 def workers():
-    commands = frame.parallel.apply(where, axis=1)
-    return "pool" if "loky" in " ".join(commands) else "forked"
+    from pandas_parallel.forkserver import SERVER
+
+    commands = " ".join(frame.parallel.apply(where, axis=1))
+    if pandas_parallel.last_run().start == "starting":  # ran here while the server started
+        SERVER.wait_ready(60)
+        commands = " ".join(frame.parallel.apply(where, axis=1))
+    return ("pool" if "loky" in commands else "forkserver"
+            if "pandas_parallel.forkserver" in commands else "forked")
 
 pandas_parallel.config(n_jobs=2, serial_fallback=False, chunk_size=10, progress=False)
 seen = [workers(), pandas_parallel.last_run().start, workers(), pandas_parallel.last_run().start,
@@ -214,11 +224,11 @@ print(*seen)
     ("pass", ["forked", "forked"]),
     # A progress bar leaves no thread behind (tqdm's monitor would).
     ("frame.parallel(progress=True).apply(where, axis=1)", ["forked", "forked"]),
-    ("pandas_parallel.config(fork=False)", ["pool", "pool"]),
+    ("pandas_parallel.config(fork=False)", ["forkserver", "forkserver"]),
     # Workers forked while it was safe are still used: nothing is forked.
     ("threading.Thread(target=threading.Event().wait, daemon=True).start()",
-     ["forked", "pool"]),
-    pytest.param("ctypes.CDLL(ctypes.util.find_library('gomp'))", ["forked", "pool"],
+     ["forked", "forkserver"]),
+    pytest.param("ctypes.CDLL(ctypes.util.find_library('gomp'))", ["forked", "forkserver"],
                  marks=pytest.mark.skipif(ctypes.util.find_library("gomp") is None,
                                           reason="needs GNU OpenMP")),
 ])
@@ -227,8 +237,8 @@ def test_calls_fork_only_while_it_is_safe(tmp_path, change, then):
     live children), while the process has a single thread and no OpenMP
     runtime. Kept workers serve later calls whatever the process starts
     since (no fork is needed); with them stopped, another thread running or
-    libgomp loaded (its thread pool hangs in a forked child) means the warm
-    loky pool, as ``fork=False`` always does."""
+    libgomp loaded (its thread pool hangs in a forked child) means the fork
+    server's workers, as ``fork=False`` always does."""
     out = _run_script(tmp_path, START_METHODS.replace("CHANGE", change))
     assert out.split() == ["forked", "fork", "forked", "warm", "2", *then]
 
@@ -258,10 +268,10 @@ def test_no_fork_while_a_native_thread_pool_runs(tmp_path):
     """Forked children of a process running polars' threads can deadlock
     (the threads are gone in the child, their locks stay taken): with
     polars imported (it starts threads of its own) and after its thread
-    pool ran, calls use the warm pool, finish and equal pandas."""
+    pool ran, calls use the fork server's workers, finish and equal pandas."""
     if importlib.util.find_spec("polars") is None:  # not imported here: its threads
         pytest.skip("polars is not installed")     # would rule out forking in this process
-    assert _run_script(tmp_path, POLARS).split() == ["pool", "pool"]
+    assert _run_script(tmp_path, POLARS).split() == ["forkserver", "forkserver"]
 
 
 FORKED_CHILD = """

@@ -8,16 +8,17 @@ as it finishes, raises the first failure at once and a dead worker as
 :class:`~pandas_parallel.errors.WorkerCrashedError`. :func:`choose` picks
 one per call; nothing else in the package names a backend.
 
-======== ============================================ =====================
-name     where chunks run                             module
-======== ============================================ =====================
-forked   processes forked from this one, then kept    :mod:`.forked`
-pool     loky's warm, reusable process pool           :mod:`.pool`
-threads  threads of this process                      :mod:`.threads`
-dask     the active ``dask.distributed`` Client       :mod:`.dask`
-ray      a Ray runtime                                :mod:`.ray`
-joblib   any other registered joblib backend          :mod:`.joblib`
-======== ============================================ =====================
+=========== ============================================ =====================
+name        where chunks run                             module
+=========== ============================================ =====================
+forked      processes forked from this one, then kept    :mod:`.forked`
+forkserver  processes forked from a fork server, kept    :mod:`.forkserver`
+pool        loky's warm pool of fresh interpreters       :mod:`.pool`
+threads     threads of this process                      :mod:`.threads`
+dask        the active ``dask.distributed`` Client       :mod:`.dask`
+ray         a Ray runtime                                :mod:`.ray`
+joblib      any other registered joblib backend          :mod:`.joblib`
+=========== ============================================ =====================
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import multiprocessing
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from pandas_parallel.executor import EXITING, Progress, Reporter
 from pandas_parallel.options import Options, resolve_n_jobs
+from pandas_parallel.programs import Program
 from pandas_parallel.splitting import Units
 from pandas_parallel.transport import Deferred, Inline, Payload
 from pandas_parallel.worker import Counters, Outcome, Task
@@ -45,10 +48,19 @@ class Job:
     progress: Progress
     reporter: Reporter
     counters: Counters
+    #: The program as this process has it: a chunk run here runs it, not a
+    #: copy decoded from what the workers get (the caller's own code travels
+    #: by value: a copy's globals are not the caller's).
+    program: Program
     timeout: float | None = None
     #: errors="coerce": a call past the timeout that cannot be interrupted
     #: becomes missing; backends that can replace its worker go on.
     coerce: bool = False
+
+    def here(self, task: Task) -> Task:
+        """``task`` to run in this process (while workers start)."""
+        return dataclasses.replace(task, result_dir=None, seed=None, place="caller",
+                                   program=self.program)
 
 
 class Backend:
@@ -157,11 +169,12 @@ def _stop_at_exit() -> None:
     """Stop every worker at once: a call still running in a daemon thread
     then waits, quietly, to end with the interpreter (see
     :func:`~pandas_parallel.executor.quiet_at_exit`)."""
-    from pandas_parallel.backends import forked, pool
+    from pandas_parallel.backends import forked, forkserver, pool
 
     EXITING.set()
     pool.POOL.shutdown(wait=False)
     forked.CREW.retire(wait=False)
+    forkserver.CREW.retire(wait=False)
 
 
 def choose(options: Options, thorough: bool = True) -> Backend:
@@ -171,14 +184,21 @@ def choose(options: Options, thorough: bool = True) -> Backend:
     is safe (reading this process's threads and libraries): for a plan
     that chooses again, thoroughly, before it starts any worker.
     """
-    from pandas_parallel.backends import dask, forked, joblib, pool, ray, threads
+    from pandas_parallel.backends import dask, forked, forkserver, joblib, pool, ray, threads
 
     name = options.backend or "loky"
     if name == "loky":
-        if options.fork and forked.CREW.ready(resolve_n_jobs(options.n_jobs)):
+        # Python's start method, where the program set one, says how
+        # processes may start: "spawn" never forks, "forkserver" never
+        # forks this process.
+        method = multiprocessing.get_start_method(allow_none=True)
+        fork = options.fork and method not in ("spawn", "forkserver")
+        if fork and forked.CREW.ready(resolve_n_jobs(options.n_jobs)):
             return forked.Kept()
-        if options.fork and forked.available(thorough=thorough):
+        if fork and forked.available(thorough=thorough):
             return forked.Forked()
+        if method != "spawn" and forkserver.usable():
+            return forkserver.ForkServerWorkers()
         return pool.POOL
     if name == "threading":
         return threads.Threads()

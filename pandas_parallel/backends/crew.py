@@ -61,6 +61,9 @@ IDLE_SECONDS = 300.0
 WORKER_IDLE_SECONDS = IDLE_SECONDS + 60.0
 # Messages other than a chunk number or a task.
 EXIT, CALL_OVER = -1, -2
+# At most this long for a stopped worker that is not this process's child to
+# be gone (its parent reaps it).
+REAP_SECONDS = 2.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -164,9 +167,17 @@ class Worker:
         self.close()
 
     def reap(self) -> None:
+        """Wait for the stopped worker to be gone: reaped here (a child of
+        this process), else by its parent (the fork server reaps at once)."""
         if self.pid and self.status is None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
+        elif self.pid:
+            deadline = time.monotonic() + REAP_SECONDS
+            with contextlib.suppress(ProcessLookupError):
+                while time.monotonic() < deadline:
+                    os.kill(self.pid, 0)
+                    time.sleep(0.001)
         self.pid = 0
 
 
@@ -363,8 +374,7 @@ class Crew:
         starting)."""
         task = call.next_task()
         if task is not None:
-            here = dataclasses.replace(task, result_dir=None, seed=None, place="caller")
-            yield deliver(run_chunk(here), call.job.progress, call.job.reporter)
+            yield deliver(run_chunk(call.job.here(task)), call.job.progress, call.job.reporter)
 
     def _hand_next(self, call: Call, current: Worker) -> None:
         """Give ``current`` the next chunk; one that cannot be pickled goes to

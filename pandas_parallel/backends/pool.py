@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -175,8 +174,7 @@ class Pool(Backend):
         task = next(waiting, None)
         if task is None:
             return False
-        here = dataclasses.replace(task, result_dir=None, seed=None, place="caller")
-        yield deliver(run_chunk(here), job.progress, job.reporter)
+        yield deliver(run_chunk(job.here(task)), job.progress, job.reporter)
         return True
 
     def _stop_stuck(self, job: Job, timeout: float) -> None:

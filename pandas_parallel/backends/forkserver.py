@@ -1,0 +1,72 @@
+"""The ``forkserver`` backend: workers forked from this library's fork
+server (:mod:`pandas_parallel.forkserver`), kept for later calls.
+
+The no-fork path's workers: where forking this process is not safe (other
+threads run: a Jupyter kernel, a threaded service, after a tqdm bar) or
+``fork=False``. The server starts once, in the background, while the first
+call that wants workers runs its chunks in this process; from then on a
+worker starts in milliseconds, with pandas imported, rather than in a
+CPU-second as a fresh interpreter (the warm pool's way, kept for systems
+without ``fork``). Its workers are a :class:`~.crew.Crew` like the kept
+forked workers: they are sent pickled tasks, the caller's state with them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+
+from pandas_parallel import forkserver
+from pandas_parallel.backends import Backend, Job
+from pandas_parallel.backends.crew import Crew, Starter, Worker
+from pandas_parallel.forkserver import SERVER
+from pandas_parallel.worker import Outcome, Task
+
+
+class ServerForks(Starter):
+    """Workers forked from the fork server (started on first need)."""
+
+    def __init__(self, server: forkserver.ForkServer) -> None:
+        self.server = server
+
+    def can_start(self) -> bool:
+        self.server.start()
+        return self.server.ready()
+
+    def start(self, call_id: str, made: dict[int, Task]) -> Worker:
+        pid, tasks, results = self.server.fork_worker()
+        return Worker(pid, tasks, results, status=self.server.exit_status)
+
+    def describe(self) -> str:
+        return "fork-server workers"
+
+
+CREW = Crew(ServerForks(SERVER))
+
+
+def usable() -> bool:
+    """Whether calls may use the fork server: on Linux (forking is the
+    system's way to start a process there; on macOS and Windows Python
+    starts processes by "spawn"), unless the server failed to start."""
+    return sys.platform == "linux" and not SERVER.failed
+
+
+class ForkServerWorkers(Backend):
+    name = "forkserver"
+
+    def start(self, n_workers: int) -> str:
+        if CREW.ready(n_workers):
+            return "warm"
+        return "server" if SERVER.ready() else "starting"
+
+    def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
+        return CREW.run(tasks, job)
+
+    def start_workers(self, n_workers: int) -> None:
+        SERVER.start()
+
+
+def stop() -> None:
+    """Stop the workers and the server."""
+    CREW.retire()
+    SERVER.stop()

@@ -6,6 +6,7 @@ Series and GroupBy objects.
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from pandas_parallel import _compat
@@ -33,6 +34,8 @@ _compat.attribute_warnings_to_callers()
 
 
 _backends.stop_at_exit_first()
+if "ipykernel" in sys.modules:  # a notebook: its calls take the no-fork path
+    _forkserver.start_early()
 
 try:
     __version__ = version("pandas-parallel-accessor")

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="rows of generated data (default: 200000)")
     demo.add_argument("--jobs", type=int, default=None,
                       help="worker processes (default: all usable CPUs)")
+    demo.add_argument("--no-fork", action="store_true",
+                      help="never fork this process (the path a notebook, a threaded "
+                           "program or macOS takes): workers fork from a fork server")
     return parser
 
 
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rows < 1:
             print("pandas-parallel demo: --rows must be at least 1", file=sys.stderr)
             return EXIT_USAGE
-        return run(args.rows, args.jobs)
+        return run(args.rows, args.jobs, fork=not args.no_fork)
     logging.basicConfig(level=logging.WARNING, format="pandas-parallel: %(message)s")
     from pandas_parallel.io import InputError
 

@@ -128,30 +128,53 @@ def explain_slow(speed_up: float, cpus: int, backend: str, serial_seconds: float
             "data sent to them outweighed the work; try more --rows")
 
 
+_STARTS = {
+    ("forked", "fork"): "forked for it",
+    ("forked", "warm"): "forked earlier and kept",
+    ("forkserver", "starting"): "the fork server started for it, this process working "
+                                "meanwhile",
+    ("forkserver", "server"): "forked from the fork server for it",
+    ("forkserver", "warm"): "forked from the fork server earlier and kept",
+    ("pool", "cold"): "the pool, started for it",
+    ("pool", "warm"): "the pool, started earlier",
+}
+
+
 def _how(ran: Any) -> str:
     """How a call ran, for a person: ``2 workers, forked for it``."""
     if ran.backend == "serial":
         return "serially"
-    started = {"fork": "forked for it", "cold": "started for it"}.get(ran.start, "")
-    if ran.backend == "forked" and ran.start == "warm":
-        started = "forked earlier and kept"
-    return f"{ran.workers} workers, " + (
-        f"{ran.backend}" if not started else
-        started if ran.backend == "forked" else f"{ran.backend}, {started}")
+    return f"{ran.workers} workers, " + _STARTS.get((ran.backend, ran.start), ran.backend)
 
 
-def run(rows: int, n_jobs: int | None) -> int:
+def path_of(fork: bool) -> str:
+    """Which path calls take in this process now, for a person."""
+    from pandas_parallel import backends
+    from pandas_parallel.options import get_options
+
+    chosen = backends.choose(dataclasses.replace(get_options(), fork=fork)).name
+    return {
+        "forked": "the fork path (workers forked from this process)",
+        "forkserver": "the no-fork path (workers forked from a fork server; this process "
+                      "is not forked)",
+        "pool": "the no-fork path (a pool of fresh interpreters)",
+    }.get(chosen, chosen)
+
+
+def run(rows: int, n_jobs: int | None, fork: bool = True) -> int:
     """Time serial pandas, then ``.parallel`` twice (the first call in this
-    process, and a later one); 0 when all results are equal."""
+    process, and a later one); 0 when all results are equal. ``fork=False``:
+    the no-fork path, as in a notebook or a threaded program."""
     import pandas_parallel
     from pandas_parallel.options import resolve_n_jobs
 
+    pandas_parallel.config(fork=fork)
     frame = make_frame(rows)
     cpus = resolve_n_jobs(None)
     print(f"pandas {pd.__version__}, pandas_parallel {pandas_parallel.__version__}: "
           f"risk_score over {rows:,} rows")
     print(f"this machine: {cpus} usable CPUs (of {os.cpu_count()}); "
-          f"{resolve_n_jobs(n_jobs)} workers")
+          f"{resolve_n_jobs(n_jobs)} workers; {path_of(fork)}")
     print("running serially first (plain pandas, no progress bar)...", flush=True)
     expected, serial = _timed(lambda: frame.apply(risk_score, axis=1))
     print(f"serial pandas    df.apply(risk_score, axis=1)            {serial.seconds:7.2f} s")

@@ -392,6 +392,10 @@ class config:
 
     def __init__(self, **options: Any) -> None:
         validate(options)
+        if options.get("fork") is False:  # the no-fork path: its fork server, early
+            from pandas_parallel.backends import forkserver
+
+            forkserver.start_early()
         self._change = _Change(options)
         self._token: contextvars.Token[Options | None] | None = None
         with _lock:

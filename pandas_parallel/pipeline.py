@@ -304,6 +304,7 @@ def _execute(op: Operation) -> Any:
         # for workers: pandas' own call, without sampling (the function was
         # pickled then, so it still fails alike at any size).
         return run_known_cheap(op.label, op.func, cheap_kind, n_rows, op.serial)
+    backend.prepare(n_workers)
     plan = _plan(op, backend, n_workers)
     if not plan.parallel:
         _ran(SERIAL)
@@ -397,7 +398,7 @@ def _price(op: Operation, plan: Plan, per_row: float | None) -> None:
         assert plan.per_unit is not None
         return planning.estimate(plan.per_unit, remaining, plan.n_workers, remaining_bytes,
                                  start, plan.backend.cluster, plan.results, rate,
-                                 plan.program_cost)
+                                 plan.program_cost, plan.backend.seconds_to_start())
 
     start = plan.backend.start(plan.n_workers)
     estimate = guess(start)
@@ -496,7 +497,8 @@ def _chunks(op: Operation, plan: Plan) -> list[tuple[int, int]]:
     remaining = len(op.units) - plan.start
     count = planning.chunk_count(plan.per_unit, remaining, plan.n_workers,
                                  plan.n_bytes * remaining // len(op.units),
-                                 plan.backend.cluster)
+                                 plan.backend.cluster,
+                                 plan.backend.start(plan.n_workers) == "starting")
     return op.units.cut(plan.start, count, None)
 
 

@@ -35,11 +35,15 @@ WORKER_START_CPU_SECONDS = 1.0
 # (copy-on-write): 10-15 ms on a 0.1 s map, measured.
 FORK_START_SECONDS = 0.02
 # The fork server (forkserver.py): its start, a fresh interpreter importing
-# pandas, pyarrow and this library (0.7-1.0 s measured on a 2-core machine),
-# on another core while this process works; then each worker's fork from it
-# (a small process: a few milliseconds).
-SERVER_START_SECONDS = 1.0
+# pandas, pyarrow and this library (0.45-0.5 s measured on a quiet 2-core
+# machine), on another core while this process works, so a slower start
+# costs nothing but the gain; then each worker's fork from it (a small
+# process: a few milliseconds).
+SERVER_START_SECONDS = 0.6
 SERVER_FORK_SECONDS = 0.005
+# While the server starts this process runs chunks, and looks for its
+# workers between two: chunks no longer than this, so they take over soon.
+STARTING_CHUNK_SECONDS = 0.1
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
@@ -123,7 +127,8 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
              workers: str = "warm", cluster: bool = False,
              results: ResultCost | None = None,
              bytes_per_second: float | None = None,
-             program: ProgramCost | None = None) -> Estimate:
+             program: ProgramCost | None = None,
+             starting_seconds: float = SERVER_START_SECONDS) -> Estimate:
     """Serial vs parallel time for ``units`` more units of work.
 
     ``workers`` says how the call gets its worker processes: ``"warm"``
@@ -134,12 +139,13 @@ def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
     call).
     ``results``: what sending each unit's result back costs, when measured;
     ``bytes_per_second``: how fast the backend moves data, when measured;
-    ``program``: what the call's program weighs.
+    ``program``: what the call's program weighs; ``starting_seconds``: how
+    long the fork server still takes to start (``"starting"``).
     """
     serial = seconds_per_unit * units
     if workers == "starting":
         # This process runs the call alone until the server is up.
-        lead = min(serial, SERVER_START_SECONDS)
+        lead = min(serial, starting_seconds)
         rest = int(units * (1 - lead / serial)) if serial > 0 else 0
         after = estimate(seconds_per_unit, rest, n_workers, n_bytes * rest // max(units, 1),
                          "server", cluster, results, bytes_per_second, program)
@@ -198,12 +204,14 @@ def recall_results(func: Any, kind: Hashable) -> ResultCost | None:
 
 
 def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
-                n_bytes: int, cluster: bool = False) -> int:
+                n_bytes: int, cluster: bool = False, starting: bool = False) -> int:
     """How many chunks to cut ``units`` into.
 
     Several per worker, so a slow chunk does not leave cores idle; none so
     short that overhead dominates, none so long that the progress bar
-    stalls, none larger than :data:`MAX_CHUNK_BYTES`.
+    stalls, none larger than :data:`MAX_CHUNK_BYTES`. ``starting``: this
+    process runs chunks while the fork server starts, looking between two
+    for its workers: none longer than :data:`STARTING_CHUNK_SECONDS`.
     """
     if units <= 0:
         return 0
@@ -211,6 +219,8 @@ def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
     if seconds_per_unit is not None and seconds_per_unit > 0:
         total = seconds_per_unit * units
         shortest, longest = CLUSTER_TARGET_CHUNK_SECONDS if cluster else TARGET_CHUNK_SECONDS
+        if starting:
+            longest = STARTING_CHUNK_SECONDS
         if total / n < shortest:
             n = max(n_workers, math.floor(total / shortest))
         elif total / n > longest:

@@ -118,6 +118,17 @@ class Backend:
         ``thorough=False``: the quick part of that check only."""
         return None
 
+    def seconds_to_start(self) -> float:
+        """How long its workers still take to start, while :meth:`start`
+        says ``"starting"``."""
+        from pandas_parallel import planning
+
+        return planning.SERVER_START_SECONDS
+
+    def prepare(self, n_workers: int) -> None:
+        """As a call begins, before it is planned: start what costs this
+        process nothing to start (a fork server, in another process)."""
+
     def start_workers(self, n_workers: int) -> None:
         """Start workers in the background, for the next call."""
 

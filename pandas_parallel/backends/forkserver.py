@@ -14,13 +14,15 @@ forked workers: they are sent pickled tasks, the caller's state with them.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, Iterator
 
-from pandas_parallel import forkserver
+from pandas_parallel import forkserver, planning
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.backends.crew import Crew, Starter, Worker
 from pandas_parallel.forkserver import SERVER
-from pandas_parallel.worker import Outcome, Task
+from pandas_parallel.options import resolve_n_jobs
+from pandas_parallel.worker import Outcome, Task, in_worker
 
 
 class ServerForks(Starter):
@@ -62,7 +64,26 @@ class ForkServerWorkers(Backend):
     def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
         return CREW.run(tasks, job)
 
+    def seconds_to_start(self) -> float:
+        started = time.monotonic() - SERVER.started_at if SERVER.process else 0.0
+        return max(0.05, planning.SERVER_START_SECONDS - started)
+
+    def prepare(self, n_workers: int) -> None:
+        # Its imports take another core for half a second while this process
+        # plans and samples: on a single core, only where workers are wanted.
+        if resolve_n_jobs(None) > 1:
+            SERVER.start()
+
     def start_workers(self, n_workers: int) -> None:
+        SERVER.start()
+
+
+def start_early() -> None:
+    """Start the server now, in the background, where calls will want it:
+    in a Jupyter kernel (its threads rule out forking it) or once a program
+    says ``fork=False``; so that it is up, half a second later, by the first
+    call (which would otherwise run its first chunks itself meanwhile)."""
+    if usable() and resolve_n_jobs(None) > 1 and not in_worker():
         SERVER.start()
 
 

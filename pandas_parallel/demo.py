@@ -166,9 +166,15 @@ def run(rows: int, n_jobs: int | None, fork: bool = True) -> int:
     process, and a later one); 0 when all results are equal. ``fork=False``:
     the no-fork path, as in a notebook or a threaded program."""
     import pandas_parallel
+
+    with pandas_parallel.config(fork=fork):
+        return _run(rows, n_jobs, fork)
+
+
+def _run(rows: int, n_jobs: int | None, fork: bool) -> int:
+    import pandas_parallel
     from pandas_parallel.options import resolve_n_jobs
 
-    pandas_parallel.config(fork=fork)
     frame = make_frame(rows)
     cpus = resolve_n_jobs(None)
     print(f"pandas {pd.__version__}, pandas_parallel {pandas_parallel.__version__}: "

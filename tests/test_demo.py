@@ -87,12 +87,15 @@ def test_a_low_speed_up_is_explained_by_what_was_measured(speed_up, cpus, backen
         assert why is not None and expected in why
 
 
-def test_the_demo_prints_the_machine_the_workers_and_how_each_call_ran(capsys):
-    assert demo.run(rows=3000, n_jobs=2) == 0
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "no-fork"])
+def test_the_demo_prints_the_machine_the_workers_and_how_each_call_ran(capsys, fork):
+    assert demo.run(rows=3000, n_jobs=2, fork=fork) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[1].startswith("this machine: ") and "usable CPUs" in lines[1]
-    assert lines[1].endswith("2 workers")
+    assert "2 workers; the " in lines[1] and " path (workers " in lines[1]
+    if not fork:
+        assert "the no-fork path" in lines[1]
     assert lines[2] == "running serially first (plain pandas, no progress bar)..."
     assert "(first call: " in lines[4] and "(later call: " in lines[5]
     assert "results equal: True" in lines[6]

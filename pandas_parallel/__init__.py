@@ -7,7 +7,6 @@ Series and GroupBy objects.
 from __future__ import annotations
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 from pandas_parallel import _compat
 from pandas_parallel import accessor as _accessor  # noqa: F401  (registers .parallel)
@@ -37,10 +36,19 @@ _backends.stop_at_exit_first()
 if "ipykernel" in sys.modules:  # a notebook: its calls take the no-fork path
     _forkserver.start_early()
 
-try:
-    __version__ = version("pandas-parallel-accessor")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+unknown"
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed distribution on first use
+    (importlib.metadata takes 25 ms to import: every worker's start)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'pandas_parallel' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pandas-parallel-accessor")
+    except PackageNotFoundError:  # running from a source tree
+        return "0.0.0+unknown"
 
 __all__ = [
     "Engine",

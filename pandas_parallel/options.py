@@ -15,8 +15,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
-import joblib
-
 from pandas_parallel import clusters
 
 __all__ = ["Options", "config", "get_options"]
@@ -432,6 +430,8 @@ def _usable_cpus() -> int:
     counted, cpus = _cpu_count
     now = time.monotonic()
     if now - counted > _CPU_COUNT_SECONDS:
+        import joblib  # (on first use: importing it costs every import 20 ms)
+
         cpus = joblib.cpu_count()
         _cpu_count = (now, cpus)
     return cpus

@@ -113,8 +113,8 @@ class Operation:
         try:
             result = self.runner(chunk, self.func, self.args, self.kwargs)
         except Exception as exc:  # named as a worker's failure is (a timeout too)
-            note = f"pandas_parallel: {self.label} failed on {self.describe(start, stop)} " \
-                   "(run in this process)"
+            note = (f"pandas_parallel: {self.label} failed on {self.describe(start, stop)} "
+                    "(run in this process)")
             argument = failing_call(self.func, exc, chunk)
             exc.add_note(note + (f", when the function was called with {argument}"
                                  if argument else ""))

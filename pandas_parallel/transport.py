@@ -87,10 +87,15 @@ def arrow_exact(frame: pd.DataFrame) -> bool:
 
     Labels are not checked: they never travel through Arrow.
     """
-    return all(
-        _dtype_arrow_exact(frame.dtypes.iloc[i], frame.iloc[:, i])
-        for i in range(frame.shape[1])
-    )
+    dtypes = list(frame.dtypes)
+    exact: dict[Any, bool] = {}  # by dtype, for those that need no values
+    for i, dtype in enumerate(dtypes):  # (a wide frame has 10,000 of them)
+        if isinstance(dtype, np.dtype) and dtype.kind == "O":
+            if not _dtype_arrow_exact(dtype, frame.iloc[:, i]):
+                return False
+        elif not exact.setdefault(dtype, _dtype_arrow_exact(dtype, None)):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -407,8 +412,12 @@ def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:
         # Numbers, booleans and datetimes straight from numpy: zero-copy, and
         # NaN stays NaN (from_pandas turns it into a null, scanning and
         # copying every float column: 20x slower).
-        arrays = [pa.array(frame.iloc[:, i].to_numpy(), from_pandas=False)
-                  for i in range(frame.shape[1])]
+        if len(set(frame.dtypes)) == 1:  # one block: its columns as views
+            block = frame.to_numpy()
+            arrays = [pa.array(block[:, i], from_pandas=False) for i in range(block.shape[1])]
+        else:
+            arrays = [pa.array(column.to_numpy(), from_pandas=False)
+                      for _, column in frame.items()]
         return pa.Table.from_arrays(arrays, names=list(frame.columns))
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)
@@ -420,9 +429,16 @@ def _to_table(obj: pd.DataFrame | pd.Series) -> pa.Table | None:
 _PLAIN_KINDS = "biufmM"  # numpy kinds whose Arrow type converts back to the same dtype
 
 
-def _nbytes(obj: pd.DataFrame | pd.Series) -> int:
+def nbytes(obj: pd.DataFrame | pd.Series) -> int:
+    """Bytes of column data (what transport moves): for a frame of numpy
+    dtypes, its rows times a row's width (a wide frame has 10,000 columns:
+    summing them one by one takes a second; ``memory_usage`` builds a Series,
+    four times slower on a narrow one)."""
     if isinstance(obj, pd.Series):
         return int(obj.nbytes)
+    dtypes = list(obj.dtypes)
+    if all(isinstance(d, np.dtype) for d in dtypes):
+        return len(obj) * sum(d.itemsize for d in dtypes)
     return int(sum(column.nbytes for _, column in obj.items()))
 
 
@@ -473,8 +489,8 @@ class Shipment:
         self.inline_rows = 0
         if self.arrow and transport == "auto":
             table = None if _plain(_dtypes(obj)) else self.table  # numbers: as in numpy
-            nbytes = _nbytes(obj) if table is None else table.nbytes
-            self.inline_rows = INLINE_INPUT_BYTES * len(obj) // max(1, nbytes)
+            size = nbytes(obj) if table is None else table.nbytes
+            self.inline_rows = INLINE_INPUT_BYTES * len(obj) // max(1, size)
         how = "Arrow IPC in " + str(directory) if self.arrow else "pickle"
         logger.debug("transport: %d chunks by %s", len(self), how)
         self._whole: str | None = None
@@ -506,6 +522,10 @@ class Shipment:
         assert self.columns is not None
         frame = self.obj
         positions = list(self.columns[i])
+        if nbytes(frame) * len(positions) <= INLINE_INPUT_BYTES * max(1, frame.shape[1]):
+            # Small enough to pickle into the task (a wide frame of few rows:
+            # Arrow costs a column of metadata each, pickle one block).
+            return Inline(frame.iloc[:, positions])
         if self.table is None:
             return Inline(frame.iloc[:, positions])
         if self._whole is None:  # every column chunk reads the same file

@@ -45,6 +45,13 @@ INLINE_RESULT_VALUES = 2**19
 # costs this process about 0.4 ms to write whatever its size, pickling a
 # small frame a tenth of that (the two meet near 2 MB, measured).
 INLINE_INPUT_BYTES = 2**18
+# Arrow costs each column of a chunk about 20 microseconds to write and read
+# back into pandas; pickle costs a frame of numpy dtypes a block, whatever
+# its columns. Numbers travel by Arrow only where each column of a chunk
+# holds this much (100 columns of 8,000 floats: 5.0 ms by Arrow, 3.3 ms
+# pickled in this process, more once piped to a worker; 10,000 columns of
+# 100 floats: 233 ms against 2.6 ms).
+ARROW_MIN_COLUMN_BYTES = 2**16
 
 MASKED_DTYPES = (
     pd.Int8Dtype, pd.Int16Dtype, pd.Int32Dtype, pd.Int64Dtype,
@@ -246,8 +253,9 @@ class Labels:
 
     def apply_to(self, frame: pd.DataFrame) -> pd.DataFrame | pd.Series:
         if self.dtypes is not None:
+            loaded = list(frame.dtypes)  # once: frame.dtypes builds a Series
             for i, dtype in enumerate(self.dtypes):
-                if frame.dtypes.iloc[i] != dtype:
+                if loaded[i] != dtype:
                     frame.isetitem(i, frame.iloc[:, i].astype(dtype))
         frame.index = self.index
         if self.columns is None:
@@ -442,6 +450,23 @@ def nbytes(obj: pd.DataFrame | pd.Series) -> int:
     return int(sum(column.nbytes for _, column in obj.items()))
 
 
+def data_bytes(obj: Any) -> int | None:
+    """Bytes of column data of a chunk's result (a frame, Series or array,
+    tagged or not); ``None`` for anything else."""
+    obj = obj.value if isinstance(obj, Tagged) else obj
+    if isinstance(obj, pd.DataFrame | pd.Series):
+        return nbytes(obj)
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    return None
+
+
+def _narrow_columns(obj: pd.DataFrame | pd.Series) -> bool:
+    """Numbers whose columns are too short for Arrow's cost per column."""
+    dtypes = _dtypes(obj)
+    return _plain(dtypes) and nbytes(obj) < ARROW_MIN_COLUMN_BYTES * len(dtypes)
+
+
 def _dtypes(obj: pd.DataFrame | pd.Series) -> list[Any]:
     return [obj.dtype] if isinstance(obj, pd.Series) else list(obj.dtypes)
 
@@ -484,13 +509,19 @@ class Shipment:
         self.columns = columns
         self.directory = directory
         self.arrow = directory is not None and use_arrow(obj, transport)
+        self.auto = transport == "auto"
         self._table: pa.Table | None = None
         # Row chunks smaller than this many rows are pickled ("auto" only).
         self.inline_rows = 0
         if self.arrow and transport == "auto":
-            table = None if _plain(_dtypes(obj)) else self.table  # numbers: as in numpy
-            size = nbytes(obj) if table is None else table.nbytes
-            self.inline_rows = INLINE_INPUT_BYTES * len(obj) // max(1, size)
+            plain = _plain(_dtypes(obj))
+            table = None if plain else self.table  # numbers: as in numpy
+            size = max(1, nbytes(obj) if table is None else table.nbytes)
+            self.inline_rows = INLINE_INPUT_BYTES * len(obj) // size
+            if plain:
+                n_columns = 1 if isinstance(obj, pd.Series) else obj.shape[1]
+                self.inline_rows = max(self.inline_rows,
+                                       ARROW_MIN_COLUMN_BYTES * n_columns * len(obj) // size)
         how = "Arrow IPC in " + str(directory) if self.arrow else "pickle"
         logger.debug("transport: %d chunks by %s", len(self), how)
         self._whole: str | None = None
@@ -522,11 +553,10 @@ class Shipment:
         assert self.columns is not None
         frame = self.obj
         positions = list(self.columns[i])
-        if nbytes(frame) * len(positions) <= INLINE_INPUT_BYTES * max(1, frame.shape[1]):
-            # Small enough to pickle into the task (a wide frame of few rows:
-            # Arrow costs a column of metadata each, pickle one block).
-            return Inline(frame.iloc[:, positions])
-        if self.table is None:
+        column_bytes = nbytes(frame) / max(1, frame.shape[1])
+        small = column_bytes * len(positions) <= INLINE_INPUT_BYTES or (
+            column_bytes < ARROW_MIN_COLUMN_BYTES and _plain(frame.dtypes))
+        if (self.auto and small) or self.table is None:
             return Inline(frame.iloc[:, positions])
         if self._whole is None:  # every column chunk reads the same file
             self._whole = os.path.join(self.directory, "input.arrow")  # type: ignore[arg-type]
@@ -547,7 +577,8 @@ def ship_result(
         return Tagged(ship_result(result.value, directory, name, transport), result.tag)
     if directory is None or not isinstance(result, (pd.DataFrame, pd.Series)):
         return Inline(result)
-    if len(result) == 0 or (transport == "auto" and result.size <= INLINE_RESULT_VALUES):
+    if len(result) == 0 or (transport == "auto" and (
+            result.size <= INLINE_RESULT_VALUES or _narrow_columns(result))):
         return Inline(result)
     if not use_arrow(result, transport):
         return Inline(result)

@@ -180,12 +180,11 @@ def test_a_chunks_input_file_is_deleted_once_its_result_is_back(tmp_path):
     assert os.listdir(tmp_path) == ["input-1.arrow"]
     pd.testing.assert_frame_equal(transport.load_input(second), frame.iloc[3:])
     os.unlink(second.path)
-    columns = transport.Shipment(frame.assign(b=1), [], str(tmp_path), "arrow",
-                                 columns=[[0], [1]])
+    wide = frame.assign(b=1)
+    columns = transport.Shipment(wide, [], str(tmp_path), "arrow", columns=[[0], [1]])
     transport.release_input(columns.payload(0))  # the file is every chunk's
     assert os.listdir(tmp_path) == ["input.arrow"]
-    pd.testing.assert_series_equal(transport.load_input(columns.payload(1))["b"],
-                                   frame.assign(b=1)["b"])
+    pd.testing.assert_series_equal(transport.load_input(columns.payload(1))["b"], wide["b"])
 
 
 def test_the_pool_frees_each_input_file_when_its_result_is_back(monkeypatch):
@@ -233,11 +232,35 @@ def test_frames_arrow_cannot_carry_are_pickled(tmp_path, frame):
 def test_column_labels_of_any_kind_survive(tmp_path):
     frame = pd.DataFrame([[1, 2, 3]], columns=pd.Index(["a", 0, ("t", 1)], name="lbl"))
     frame = pd.concat([frame, frame.rename(columns={"a": 0})], axis=1)  # duplicates
-    shipment = transport.Shipment(frame, [], str(tmp_path), "auto",
+    shipment = transport.Shipment(frame, [], str(tmp_path), "arrow",
                                   columns=[[0, 1], [2, 3, 4, 5]])
     payloads = [shipment.payload(0), shipment.payload(1)]
     assert all(isinstance(p, transport.ArrowSlice) for p in payloads)
     pd.testing.assert_frame_equal(payloads[1].load(), frame.iloc[:, 2:])
+
+
+def test_small_column_chunks_of_a_wide_frame_travel_in_their_task(tmp_path):
+    frame = pd.DataFrame(np.arange(5 * 2000).reshape(5, 2000))
+    shipment = transport.Shipment(frame, [], str(tmp_path), "auto",
+                                  columns=[range(0, 1000), range(1000, 2000)])
+    payloads = [shipment.payload(0), shipment.payload(1)]
+    assert all(isinstance(p, transport.Inline) for p in payloads)
+    assert os.listdir(tmp_path) == []  # an Arrow file costs each column its metadata
+    pd.testing.assert_frame_equal(payloads[1].load(), frame.iloc[:, 1000:])
+
+
+def test_numbers_travel_by_arrow_only_in_long_columns(tmp_path):
+    """Row chunks of a wide frame are pickled (Arrow would cost each of its
+    columns more than pickle costs the whole block); long columns, and
+    strings however short, go by Arrow."""
+    wide = pd.DataFrame(np.ones((400, 2000)))  # 6.4 MB, 3.2 KB a column
+    rows = transport.Shipment(wide, [(0, 200), (200, 400)], str(tmp_path), "auto")
+    assert isinstance(rows.payload(1), transport.Inline)
+    long = pd.DataFrame(np.ones((100_000, 4)))
+    rows = transport.Shipment(long, [(0, 50_000), (50_000, 100_000)], str(tmp_path), "auto")
+    assert isinstance(rows.payload(1), transport.ArrowSlice)
+    assert isinstance(transport.ship_result(wide, str(tmp_path), "r.arrow", "auto"),
+                      transport.Inline)
 
 
 def test_scratch_falls_back_when_shared_memory_is_short(monkeypatch):

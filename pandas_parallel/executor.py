@@ -254,6 +254,16 @@ def deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome
     return outcome
 
 
+def show_progress(setting: bool | str, expected_seconds: float | None) -> bool:
+    """Whether a call shows a progress bar: as the ``progress`` option says;
+    for ``"auto"``, when a person is likely watching and the call is long
+    (or of unknown length)."""
+    if setting == "auto":
+        long = expected_seconds is None or expected_seconds > 2.0
+        return long and interactive()
+    return bool(setting)
+
+
 def interactive() -> bool:
     """Whether a person is likely watching (a terminal or a Jupyter kernel)."""
     if "ipykernel" in sys.modules:
@@ -261,4 +271,5 @@ def interactive() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-__all__ = ["Progress", "Reporter", "WorkerCrashedError", "deliver", "interactive"]
+__all__ = ["Progress", "Reporter", "WorkerCrashedError", "deliver", "interactive",
+           "show_progress"]

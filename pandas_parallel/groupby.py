@@ -20,15 +20,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import _compat, asynchronous, combine
-from pandas_parallel.accessor import (
+from pandas_parallel import _compat, combine
+from pandas_parallel.operation import Operation, Piece
+from pandas_parallel.routing import (
+    EMPTY,
+    EMPTY_GROUPS,
+    FILTER_NAN_GROUP,
+    GROUPS_OF_COLUMNS,
+    SERIES_GROUPBY_AS_INDEX,
+    UNOBSERVED,
+    UNSORTED_CATEGORICAL,
+    Call,
     Configurable,
-    bind_like_pandas,
-    plain_callable,
-    run_async_call,
-    straight_to_pandas_when_known_cheap,
+    Reason,
+    route,
 )
-from pandas_parallel.pipeline import Operation, Piece, execute
 from pandas_parallel.splitting import Carrier, Units
 from pandas_parallel.transport import Tagged
 
@@ -154,10 +160,12 @@ def _is_column_key(obj: Any, key: Any) -> bool:
         return False
 
 
-class _Plan:
-    """Everything a parallel groupby call needs, computed once per call."""
+class Grouped:
+    """One parallel groupby call: its groups as units, how workers regroup a
+    chunk, and how the chunks' results combine into pandas' own result."""
 
-    def __init__(self, gb: Any) -> None:
+    def __init__(self, gb: Any, filter_dropna: bool = True) -> None:
+        self.filter_dropna = filter_dropna
         spec = _compat.groupby_spec(gb)
         self.spec = spec
         obj = spec.obj
@@ -194,173 +202,15 @@ class _Plan:
             # A SeriesGroupBy's obj is already the selected column.
             selection=spec.selection if isinstance(obj, pd.DataFrame) else None)
 
-
-class GroupByParallelAccessor(Configurable):
-    """``gb.parallel``: GroupBy methods with groups spread over all cores.
-
-    Examples
-    --------
-    >>> import pandas as pd, pandas_parallel
-    >>> df = pd.DataFrame({"k": ["a", "b", "a"], "v": [1, 2, 3]})
-    >>> df.groupby("k")["v"].parallel.agg(lambda s: s.max() - s.min())
-    k
-    a    2
-    b    0
-    Name: v, dtype: int64
-    """
-
-    @property
-    def _gb(self) -> Any:
-        return self._obj
-
-    def _failure_kind(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                      ) -> tuple[str, Any]:
-        return "groups", (False if name == "filter" else None)
-
-    def _policy_label(self, name: str) -> str:
-        return f"groupby.{'agg' if name == 'aggregate' else name}"
-
-    def _labels_source(self) -> Any:
-        return self._gb.obj
-
-    def _group_namer(self) -> Callable[[Any], Any]:
-        gb = self._gb
-        codes: list[np.ndarray] = []
-
-        def name(row_label: Any) -> Any:
-            if not codes:  # only once a failure needs it
-                codes.append(gb.ngroup().to_numpy())
-            where = gb.obj.index.get_loc(row_label)
-            if isinstance(where, slice):
-                where = where.start
-            elif not isinstance(where, (int, np.integer)):
-                where = int(np.argmax(where))
-            code = codes[0][where]
-            keys = _compat.groupby_spec(gb).result_index
-            return keys[int(code)] if code == code and code >= 0 else None
-
-        return name
-
-    def _input_shape(self) -> tuple[int, Hashable]:
-        gb = self._gb
-        return len(gb.obj), (type(gb), gb.obj.shape[1:], gb.ngroups)
-
-    # -- public methods, mirroring pandas ---------------------------------------
-    @straight_to_pandas_when_known_cheap
-    def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Parallel ``GroupBy.apply``: same parameters (including pandas 3's
-        ``include_groups``), same result."""
-        call_args = (func, *args)
-        if asynchronous.is_async(func):
-            return self._run("apply", call_args, kwargs, func, self._combine_apply)
-        bind_like_pandas(self._gb, "apply", call_args, kwargs)
-        return self._run("apply", call_args, kwargs, func, self._combine_apply)
-
-    @straight_to_pandas_when_known_cheap
-    def transform(self, *args: Any, **kwargs: Any) -> Any:
-        """Parallel ``GroupBy.transform`` with a callable; string names and
-        named aggregation (pandas 3) go to pandas."""
-        params = bind_like_pandas(self._gb, "transform", args, kwargs)
-        func = params.get("func")
-        if func is None or params.get("engine") is not None:
-            return self._serial("transform", args, kwargs)
-        if "func" in kwargs:
-            kwargs = {k: v for k, v in kwargs.items() if k != "func"}
-            args = (func, *args)
-        return self._run("transform", args, kwargs, func, self._combine_transform)
-
-    @straight_to_pandas_when_known_cheap
-    def aggregate(self, func: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """Parallel ``GroupBy.aggregate`` with a callable; names, lists and
-        dicts of functions, and named aggregation go to pandas."""
-        call_args = (func, *args)
-        if asynchronous.is_async(func):
-            return self._run("aggregate", call_args, kwargs, func, self._combine_agg)
-        params = bind_like_pandas(self._gb, "aggregate", call_args, kwargs)
-        if func is None or params.get("engine") is not None:
-            return self._serial("aggregate", call_args, kwargs)
-        return self._run("aggregate", call_args, kwargs, func, self._combine_agg)
-
-    agg = aggregate
-
-    @straight_to_pandas_when_known_cheap
-    def filter(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Parallel ``GroupBy.filter``: same parameters, same result."""
-        call_args = (func, *args)
-        if asynchronous.is_async(func):
-            return self._run("filter", call_args, kwargs, func, self._combine_filter)
-        params = bind_like_pandas(self._gb, "filter", call_args, kwargs)
-        self._filter_dropna = bool(params.get("dropna", True))
-        return self._run("filter", call_args, kwargs, func, self._combine_filter)
-
-    # -- machinery ----------------------------------------------------------------
-    def _serial(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return getattr(self._gb, name)(*args, **kwargs)
-
-    def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], func: Any,
-             combine_with: Any) -> Any:
-        gb = self._gb
-        if asynchronous.is_async(func):
-            placeholder = {"filter": lambda _: True, "aggregate": lambda _: 0}.get(
-                name, lambda group: group)
-            return run_async_call(gb, name, args, kwargs, f"groupby.{name}", self.options,
-                                  placeholder)
-        if not plain_callable(func) or len(gb.obj) == 0 or gb.ngroups == 0:
-            return self._serial(name, args, kwargs)
-        if isinstance(gb.obj, pd.Series) and not gb.as_index:
-            # df.groupby(k, as_index=False)[col]: pandas inserts the key
-            # columns of the parent frame, which a SeriesGroupBy does not hold.
-            return self._serial(name, args, kwargs)
-        if _compat.groups_columns(gb):
-            # pandas 2.2's deprecated groupby(axis=1): groups of columns.
-            return self._serial(name, args, kwargs)
-        if name == "filter" and not gb.dropna and not _compat.PANDAS_3:
-            # pandas 2.2 drops a NaN-key group from filter when it is the only
-            # group of a frame, as it would be in some chunk.
-            return self._serial(name, args, kwargs)
-        plan = _Plan(gb)
-        if not _compat.PANDAS_3 and not plan.spec.observed and plan.spec.categorical:
-            # pandas 2.2 adds the unobserved combinations of categorical keys
-            # to the result after the call (several keys group only the
-            # observed ones), with what the function gives for no rows.
-            return self._serial(name, args, kwargs)
-        if not _compat.PANDAS_3 and not plan.spec.sort and any(
-                isinstance(plan.spec.result_index.get_level_values(i).dtype,
-                           pd.CategoricalDtype)
-                for i in range(plan.spec.result_index.nlevels)):
-            # pandas 2.2 with sort=False gives categorical group keys
-            # categories of their own, not those of its grouper.
-            return self._serial(name, args, kwargs)
-        if plan.has_empty_groups:
-            logger.debug("groupby.%s: serial (some groups have no rows: unobserved "
-                         "categories or empty time bins)", name)
-            return self._serial(name, args, kwargs)
-        self._plan = plan
-        label = f"groupby.{'agg' if name == 'aggregate' else name}"
-        operation = Operation(
-            label=label, unit="groups",
-            units=plan.units,
-            runner=(functools.partial(call_grouped_apply, plan.regroup) if name == "apply"
-                    else functools.partial(call_grouped, name, plan.regroup)),
-            func=func, args=args[1:], kwargs=kwargs,
-            combine=combine_with,
-            serial=functools.partial(self._serial, name, args, kwargs),
-            options=self.options,
-            # pandas 2.2's agg checks that the *first* group's result is a
-            # scalar ("Must produce aggregated value"): a chunk starting at a
-            # later group may raise where the whole does not.
-            failures_need_whole=name == "aggregate" and not _compat.PANDAS_3)
-        return execute(operation)
-
     def _chunk_index(self, piece: Piece) -> pd.Index:
-        return self._plan.spec.obj.index[np.asarray(piece.rows)]
+        return self.spec.obj.index[np.asarray(piece.rows)]
 
     def _in_row_order(self, results: list[Any], pieces: list[Piece], fill_dropped: bool
                       ) -> Any:
         """Concatenate row-aligned results and restore original row order;
         rows in no group (NaN keys with dropna) come back as missing when
         ``fill_dropped`` (as pandas' transform does)."""
-        obj = self._plan.spec.obj
+        obj = self.spec.obj
         combined = combine.concat_rows(results, _TRUST_CONCAT)
         positions = np.concatenate([np.asarray(p.rows) for p in pieces])
         combined = combine.restore_order(combined, positions)
@@ -370,16 +220,16 @@ class GroupByParallelAccessor(Configurable):
             combined.index = obj.index
         return combined
 
-    def _combine_transform(self, pieces: list[Piece]) -> Any:
+    def combine_transform(self, pieces: list[Piece]) -> Any:
         results = [p.result for p in pieces]
         for piece, result in zip(pieces, results):
             if len(result) != len(np.asarray(piece.rows)):
                 raise combine.CannotCombine("transform returned a different length")
         return self._in_row_order(results, pieces, fill_dropped=True)
 
-    def _combine_filter(self, pieces: list[Piece]) -> Any:
+    def combine_filter(self, pieces: list[Piece]) -> Any:
         results = [p.result for p in pieces]
-        if not self._filter_dropna:
+        if not self.filter_dropna:
             return self._in_row_order(results, pieces, fill_dropped=True)
         kept: list[np.ndarray] = []
         for piece, result in zip(pieces, results):
@@ -390,13 +240,13 @@ class GroupByParallelAccessor(Configurable):
         combined = combine.concat_rows(results, _TRUST_CONCAT)
         return combine.restore_order(combined, np.concatenate(kept))
 
-    def _combine_agg(self, pieces: list[Piece]) -> Any:
+    def combine_agg(self, pieces: list[Piece]) -> Any:
         result = combine.concat_rows([p.result for p in pieces], _NUMERIC)
         return self._group_index(result)
 
     def _group_index(self, result: Any) -> Any:
         """Give a one-row-per-group result pandas' exact group index."""
-        spec = self._plan.spec
+        spec = self.spec
         if not spec.as_index:
             result.index = pd.RangeIndex(len(result))
         elif len(result) == len(spec.result_index):
@@ -405,10 +255,10 @@ class GroupByParallelAccessor(Configurable):
             result.index = spec.result_index
         return result
 
-    def _combine_apply(self, pieces: list[Piece]) -> Any:
+    def combine_apply(self, pieces: list[Piece]) -> Any:
         returned: list[Returned | None] = [p.result.tag for p in pieces]
         results = [p.result.value for p in pieces]
-        spec = self._plan.spec
+        spec = self.spec
         known = [r for r in returned if r is not None]
         kinds = set().union(*(r.kinds for r in known)) if len(known) == len(returned) else None
         if kinds is not None and "None" in kinds:
@@ -465,7 +315,7 @@ class GroupByParallelAccessor(Configurable):
     def _key_levels(self, result: Any) -> Any:
         """Give the group-key levels of a concatenated result their dtype
         back (concat turns a categorical level into a plain one)."""
-        spec = self._plan.spec
+        spec = self.spec
         index = result.index
         keys = spec.result_index
         if not (spec.as_index and spec.group_keys and isinstance(index, pd.MultiIndex)
@@ -496,16 +346,137 @@ class GroupByParallelAccessor(Configurable):
         chunk's: without the columns the whole groupby groups by (pandas 3
         keeps the others), which a chunk grouped by carried keys (a
         ``pd.Grouper(key=..., freq=...)``) still holds."""
-        grouped_by = self._plan.spec.exclusions
+        grouped_by = self.spec.exclusions
         return chunk_result.drop(columns=[c for c in chunk_result.columns if c in grouped_by])
 
     def _scalar_results(self, results: list[Any]) -> Any:
         """One value per group: a Series on the group index (pandas'
         inference over all values), or a frame with the keys as columns."""
-        spec = self._plan.spec
+        spec = self.spec
         if spec.as_index:
             return self._group_index(combine.concat_rows(results, _APPLY_SCALARS))
         return self._group_index(combine.concat_rows(results, _TRUST_CONCAT))
+
+
+class GroupByParallelAccessor(Configurable):
+    """``gb.parallel``: GroupBy methods with groups spread over all cores.
+
+    Examples
+    --------
+    >>> import pandas as pd, pandas_parallel
+    >>> df = pd.DataFrame({"k": ["a", "b", "a"], "v": [1, 2, 3]})
+    >>> df.groupby("k")["v"].parallel.agg(lambda s: s.max() - s.min())
+    k
+    a    2
+    b    0
+    Name: v, dtype: int64
+    """
+
+    kind = "GroupBy"
+
+    @property
+    def _gb(self) -> Any:
+        return self._obj
+
+    def _failure_kind(self, call: Call) -> tuple[str, Any]:
+        return "groups", (False if call.method == "filter" else None)
+
+    def _label(self, name: str) -> str:
+        return f"groupby.{'agg' if name == 'aggregate' else name}"
+
+    def _labels_source(self) -> Any:
+        return self._gb.obj
+
+    def _group_namer(self) -> Callable[[Any], Any]:
+        gb = self._gb
+        codes: list[np.ndarray] = []
+
+        def name(row_label: Any) -> Any:
+            if not codes:  # only once a failure needs it
+                codes.append(gb.ngroup().to_numpy())
+            where = gb.obj.index.get_loc(row_label)
+            if isinstance(where, slice):
+                where = where.start
+            elif not isinstance(where, (int, np.integer)):
+                where = int(np.argmax(where))
+            code = codes[0][where]
+            keys = _compat.groupby_spec(gb).result_index
+            return keys[int(code)] if code == code and code >= 0 else None
+
+        return name
+
+    def _async_placeholder(self, name: str) -> Callable[[Any], Any]:
+        return {"filter": lambda _: True, "aggregate": lambda _: 0}.get(
+            name, lambda group: group)
+
+    def _input(self) -> tuple[int, Hashable]:
+        gb = self._gb
+        return len(gb.obj), (type(gb), gb.obj.shape[1:], gb.ngroups)
+
+    # -- public methods, mirroring pandas ---------------------------------------
+    def apply(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.apply``: same parameters (including pandas 3's
+        ``include_groups``), same result."""
+        return route(Call(self, "apply", (func, *args), kwargs, _grouped))
+
+    def transform(self, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.transform`` with a callable; string names and
+        named aggregation (pandas 3) go to pandas."""
+        return route(Call(self, "transform", args, kwargs, _grouped))
+
+    def aggregate(self, func: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.aggregate`` with a callable; names, lists and
+        dicts of functions, and named aggregation go to pandas."""
+        return route(Call(self, "aggregate", (func, *args), kwargs, _grouped))
+
+    agg = aggregate
+
+    def filter(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Parallel ``GroupBy.filter``: same parameters, same result."""
+        return route(Call(self, "filter", (func, *args), kwargs, _grouped))
+
+
+def _grouped(call: Call) -> Operation | Reason:
+    """The operation of a groupby call, or why pandas runs it."""
+    gb = call.obj
+    reason = _why_pandas(call, gb)
+    if reason is not None:
+        return reason
+    grouped = Grouped(gb, bool(call.params.get("dropna", True)))
+    spec = grouped.spec
+    if not _compat.PANDAS_3 and not spec.observed and spec.categorical:
+        return UNOBSERVED
+    if not _compat.PANDAS_3 and not spec.sort and any(
+            isinstance(spec.result_index.get_level_values(i).dtype, pd.CategoricalDtype)
+            for i in range(spec.result_index.nlevels)):
+        return UNSORTED_CATEGORICAL
+    if grouped.has_empty_groups:
+        return EMPTY_GROUPS
+    name = call.method
+    return call.operation(
+        call.label, grouped.units,
+        {"apply": grouped.combine_apply, "transform": grouped.combine_transform,
+         "aggregate": grouped.combine_agg, "filter": grouped.combine_filter}[name],
+        unit="groups",
+        runner=(functools.partial(call_grouped_apply, grouped.regroup) if name == "apply"
+                else functools.partial(call_grouped, name, grouped.regroup)),
+        # pandas 2.2's agg checks that the *first* group's result is a
+        # scalar ("Must produce aggregated value"): a chunk starting at a
+        # later group may raise where the whole does not.
+        failures_need_whole=name == "aggregate" and not _compat.PANDAS_3)
+
+
+def _why_pandas(call: Call, gb: Any) -> Reason | None:
+    """Why a groupby call goes to pandas, before grouping it for chunks."""
+    if len(gb.obj) == 0 or gb.ngroups == 0:
+        return EMPTY
+    if isinstance(gb.obj, pd.Series) and not gb.as_index:
+        return SERIES_GROUPBY_AS_INDEX
+    if _compat.groups_columns(gb):
+        return GROUPS_OF_COLUMNS
+    if call.method == "filter" and not gb.dropna and not _compat.PANDAS_3:
+        return FILTER_NAN_GROUP
+    return None
 
 
 def _renumber_groups(result: Any, first_group: int) -> Any:

@@ -19,20 +19,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import _compat, asynchronous, combine
-from pandas_parallel.accessor import (
+from pandas_parallel import _compat, combine
+from pandas_parallel.operation import Operation, Piece
+from pandas_parallel.routing import (
+    EMPTY,
+    EXPANDING,
+    NO_REACH,
+    WINDOW_ENGINE,
+    Call,
     Configurable,
-    bind_like_pandas,
-    plain_callable,
-    run_async_call,
-    with_policies,
+    Reason,
+    route,
 )
-from pandas_parallel.pipeline import Operation, Piece, execute, ran_serially
 from pandas_parallel.splitting import Carrier, PaddedRows, Units, WindowGroups
 from pandas_parallel.transport import Tagged
 
@@ -173,17 +177,26 @@ class WindowParallelAccessor(Configurable):
     dtype: float64
     """
 
-    def _failure_kind(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                      ) -> tuple[str, Any]:
+    kind = "Window"
+
+    def _failure_kind(self, call: Call) -> tuple[str, Any]:
         return "windows", None
 
-    def _policy_label(self, name: str) -> str:
+    def _label(self, name: str) -> str:
         return f"{_compat.window_spec(self._obj).kind}.{name}"
 
     def _labels_source(self) -> Any:
         return None
 
-    @with_policies
+    def _async_placeholder(self, name: str) -> Callable[[Any], Any]:
+        return lambda _: 0.0
+
+    def _input(self) -> tuple[int, Hashable]:
+        window = self._obj
+        return len(window.obj), (type(window), window.obj.shape[1:], window.min_periods,
+                                 getattr(window, "window", None),
+                                 getattr(window, "center", None))
+
     def apply(self, func: Any, raw: bool = False, engine: Any = None,
               engine_kwargs: dict[str, Any] | None = None, args: tuple[Any, ...] | None = None,
               kwargs: dict[str, Any] | None = None) -> pd.DataFrame | pd.Series:
@@ -206,45 +219,37 @@ class WindowParallelAccessor(Configurable):
         Series or DataFrame
             Exactly what the same call without ``.parallel`` returns.
         """
-        window = self._obj
-        call = dict(raw=raw, engine=engine, engine_kwargs=engine_kwargs, args=args,
-                    kwargs=kwargs)
-        bind_like_pandas(window, "apply", (func,), call)
-        spec = _compat.window_spec(window)
-        label = f"{spec.kind}.apply"
-        if asynchronous.is_async(func):
-            return run_async_call(window, "apply", (func,), call, label, self.options,
-                                  lambda _: 0.0)
+        given = dict(raw=raw, engine=engine, engine_kwargs=engine_kwargs, args=args,
+                     kwargs=kwargs)
+        return route(Call(self, "apply", (func,), given, self._build))
 
-        def serial() -> Any:
-            return window.apply(func, **call)
-
-        reason = spec.supported
-        if reason is None and (not plain_callable(func) or engine not in (None, "cython")
-                               or engine_kwargs is not None or not isinstance(raw, bool)):
-            reason = "a function or engine pandas handles itself"
-        if reason is None and (len(spec.obj) == 0 or spec.groups == []):
-            reason = "the input is empty"
-        if reason is None and spec.groups is not None:
-            reason = _grouped_reason(spec, raw)
-        if reason is None and spec.kind == "expanding" and not spec.groupings:
-            reason = "an expanding window needs every row before it"
-        plan = None if reason is not None else self._plan(spec, raw)
+    def _build(self, call: Call) -> Operation | Reason:
+        params = call.params
+        spec = _compat.window_spec(self._obj)
+        raw = params["raw"]
+        why = spec.supported
+        if why is None and (params["engine"] not in (None, "cython")
+                            or params["engine_kwargs"] is not None
+                            or not isinstance(raw, bool)):
+            return WINDOW_ENGINE
+        if why is None and (len(spec.obj) == 0 or spec.groups == []):
+            return EMPTY
+        if why is None and spec.groups is not None:
+            why = _grouped_reason(spec, raw)
+        if why is None and spec.kind == "expanding" and not spec.groupings:
+            return EXPANDING
+        if why is not None:
+            return Reason(why)
+        plan = self._plan(spec, raw)
         if plan is None:
-            logger.debug("%s: serial (%s)", label,
-                         reason or "a window whose reach cannot be measured")
-            ran_serially()
-            return serial()
+            return NO_REACH
         rewindow, units, combine_pieces = plan
         obj = spec.obj
-        operation = Operation(
-            label=label, unit="rows", units=units,
+        return call.operation(
+            call.label, units, combine_pieces,
             runner=functools.partial(apply_grouped if spec.groupings else apply_padded,
                                      rewindow),
-            func=func, args=(), kwargs=dict(raw=raw, args=args, kwargs=kwargs),
-            combine=combine_pieces, serial=serial, options=self.options,
             calls_per_unit=1 if isinstance(obj, pd.Series) else max(1, obj.shape[1]))
-        return execute(operation)
 
     # -- machinery ----------------------------------------------------------------
     def _plan(self, spec: _compat.WindowSpec, raw: bool

@@ -118,6 +118,7 @@ class Outcome:
     payload: Payload | None = None
     failure: Failure | None = None
     seconds: float = 0.0  # in the pandas call itself (not loading or shipping)
+    load_seconds: float = 0.0  # reading the chunk (what the planner learns transfer from)
     # Warnings pandas or the function issued in a worker (process or thread),
     # each distinct one once, and log records, for the caller to issue again.
     warnings: list[relay.Warned] = dataclasses.field(default_factory=list)
@@ -376,7 +377,9 @@ def _run_chunk(task: Task) -> Outcome:
             failed = _set_up(program, task)
             if failed is not None:
                 return failed
+        loading = time.perf_counter()
         data = load_input(task.payload)
+        loaded = time.perf_counter() - loading
         policy = _fresh(program.func)
         func = _instrumented(policy, task, counters, program.calls_per_unit)
         if task.seed is not None:
@@ -397,7 +400,8 @@ def _run_chunk(task: Task) -> Outcome:
         else:
             row_errors = policy.settle(data) if isinstance(policy, policies.Coercing) else []
             outcome = Outcome(task.chunk, _shipped(result, task, counters), seconds=seconds,
-                              row_errors=row_errors, retries=_retries(policy))
+                              load_seconds=loaded, row_errors=row_errors,
+                              retries=_retries(policy))
         outcome.warnings, outcome.logs = relayed.warnings, relayed.logs
         return outcome
     finally:

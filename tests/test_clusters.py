@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import pandas_parallel
-from pandas_parallel import clusters, planning, transport
+from pandas_parallel import clusters, transport
+from pandas_parallel.planning import costs
 from tests.conftest import recording_runs
 from tests.helpers import assert_same, check_like_pandas
 from tests.strategies import frames
@@ -234,8 +235,8 @@ def test_frames_travel_in_band_as_arrow_or_pickle():
 
 
 def test_cluster_chunks_are_fewer_and_larger():
-    local = planning.chunk_count(1e-5, 1_000_000, 4, 0)
-    remote = planning.chunk_count(1e-5, 1_000_000, 4, 0, cluster=True)
+    local = costs.chunk_count(1e-5, 1_000_000, 4, 0)
+    remote = costs.chunk_count(1e-5, 1_000_000, 4, 0, cluster=True)
     assert remote < local
     assert not clusters.is_cluster("loky") and clusters.is_cluster("dask")
 

@@ -99,6 +99,7 @@ def test_async_functions_run_with_bounded_concurrency(server, keys):
     result = keys.parallel.map(fetch, concurrency=100)
     elapsed = time.monotonic() - started
     pd.testing.assert_series_equal(result, _expected(keys))
+    assert pandas_parallel.last_run() == pandas_parallel.Run("async", 100)
     assert elapsed < ROWS * LATENCY / 10, f"{elapsed:.2f}s is not under a tenth of serial"
     assert peak == 100
     assert _library_threads() == []
@@ -119,6 +120,32 @@ def test_async_apply_and_groupby_apply(server):
     pd.testing.assert_series_equal(
         df.groupby("store")[["sku"]].parallel.apply(group),
         df.groupby("store")[["sku"]].apply(lambda g: len(f"echo:{g.name}")))
+    assert pandas_parallel.last_run().backend == "async"
+
+
+def test_last_run_says_async_after_each_kind_of_async_call(server):
+    """Whatever ran before, an async call is recorded as one (a rolling
+    apply's and a map's used to report the call before, or serial)."""
+    async def first(window):
+        await asyncio.sleep(0)
+        return float(window.iloc[0])
+
+    s = pd.Series(np.arange(40.0))
+    s.parallel(n_jobs=2, chunk_size=10, serial_fallback=False).map(lambda v: v)
+    assert pandas_parallel.last_run().backend != "serial"
+    pd.testing.assert_series_equal(s.rolling(3).parallel.apply(first),
+                                   s.rolling(3).apply(lambda w: float(w.iloc[0])))
+    assert pandas_parallel.last_run() == pandas_parallel.Run("async", 100)
+    s.parallel.map(lambda v: v)
+    assert pandas_parallel.last_run().backend == "serial"
+
+    async def fetch(v):
+        return await get_async(server, str(v))
+
+    s.parallel(concurrency=7).map(fetch)
+    assert pandas_parallel.last_run() == pandas_parallel.Run("async", 7)
+    s.parallel.map(fetch, concurrency=3)
+    assert pandas_parallel.last_run() == pandas_parallel.Run("async", 3)
 
 
 def test_async_works_inside_a_running_event_loop(server, keys):

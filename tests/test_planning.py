@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -14,7 +15,11 @@ import pandas as pd
 import pytest
 
 import pandas_parallel
-from pandas_parallel import planning
+from pandas_parallel import planning, routing
+from pandas_parallel.operation import Operation
+from pandas_parallel.planning import MEMORY, Plan, Spent, costs, learn
+from pandas_parallel.planning.costs import Estimate, ProgramCost, ResultCost, Transfer, Work
+from pandas_parallel.splitting import Units
 from tests.conftest import ready_to_fork
 
 
@@ -24,6 +29,17 @@ def _busy(row: pd.Series) -> float:
     for i in range(300):
         total += (value * i) % 7
     return total
+
+
+def _key(obj, method, func, *args, **kwargs):
+    """What the memory knows a call ``obj.parallel.<method>(func, ...)`` by."""
+    return routing.Call(obj.parallel, method, (func, *args), kwargs, None).memory_key
+
+
+def _plan_of(func, key="key", family="family", rows=1000, **fields) -> Plan:
+    """A serial plan of a call of ``func`` over ``rows`` rows (made by hand,
+    to drive learn())."""
+    return Plan("test", func, key, family, rows, rows, rows, **fields)
 
 
 @pytest.fixture
@@ -113,7 +129,9 @@ def test_a_call_planned_from_a_remembered_cost_pickles_only_to_go_parallel(plann
 
     frame = pd.DataFrame({"a": np.arange(20_000)})
     expected = frame.apply(_busy, axis=1)
-    pd.testing.assert_series_equal(frame.parallel.apply(work, axis=1), expected)
+    # What a first call measured (made by hand: a busy machine could make
+    # a real first call lose to pandas, and the next ones then serial).
+    learn(_plan_of(work, _key(frame, "apply", work, axis=1), rows=20_000), Spent(0.6, 0.6))
     held[0] = threading.Lock()  # no longer picklable
     small = frame.iloc[:100]
     pd.testing.assert_series_equal(small.parallel.apply(work, axis=1), expected.iloc[:100])
@@ -135,7 +153,7 @@ def test_costs_of_tiny_work_are_not_remembered(planned, caplog):
     # inflated the cost per row: no cost is kept, under any operation or
     # backend. What is kept is that calls this small are clearly serial: the
     # second call is pandas' own, without sampling.
-    assert not planning._costs.get(tiny)
+    assert MEMORY.known(tiny, _key(s, "map", tiny)).per_row is None
     assert "clearly too cheap" in caplog.text and "sampled" not in caplog.text
     assert "combined" not in caplog.text
 
@@ -169,7 +187,7 @@ def test_a_small_call_that_turns_out_slow_samples_again(planned, caplog):
 
     s = pd.Series(np.arange(300.0))
     s.parallel.map(work)
-    assert planning.cheap_up_to(work, next(iter(planning._cheap[work]))) == 300
+    assert MEMORY.known(work, _key(s, "map", work)).cheap_up_to == 300
     slow.append(True)
     with caplog.at_level("DEBUG", logger="pandas_parallel"):
         pd.testing.assert_series_equal(s.parallel.map(work), s + 1)  # 0.3 s, direct
@@ -183,8 +201,8 @@ def test_remembered_costs_do_not_keep_functions_alive():
     def work(v):
         return v
 
-    planning.remember(work, "kind", 1.0, 1000)
-    assert planning.recall(work, "kind") == pytest.approx(1e-3)
+    learn(_plan_of(work), Spent(1.0, 1.0))
+    assert MEMORY.known(work, "key").per_row == pytest.approx(1e-3)
     ref = weakref.ref(work)
     del work
     gc.collect()
@@ -193,8 +211,8 @@ def test_remembered_costs_do_not_keep_functions_alive():
 
 def test_mappings_are_not_remembered_and_still_work(planned):
     mapping = {i: i * 2 for i in range(1000)}
-    planning.remember(mapping, "kind", 1.0, 1000)  # not weakly referenceable
-    assert planning.recall(mapping, "kind") is None
+    learn(_plan_of(mapping), Spent(1.0, 1.0))  # not weakly referenceable
+    assert MEMORY.known(mapping, "key") == planning.Known()
     s = pd.Series(np.arange(1000))
     pd.testing.assert_series_equal(s.parallel.map(mapping), s.map(mapping))
 
@@ -207,7 +225,7 @@ def test_a_repeated_small_call_goes_to_pandas_before_any_other_work(planned, cap
                                                                     monkeypatch):
     """Once a call was clearly too cheap for workers, the next one no larger
     is pandas' own call: not even bound, grouped or planned."""
-    from pandas_parallel import accessor, pipeline
+    from pandas_parallel import pipeline
 
     def add(v):
         return v + 1
@@ -220,7 +238,7 @@ def test_a_repeated_small_call_goes_to_pandas_before_any_other_work(planned, cap
     def no_work(*args, **kwargs):
         raise AssertionError("the library did work of its own")
 
-    monkeypatch.setattr(accessor, "bind_like_pandas", no_work)
+    monkeypatch.setattr(routing, "bind_like_pandas", no_work)
     monkeypatch.setattr(pipeline, "execute", no_work)
     with caplog.at_level("DEBUG", logger="pandas_parallel"):
         pd.testing.assert_series_equal(s.parallel.map(add), s.map(add))
@@ -298,7 +316,7 @@ def test_calls_with_unhashable_arguments_are_planned_every_time(planned, caplog)
 def test_every_worker_gets_as_many_chunks(n_workers, seconds):
     """Equal chunks in a whole number per worker, so all finish together."""
     units = 1_000_000
-    count = planning.chunk_count(seconds / units, units, n_workers, 0)
+    count = costs.chunk_count(seconds / units, units, n_workers, 0)
     assert count % n_workers == 0
     assert count >= n_workers * 2
 
@@ -308,36 +326,41 @@ def test_a_samples_cost_discounts_pandas_fixed_cost_per_call():
     samples does not, within bounds that keep timing noise harmless."""
     fixed, per_row = 0.0002, 1e-5
     samples = [(rows, fixed + per_row * rows) for rows in (10, 20, 40)]
-    assert planning.cost_per_row(samples[:1]) == pytest.approx(fixed / 10 + per_row)
-    assert planning.cost_per_row(samples[:2]) == pytest.approx(per_row)
-    assert planning.cost_per_row(samples) == pytest.approx(per_row)
+    assert costs.cost_per_row(samples[:1]) == pytest.approx(fixed / 10 + per_row)
+    assert costs.cost_per_row(samples[:2]) == pytest.approx(per_row)
+    assert costs.cost_per_row(samples) == pytest.approx(per_row)
     # A large fixed cost: never below half the last sample's average.
     heavy = [(rows, 0.005 + per_row * rows) for rows in (10, 20)]
-    assert planning.cost_per_row(heavy) == pytest.approx((0.005 / 20 + per_row) / 2)
+    assert costs.cost_per_row(heavy) == pytest.approx((0.005 / 20 + per_row) / 2)
     # Noise: a first sample slower than the second, or a second far slower.
-    assert planning.cost_per_row([(10, 0.002), (20, 0.001)]) == pytest.approx(0.001 / 20 / 2)
-    assert planning.cost_per_row([(10, 0.0001), (20, 0.002)]) == pytest.approx(0.002 / 20)
+    assert costs.cost_per_row([(10, 0.002), (20, 0.001)]) == pytest.approx(0.001 / 20 / 2)
+    assert costs.cost_per_row([(10, 0.0001), (20, 0.002)]) == pytest.approx(0.002 / 20)
 
 
 def test_pandas_fixed_cost_learned_once_discounts_a_single_sample():
     """Learned from two samples of one call (whatever the function), pandas'
     fixed cost is taken off the first sample of later calls of that kind, so
     one sample can tell that a small call is too cheap for workers."""
-    kind = ("fixed", "test", object())
+    family = ("fixed", "test", object())
     fixed, per_row = 0.0008, 2e-5
-    assert planning.fixed_cost(kind) == 0.0
-    planning.learn_fixed_cost(kind, [(rows, fixed + per_row * rows) for rows in (20, 40)])
-    assert planning.fixed_cost(kind) == pytest.approx(fixed)
+
+    def sampled(samples):
+        learn(dataclasses.replace(_plan_of(len, family=family), samples=tuple(samples)),
+              Spent(0.0, 0.0))
+
+    assert MEMORY.fixed_cost(family) == 0.0
+    sampled([(rows, fixed + per_row * rows) for rows in (20, 40)])
+    assert MEMORY.fixed_cost(family) == pytest.approx(fixed)
     one = [(20, fixed + per_row * 20)]
-    assert planning.cost_per_row(one) == pytest.approx(fixed / 20 + per_row)  # unknown
-    assert planning.cost_per_row(one, planning.fixed_cost(kind)) == pytest.approx(per_row)
+    assert costs.cost_per_row(one) == pytest.approx(fixed / 20 + per_row)  # unknown
+    assert costs.cost_per_row(one, MEMORY.fixed_cost(family)) == pytest.approx(per_row)
     # A sample no slower than the fixed cost: still a tenth of its average.
-    assert planning.cost_per_row([(20, fixed)], fixed) == pytest.approx(fixed / 20 / 10)
+    assert costs.cost_per_row([(20, fixed)], fixed) == pytest.approx(fixed / 20 / 10)
     # A noisy estimate that would raise it is not kept; a smaller one is.
-    planning.learn_fixed_cost(kind, [(20, 0.004), (40, 0.0041)])
-    assert planning.fixed_cost(kind) == pytest.approx(fixed)
-    planning.learn_fixed_cost(kind, [(20, 0.0005), (40, 0.0006)])
-    assert planning.fixed_cost(kind) == pytest.approx(0.0004)
+    sampled([(20, 0.004), (40, 0.0041)])
+    assert MEMORY.fixed_cost(family) == pytest.approx(fixed)
+    sampled([(20, 0.0005), (40, 0.0006)])
+    assert MEMORY.fixed_cost(family) == pytest.approx(0.0004)
 
 
 @pytest.mark.parametrize("seconds", [0.5, 2.0, 3.5])
@@ -346,9 +369,9 @@ def test_a_cold_pool_is_not_started_for_calls_it_would_slow(seconds):
     (importing pandas and pyarrow): on a 2 s call that went parallel, the
     first call in a notebook took 2.2 s against pandas' 2.0 s."""
     rows = 100_000
-    cold = planning.estimate(seconds / rows, rows, 2, 8 * rows, workers="cold")
-    assert not cold.parallel_wins
-    assert planning.estimate(seconds / rows, rows, 2, 8 * rows, workers="warm").parallel_wins
+    work = Work(seconds / rows, rows, 2, 8 * rows)
+    assert not costs.estimate(work, workers="cold").parallel_wins
+    assert costs.estimate(work, workers="warm").parallel_wins
 
 
 
@@ -356,13 +379,14 @@ def test_results_that_cost_more_to_send_back_than_parallel_saves_stay_serial():
     # 20,000 rows of 40 us each, results at 25 us to encode, 21 us to decode
     # per row (lists of strings, measured): the parent's decoding alone would
     # take longer than half the work.
-    results = planning.ResultCost(encode=2.5e-5, decode=2.1e-5)
-    plain = planning.estimate(4e-5, 20_000, 2, 0, "fork")
-    priced = planning.estimate(4e-5, 20_000, 2, 0, "fork", results=results)
+    results = ResultCost(encode=2.5e-5, decode=2.1e-5)
+    plain = costs.estimate(Work(4e-5, 20_000, 2), "fork")
+    priced = costs.estimate(Work(4e-5, 20_000, 2), "fork", results=results)
     assert plain.parallel_wins and not priced.parallel_wins
+    assert priced.term("results") > plain.term("results")  # the term that decided
     # Cheap to send (packed numpy scalars): parallel still wins.
-    cheap = planning.ResultCost(encode=6.6e-5 / 1000, decode=5.3e-5 / 1000)
-    assert planning.estimate(1.6e-3, 4000, 2, 0, "fork", results=cheap).parallel_wins
+    cheap = ResultCost(encode=6.6e-5 / 1000, decode=5.3e-5 / 1000)
+    assert costs.estimate(Work(1.6e-3, 4000, 2), "fork", results=cheap).parallel_wins
 
 
 def list_of_strings(row):
@@ -370,7 +394,7 @@ def list_of_strings(row):
 
 
 def test_the_sample_measures_what_object_results_cost_to_send(planned, caplog):
-    df = pd.DataFrame({"a": np.arange(3000.0)})
+    df = pd.DataFrame({"a": np.arange(20_000.0)})
     with caplog.at_level("DEBUG", logger="pandas_parallel"):
         df.parallel.apply(list_of_strings, axis=1)
         df.parallel.apply(lambda row: row["a"] * 2, axis=1)
@@ -383,19 +407,19 @@ def test_a_measured_transfer_rate_replaces_the_clusters_constant():
     # 1M strings (62 MB) over 2.3 s of work: at the constant's 100 MB/s the
     # trip there and back would eat the gain; at a LocalCluster's measured
     # few hundred MB/s parallel wins.
-    args = (2.3e-6, 1_000_000, 2, 62_000_000, "warm", True)
-    assert not planning.estimate(*args).parallel_wins
-    assert planning.estimate(*args, bytes_per_second=5e8).parallel_wins
+    work = Work(2.3e-6, 1_000_000, 2, 62_000_000)
+    assert not costs.estimate(work, "warm", cluster=True).parallel_wins
+    assert costs.estimate(work, "warm", cluster=True, transfer=Transfer(5e8)).parallel_wins
 
 
 def test_results_are_priced_by_their_own_bytes():
     """A map of 62 MB of strings to 8 MB of integers: the trip back costs an
     eighth of the trip there, not as much (the estimate assumed the input's
     size until results were measured)."""
-    args = (1.55e-6, 1_000_000, 2, 62_000_000, "warm", True)
-    unknown = planning.estimate(*args, bytes_per_second=2.5e8)
-    measured = planning.estimate(*args, results=planning.ResultCost(0.0, 0.0, 8.0),
-                                 bytes_per_second=2.5e8)
+    work = Work(1.55e-6, 1_000_000, 2, 62_000_000)
+    unknown = costs.estimate(work, "warm", cluster=True, transfer=Transfer(2.5e8))
+    measured = costs.estimate(work, "warm", cluster=True, results=ResultCost(0.0, 0.0, 8.0),
+                              transfer=Transfer(2.5e8))
     assert measured.parallel == pytest.approx(unknown.parallel - 54_000_000 / 2.5e8)
     assert measured.parallel_wins and not unknown.parallel_wins
 
@@ -409,8 +433,8 @@ def test_a_call_remembers_its_results_bytes_for_the_next(planned):
     with pandas_parallel.config(chunk_size=5_000):
         s.parallel.map(as_float)
     assert pandas_parallel.last_run().backend != "serial"
-    [cost] = [v for k, v in planning._costs[as_float].items() if k[0] == "results"]
-    assert cost.bytes == 8.0  # float64 results of int16 input
+    known = MEMORY.known(as_float, _key(s, "map", as_float))
+    assert known.results is not None and known.results.bytes == 8.0  # float64 from int16
 
 
 @pytest.mark.parametrize("n_workers", [2, 16, 64])
@@ -419,18 +443,177 @@ def test_many_workers_get_fewer_chunks_each_but_one_at_least(n_workers):
     gets fewer, so that handling them stays a small share of the call; never
     fewer than one each."""
     units, seconds = 25 * n_workers, 0.25 * n_workers  # 0.25 s of work per worker
-    count = planning.chunk_count(seconds / units, units, n_workers, 0)
-    affordable = planning.PARENT_SHARE * seconds / n_workers / planning.PARENT_SECONDS_PER_CHUNK
+    count = costs.chunk_count(seconds / units, units, n_workers, 0)
+    affordable = costs.PARENT_SHARE * seconds / n_workers / costs.PARENT_SECONDS_PER_CHUNK
     assert count >= n_workers
     # At most what this process can afford, rounded up to a whole number each.
     assert count <= n_workers * math.ceil(max(affordable, n_workers) / n_workers)
     if n_workers == 2:
-        assert count == 2 * planning.CHUNKS_PER_WORKER  # two workers: as before
+        assert count == 2 * costs.CHUNKS_PER_WORKER  # two workers: as before
 
 
 def test_samples_shrink_with_the_workers_that_wait_for_them():
     """1% of the work is 2% of what two workers take for all of it, but 64%
     of what 64 take: the first sample shrinks in proportion."""
-    assert planning.probe_sizes(1600, 2)[0] == 16 and sum(planning.probe_sizes(1600, 2)) <= 160
-    assert planning.probe_sizes(1600, 64) == [1, 2]
-    assert planning.probe_sizes(100, 64) == [1]
+    assert costs.probe_sizes(1600, 2)[0] == 16 and sum(costs.probe_sizes(1600, 2)) <= 160
+    assert costs.probe_sizes(1600, 64) == [1, 2]
+    assert costs.probe_sizes(100, 64) == [1]
+
+
+# --------------------------------------------------------------------------
+# What calls really cost corrects the next: plan() and learn() directly
+# --------------------------------------------------------------------------
+def _identity(chunk, func, args, kwargs):
+    return chunk
+
+
+def _operation(func, rows=4000, key="learned", **options) -> Operation:
+    """A call of ``func`` over ``rows`` rows, as the accessors build one."""
+    s = pd.Series(np.arange(float(rows)))
+    return Operation(
+        label="test", unit="rows", units=Units.rows(s), runner=_identity, func=func,
+        args=(), kwargs={}, combine=lambda pieces: None, serial=lambda: s,
+        options=pandas_parallel.get_options().replace(n_jobs=2, **options),
+        memory_key=key)
+
+
+def _parallel_plan(func, rows=4000, serial=1.0, parallel=0.6) -> Plan:
+    """The plan of a call priced from memory to win in parallel."""
+    estimate = Estimate(serial, (("compute", parallel),))
+    return dataclasses.replace(_plan_of(func, key="learned", rows=rows), parallel=True,
+                               priced=True, estimate=estimate,
+                               ranges=((0, rows // 2), (rows // 2, rows)))
+
+
+def test_a_parallel_call_slower_than_pandas_makes_the_next_serial(planned):
+    def work(v):
+        return v
+
+    learn(_plan_of(work, key="learned", rows=4000), Spent(1.0, 1.0))  # 0.25 ms a row
+    op = _operation(work)
+    first = planning.plan(op)
+    assert first.parallel and first.measured == "cost remembered from the last calls"
+    learn(first, Spent(seconds=1.6, compute=1.0))  # 1.6 s, where pandas takes 1.0
+    after = planning.plan(op)
+    assert not after.parallel and after.paused
+    # The next calls like it run serially for a while; then parallel is
+    # priced afresh (the overrun that made it lose forgotten).
+    for _ in range(memory_pause() - 1):
+        learn(after, Spent(1.0, 1.0))
+        assert planning.plan(op).paused
+    learn(after, Spent(1.0, 1.0))
+    again = planning.plan(op)
+    assert again.parallel and again.estimate.term("overrun") == 0.0
+    # A second loss pauses it for twice as long.
+    learn(again, Spent(seconds=1.6, compute=1.0))
+    paused = 0
+    while planning.plan(op).paused:
+        learn(after, Spent(1.0, 1.0))
+        paused += 1
+    assert paused == 2 * memory_pause()
+
+
+def memory_pause() -> int:
+    return planning.memory.PAUSE_CALLS[0]
+
+
+def test_calls_that_overran_their_estimate_are_priced_higher(planned):
+    def work(v):
+        return v
+
+    learn(_plan_of(work, key="learned", rows=4000), Spent(1.0, 1.0))
+    op = _operation(work)
+    before = planning.plan(op)
+    learn(before, Spent(seconds=0.9 * before.estimate.parallel * 1.3, compute=1.0))
+    after = planning.plan(op)  # 1.17x the estimate: still a win, priced as measured
+    assert after.parallel and not after.paused
+    assert after.estimate.term("overrun") == pytest.approx(0.17 * before.estimate.parallel,
+                                                           rel=0.05)
+
+
+def test_one_noisy_call_does_not_decide_the_next():
+    def work(v):
+        return v
+
+    for _ in range(3):
+        learn(_plan_of(work), Spent(0.1, 0.1))  # 0.1 ms a row
+    learn(_plan_of(work), Spent(5.0, 5.0))  # a busy machine, once
+    assert MEMORY.known(work, "key").per_row == pytest.approx(1e-4)
+
+
+def test_a_call_priced_wrong_by_its_sample_is_followed_by_pandas_own(planned, caplog):
+    """The first group's sample is slow (a first call's warm-up, a busy
+    machine): the call goes parallel on little work. What the workers
+    report is what the next call is priced from: it goes to pandas."""
+    frame = pd.DataFrame({"k": np.arange(5000) % 50, "v": np.arange(5000.0)})
+    slow_first = [True]
+
+    def demean(group):
+        if slow_first:
+            slow_first.clear()
+            time.sleep(0.05)  # the inflated sample (the function's own work)
+        return group - group.mean()
+
+    expected = frame.groupby("k")["v"].transform(lambda g: g - g.mean())
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        pd.testing.assert_series_equal(frame.groupby("k")["v"].parallel.transform(demean),
+                                       expected)
+        assert "parallel on" in caplog.text
+        caplog.clear()
+        for _ in range(3):
+            pd.testing.assert_series_equal(
+                frame.groupby("k")["v"].parallel.transform(demean), expected)
+            assert pandas_parallel.last_run().backend == "serial"
+    assert "parallel on" not in caplog.text and "sampled" not in caplog.text
+
+
+def _crunch(row):
+    """About 60 microseconds of Python work per row (holds the GIL)."""
+    total = 0
+    for i in range(600):
+        total += i % 7
+    return total + row["a"]
+
+
+def _wait(row):
+    time.sleep(0.0005)  # the row's work: waiting, as on I/O (releases the GIL)
+    return row["a"]
+
+
+def test_threads_are_priced_with_the_gil(planned, caplog):
+    """Python work holds the GIL: on threads it runs one row at a time, so a
+    computing function stays serial; one that waits runs on threads."""
+    frame = pd.DataFrame({"a": np.arange(4000)})
+    threads = frame.parallel(backend="threading")
+    with caplog.at_level("DEBUG", logger="pandas_parallel"):
+        pd.testing.assert_series_equal(threads.apply(_crunch, axis=1),
+                                       frame.apply(_crunch, axis=1))
+    assert pandas_parallel.last_run().backend == "serial"
+    assert "serial (parallel would not be faster" in caplog.text
+    frame = frame.iloc[:2000]
+    pd.testing.assert_series_equal(frame.parallel(backend="threading").apply(_wait, axis=1),
+                                   frame["a"].rename(None))
+    assert pandas_parallel.last_run().backend == "threads"
+
+
+def test_what_a_call_costs_is_named_term_by_term():
+    estimate = costs.estimate(Work(1e-4, 10_000, 2, 8 * 10_000), "fork",
+                              program=ProgramCost(1000))
+    names = [name for name, _ in estimate.terms]
+    assert names[:3] == ["compute", "start", "tasks"] and "input" not in names  # forked
+    assert estimate.parallel == pytest.approx(sum(s for _, s in estimate.terms))
+    assert "compute 0.500" in str(estimate)
+    warm = costs.estimate(Work(1e-4, 10_000, 2, 8 * 10_000), "warm",
+                          program=ProgramCost(1000))
+    assert warm.term("input") > 0 and warm.term("program") > 0
+
+
+def test_a_wide_frame_prices_arrows_cost_per_column():
+    """Columns of a chunk that travel by Arrow cost each their metadata:
+    1,000 columns of 100,000 floats cost more than 10 columns of 10M."""
+    rows = 100_000
+    wide = costs.estimate(Work(1e-5, rows, 2, 8 * rows * 1000, n_columns=1000), "warm")
+    narrow = costs.estimate(Work(1e-5, rows, 2, 8 * rows * 1000, n_columns=10), "warm")
+    assert wide.term("input") > narrow.term("input")
+    few_rows = Work(1e-5, 5, 2, 8 * 5 * 10_000, n_columns=10_000)
+    assert costs.estimate(few_rows, "warm").term("input") < 0.01  # pickled: no Arrow

@@ -182,15 +182,14 @@ def test_progress_bar_closes_on_error(capsys):
 
 
 def test_progress_auto_shows_only_for_people_and_long_work(monkeypatch):
-    from pandas_parallel import executor, pipeline
+    from pandas_parallel import executor
 
-    auto = pandas_parallel.Options(progress="auto")
     monkeypatch.setattr(executor, "interactive", lambda: False)
-    assert not pipeline._show_progress(auto, 60.0)
+    assert not executor.show_progress("auto", 60.0)
     monkeypatch.setattr(executor, "interactive", lambda: True)
-    assert pipeline._show_progress(auto, 60.0)
-    assert not pipeline._show_progress(auto, 0.5)
-    assert pipeline._show_progress(pandas_parallel.Options(progress=True), 0.1)
+    assert executor.show_progress("auto", 60.0)
+    assert not executor.show_progress("auto", 0.5)
+    assert executor.show_progress(True, 0.1)
 
 
 def test_debug_log_tells_the_plan(caplog, forced_backend):

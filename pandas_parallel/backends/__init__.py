@@ -37,7 +37,7 @@ from pandas_parallel.splitting import Units
 from pandas_parallel.transport import Deferred, Inline, Payload
 from pandas_parallel.worker import Counters, Outcome, Task
 
-__all__ = ["Backend", "Job", "choose"]
+__all__ = ["Backend", "Job", "Traits", "capacity", "choose", "prepare", "traits"]
 
 
 @dataclasses.dataclass
@@ -111,23 +111,16 @@ class Backend:
         planner's constant for the kind of backend)."""
         return None
 
-    def with_fresh_workers(self, thorough: bool = True) -> Backend | None:
+    def with_fresh_workers(self) -> Backend | None:
         """This backend with workers started for the call, where that is
         possible now (kept forked workers would be sent a large input that
-        workers forked anew hold already); ``None`` otherwise.
-        ``thorough=False``: the quick part of that check only."""
+        workers forked anew hold already); ``None`` otherwise."""
         return None
 
     def seconds_to_start(self) -> float:
         """How long its workers still take to start, while :meth:`start`
         says ``"starting"``."""
-        from pandas_parallel import planning
-
-        return planning.SERVER_START_SECONDS
-
-    def prepare(self, n_workers: int) -> None:
-        """As a call begins, before it is planned: start what costs this
-        process nothing to start (a fork server, in another process)."""
+        return 0.0
 
     def start_workers(self, n_workers: int) -> None:
         """Start workers in the background, for the next call."""
@@ -188,13 +181,57 @@ def _stop_at_exit() -> None:
     forkserver.CREW.retire(wait=False)
 
 
-def choose(options: Options, thorough: bool = True) -> Backend:
-    """The backend a call with ``options`` runs on now.
+@dataclasses.dataclass(frozen=True)
+class Traits:
+    """What a call needs to know of its backend before one is chosen (the
+    choice waits for the sample, which may start threads): whether its
+    workers are threads of this process (nothing is pickled), a cluster's,
+    and whether a program's large buffers travel apart from its pickle
+    (workers on this machine map them from shared memory)."""
 
-    ``thorough=False`` skips the slower part of the check whether forking
-    is safe (reading this process's threads and libraries): for a plan
-    that chooses again, thoroughly, before it starts any worker.
-    """
+    in_process: bool = False
+    cluster: bool = False
+    apart: bool = True
+
+
+def traits(options: Options) -> Traits:
+    """The :class:`Traits` of the backend a call with ``options`` gets."""
+    name = options.backend or "loky"
+    if name == "threading":
+        return Traits(in_process=True)
+    if name in ("dask", "ray"):
+        return Traits(cluster=True, apart=False)
+    return Traits(apart=name in ("loky", "multiprocessing"))
+
+
+def capacity(options: Options) -> int:
+    """The workers a call with ``options`` gets (a cluster's, or this
+    machine's), before its backend is chosen."""
+    from pandas_parallel import clusters
+
+    name = options.backend or "loky"
+    if name in ("dask", "ray"):
+        return clusters.capacity(name, options.n_jobs)
+    return resolve_n_jobs(options.n_jobs)
+
+
+def prepare(options: Options, n_workers: int) -> None:
+    """As a call begins, before it is planned: start what costs this
+    process nothing to start (the fork server, in another process) where
+    the call will likely want it."""
+    from pandas_parallel.backends import forked, forkserver
+
+    if (options.backend or "loky") != "loky" or _start_method() == "spawn":
+        return
+    if _may_fork(options) and (forked.CREW.ready(n_workers) or forked.available(False)):
+        return
+    if forkserver.usable():
+        forkserver.start_early()
+
+
+def choose(options: Options) -> Backend:
+    """The backend a call with ``options`` runs on now (chosen once per
+    call, after its sample: the function may have started a thread)."""
     from pandas_parallel.backends import dask, forked, forkserver, joblib, pool, ray, threads
 
     name = options.backend or "loky"
@@ -202,13 +239,11 @@ def choose(options: Options, thorough: bool = True) -> Backend:
         # Python's start method, where the program set one, says how
         # processes may start: "spawn" never forks, "forkserver" never
         # forks this process.
-        method = multiprocessing.get_start_method(allow_none=True)
-        fork = options.fork and method not in ("spawn", "forkserver")
-        if fork and forked.CREW.ready(resolve_n_jobs(options.n_jobs)):
+        if _may_fork(options) and forked.CREW.ready(resolve_n_jobs(options.n_jobs)):
             return forked.Kept()
-        if fork and forked.available(thorough=thorough):
+        if _may_fork(options) and forked.available():
             return forked.Forked()
-        if method != "spawn" and forkserver.usable():
+        if _start_method() != "spawn" and forkserver.usable():
             return forkserver.ForkServerWorkers()
         return pool.POOL
     if name == "threading":
@@ -218,3 +253,11 @@ def choose(options: Options, thorough: bool = True) -> Backend:
     if name == "ray":
         return ray.Ray()
     return joblib.Joblib(name)
+
+
+def _start_method() -> str | None:
+    return multiprocessing.get_start_method(allow_none=True)
+
+
+def _may_fork(options: Options) -> bool:
+    return options.fork and _start_method() not in ("spawn", "forkserver")

@@ -76,8 +76,8 @@ class Kept(Forked):
     def run(self, tasks: Iterable[Task], job: Job) -> Iterator[Outcome]:
         return CREW.run(tasks, job, fresh=False)
 
-    def with_fresh_workers(self, thorough: bool = True) -> Backend | None:
-        return Forked() if available(thorough) else None
+    def with_fresh_workers(self) -> Backend | None:
+        return Forked() if available() else None
 
 
 def available(thorough: bool = True) -> bool:

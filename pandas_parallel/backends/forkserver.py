@@ -17,11 +17,12 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 
-from pandas_parallel import forkserver, planning
+from pandas_parallel import forkserver
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.backends.crew import Crew, Starter, Worker
 from pandas_parallel.forkserver import SERVER
 from pandas_parallel.options import resolve_n_jobs
+from pandas_parallel.planning.costs import SERVER_START_SECONDS
 from pandas_parallel.worker import Outcome, Task, in_worker
 
 
@@ -66,13 +67,7 @@ class ForkServerWorkers(Backend):
 
     def seconds_to_start(self) -> float:
         started = time.monotonic() - SERVER.started_at if SERVER.process else 0.0
-        return max(0.05, planning.SERVER_START_SECONDS - started)
-
-    def prepare(self, n_workers: int) -> None:
-        # Its imports take another core for half a second while this process
-        # plans and samples: on a single core, only where workers are wanted.
-        if resolve_n_jobs(None) > 1:
-            SERVER.start()
+        return max(0.05, SERVER_START_SECONDS - started)
 
     def start_workers(self, n_workers: int) -> None:
         SERVER.start()
@@ -80,9 +75,11 @@ class ForkServerWorkers(Backend):
 
 def start_early() -> None:
     """Start the server now, in the background, where calls will want it:
-    in a Jupyter kernel (its threads rule out forking it) or once a program
-    says ``fork=False``; so that it is up, half a second later, by the first
-    call (which would otherwise run its first chunks itself meanwhile)."""
+    in a Jupyter kernel (its threads rule out forking it), once a program
+    says ``fork=False``, or as a call that will want it begins; so that it is
+    up, half a second later, by the first call (which would otherwise run its
+    first chunks itself meanwhile). Its imports take another core for half a
+    second: on a single core, never."""
     if usable() and resolve_n_jobs(None) > 1 and not in_worker():
         SERVER.start()
 

@@ -1,27 +1,18 @@
-"""Plan: serial or parallel, and how many chunks.
+"""The cost model: what a call costs serially and in parallel, as pure
+functions of what is measured or known (no state, no clock).
 
-The estimate is measured, not guessed: the first few units (rows, columns,
-groups) run in this process, timed, and their results are kept as the
-first piece of the answer - the function never runs twice on a row. A
-function called again on the same kind of input skips the sample: the cost
-per row measured over all of its last call is remembered
-(:func:`remember`, :func:`recall`). From the per-unit cost, the known cost
-of starting workers and of moving bytes, the planner picks serial or
-parallel and sizes chunks so each takes a useful fraction of a second,
-several per worker.
+The figures are measured on 2-core machines and conservative, so parallel
+is chosen only when it clearly wins (see ``benchmarks/``); what calls
+really cost corrects them (:mod:`.memory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import threading
-import weakref
-from collections.abc import Hashable
-from typing import Any
 
-# Measured on a 2-core machine; conservative so parallel is chosen only
-# when it clearly wins (see benchmarks/).
+from pandas_parallel.transport import ARROW_MIN_COLUMN_BYTES
+
 # Each starting worker spends CPU time importing pandas and pyarrow, on the
 # same cores that do the work (this process works meanwhile: see
 # backends.pool): 0.4 s measured on one 2-core machine, 1.0 s on a
@@ -46,6 +37,10 @@ SERVER_FORK_SECONDS = 0.005
 STARTING_CHUNK_SECONDS = 0.1
 TASK_OVERHEAD_SECONDS = 0.003  # ship, schedule, fetch and combine one chunk
 TRANSFER_BYTES_PER_SECOND = 1.0e9
+# A chunk travelling by Arrow costs each of its columns about 20 us to write
+# and read back into pandas (transport sends numbers by Arrow only in
+# columns long enough for that to be a small part: ARROW_MIN_COLUMN_BYTES).
+COLUMN_SECONDS = 2.0e-5
 PROBE_SECONDS = 0.006  # the last (largest) sample must take this long
 # On two workers, the first sample is 1/100 of the work, and all samples
 # together at most 1/10 (see probe_sizes).
@@ -77,21 +72,60 @@ MIN_SECONDS_TO_START_POOL = 0.5
 # A measured cost is remembered only from this much work: on less, pandas'
 # fixed cost per call (up to a couple of milliseconds for a groupby) would
 # inflate the cost per row by more than a tenth. Below it, a call is clearly
-# serial (remember_cheap), so every call size is remembered one way or the
+# serial (cheap_up_to), so every call size is remembered one way or the
 # other and no repeated call samples again.
 MIN_SECONDS_TO_REMEMBER = CLEARLY_SERIAL_SECONDS
+# Hashing a program's large buffers: CRC-32 at 4 GB/s a core, on as many
+# cores as there are 64 MB blocks (taken as the workers, up to 8).
+HASH_BYTES_PER_SECOND = 4.0e9
+# Writing a buffer into the store (shared memory), which workers then map:
+# 2.5 GB/s measured for 500 MB on a 2-core machine. Written once, it serves
+# the calls after this one too: this call is charged half. (Charged in full,
+# a call of a function holding 500 MB, twice as fast on warm workers, ran
+# serially call after call: none ever wrote it.)
+STORE_BYTES_PER_SECOND = 2.0e9
+STORE_WRITE_SHARE = 0.5
+
+#: How a call gets its worker processes: already running (or a cluster's),
+#: forked from this process for it, forked from the fork server for it, the
+#: same once the fork server is up (this process works meanwhile), or
+#: started during the call, importing pandas.
+STARTS = ("warm", "fork", "server", "starting", "cold")
 
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Predicted seconds for the remaining work, serial and parallel."""
+    """Predicted seconds for the remaining work: ``serial``, in this
+    process; in parallel, the sum of named ``terms`` (``compute``,
+    ``start``, ``tasks``, ``input``, ``results``, ``program``, ``alone``
+    while the fork server starts, ``overrun`` that earlier calls ran over
+    their estimates)."""
 
     serial: float
-    parallel: float
+    terms: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def parallel(self) -> float:
+        return sum(seconds for _, seconds in self.terms)
 
     @property
     def parallel_wins(self) -> bool:
         return self.parallel < PARALLEL_GAIN_REQUIRED * self.serial
+
+    def term(self, name: str) -> float:
+        return sum(seconds for term, seconds in self.terms if term == name)
+
+    def with_term(self, name: str, seconds: float) -> Estimate:
+        return dataclasses.replace(self, terms=(*self.terms, (name, seconds)))
+
+    def __str__(self) -> str:
+        parts = " + ".join(f"{name} {seconds:.3f}" for name, seconds in self.terms
+                           if seconds)
+        return (f"serial {self.serial:.3f}s, parallel {self.parallel:.3f}s"
+                + (f" ({parts})" if parts else ""))
+
+
+NEVER = Estimate(0.0, (("never", math.inf),))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,77 +145,6 @@ class ProgramCost:
         return self.pickle_bytes * n_workers / bytes_per_second + stored + hashing
 
 
-# Hashing a program's large buffers: CRC-32 at 4 GB/s a core, on as many
-# cores as there are 64 MB blocks (taken as the workers, up to 8).
-HASH_BYTES_PER_SECOND = 4.0e9
-# Writing a buffer into the store (shared memory), which workers then map:
-# 2.5 GB/s measured for 500 MB on a 2-core machine. Written once, it serves
-# the calls after this one too: this call is charged half. (Charged in full,
-# a call of a function holding 500 MB, twice as fast on warm workers, ran
-# serially call after call: none ever wrote it.)
-STORE_BYTES_PER_SECOND = 2.0e9
-STORE_WRITE_SHARE = 0.5
-
-
-def estimate(seconds_per_unit: float, units: int, n_workers: int, n_bytes: int,
-             workers: str = "warm", cluster: bool = False,
-             results: ResultCost | None = None,
-             bytes_per_second: float | None = None,
-             program: ProgramCost | None = None,
-             starting_seconds: float = SERVER_START_SECONDS) -> Estimate:
-    """Serial vs parallel time for ``units`` more units of work.
-
-    ``workers`` says how the call gets its worker processes: ``"warm"``
-    (already running, or a cluster's), ``"fork"`` (forked from this process
-    for the call), ``"server"`` (forked from the fork server for the call),
-    ``"starting"`` (the same, once the fork server has started; this process
-    works meanwhile) or ``"cold"`` (started, importing pandas, during the
-    call).
-    ``results``: what sending each unit's result back costs, when measured;
-    ``bytes_per_second``: how fast the backend moves data, when measured;
-    ``program``: what the call's program weighs; ``starting_seconds``: how
-    long the fork server still takes to start (``"starting"``).
-    """
-    serial = seconds_per_unit * units
-    if workers == "starting":
-        # This process runs the call alone until the server is up.
-        lead = min(serial, starting_seconds)
-        rest = int(units * (1 - lead / serial)) if serial > 0 else 0
-        after = estimate(seconds_per_unit, rest, n_workers, n_bytes * rest // max(units, 1),
-                         "server", cluster, results, bytes_per_second, program)
-        return Estimate(serial, lead + after.parallel if rest else serial + n_workers
-                        * SERVER_FORK_SECONDS)
-    n_chunks = chunk_count(seconds_per_unit, units, n_workers, n_bytes, cluster)
-    start_cpu = {"warm": 0.0, "fork": FORK_START_SECONDS, "server": SERVER_FORK_SECONDS,
-                 "cold": WORKER_START_CPU_SECONDS}[workers] * n_workers
-    overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
-    rate = bytes_per_second or (CLUSTER_BYTES_PER_SECOND if cluster
-                                else TRANSFER_BYTES_PER_SECOND)
-    # Forked workers read their input from memory; results still travel.
-    sent = 0 if workers == "fork" else n_bytes
-    returned = n_bytes if results is None or results.bytes is None else units * results.bytes
-    parallel = (
-        (serial + start_cpu) / n_workers
-        + n_chunks * overhead / n_workers
-        + (sent + returned) / rate
-    )
-    if results is not None:  # encoded in the workers, decoded here, one by one
-        parallel += units * (results.encode / n_workers + results.decode)
-    if program is not None and workers != "fork":  # forked ones hold it already
-        parallel += program.seconds(n_workers, rate)
-    return Estimate(serial, parallel)
-
-
-def forking_is_cheaper(n_bytes: int, n_workers: int, program: ProgramCost | None) -> bool:
-    """Whether sending ``n_bytes`` of input and the program to workers that
-    are running costs more than forking new ones, which hold both already
-    (what :func:`estimate` weighs when it prices a call, without its work)."""
-    seconds = n_bytes / TRANSFER_BYTES_PER_SECOND
-    if program is not None:
-        seconds += program.seconds(n_workers, TRANSFER_BYTES_PER_SECOND)
-    return seconds > FORK_START_SECONDS
-
-
 @dataclasses.dataclass(frozen=True)
 class ResultCost:
     """Seconds per unit to encode a result in a worker and decode it here
@@ -193,14 +156,109 @@ class ResultCost:
     bytes: float | None = None
 
 
-def remember_results(func: Any, kind: Hashable, cost: ResultCost) -> None:
-    """Note what sending results of ``func`` back cost per unit."""
-    _note(_costs, func, ("results", kind), cost)
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """The work an estimate prices: ``units`` more units at
+    ``seconds_per_unit``, ``n_bytes`` of input in ``n_columns`` columns
+    (split by columns when ``by_columns``), on ``n_workers``. For workers
+    that are threads of this process, ``cpu_share`` is the share of the
+    work spent computing (not waiting), which holds the GIL: that part runs
+    one thread at a time."""
+
+    seconds_per_unit: float
+    units: int
+    n_workers: int
+    n_bytes: int = 0
+    n_columns: int = 1
+    by_columns: bool = False
+    cpu_share: float | None = None
+
+    @property
+    def serial(self) -> float:
+        return self.seconds_per_unit * self.units
+
+    def rest(self, share: float) -> Work:
+        """The part left after the first ``1 - share`` of it."""
+        units = int(self.units * share)
+        return dataclasses.replace(self, units=units,
+                                   n_bytes=self.n_bytes * units // max(self.units, 1))
 
 
-def recall_results(func: Any, kind: Hashable) -> ResultCost | None:
-    cost = _known(_costs, func, ("results", kind))
-    return cost if isinstance(cost, ResultCost) else None
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    """How fast data moves to the workers and back: bytes a second, and a
+    factor measured calls found over the model (1.0 until measured)."""
+
+    bytes_per_second: float = TRANSFER_BYTES_PER_SECOND
+    factor: float = 1.0
+
+    def seconds(self, n_bytes: float, columns: float) -> float:
+        return self.factor * (n_bytes / self.bytes_per_second + columns * COLUMN_SECONDS)
+
+
+def estimate(work: Work, workers: str = "warm", cluster: bool = False,
+             results: ResultCost | None = None, transfer: Transfer | None = None,
+             program: ProgramCost | None = None,
+             starting_seconds: float = SERVER_START_SECONDS) -> Estimate:
+    """Serial vs parallel time for ``work``.
+
+    ``workers`` says how the call gets its worker processes (one of
+    :data:`STARTS`); ``results``: what sending each unit's result back
+    costs, when measured; ``transfer``: how fast data moves (the cluster's
+    rate, when measured); ``program``: what the call's program weighs;
+    ``starting_seconds``: how long the fork server still takes to start
+    (``"starting"``).
+    """
+    if transfer is None:
+        transfer = Transfer(CLUSTER_BYTES_PER_SECOND if cluster else TRANSFER_BYTES_PER_SECOND)
+    serial = work.serial
+    if workers == "starting":
+        # This process runs the call alone until the server is up.
+        alone = min(serial, starting_seconds)
+        rest = work.rest(1 - alone / serial if serial > 0 else 0.0)
+        if not rest.units:
+            return Estimate(serial, (("alone", serial),
+                                     ("start", work.n_workers * SERVER_FORK_SECONDS)))
+        after = estimate(rest, "server", cluster, results, transfer, program)
+        return Estimate(serial, (("alone", alone), *after.terms))
+    n = work.n_workers
+    n_chunks = chunk_count(work.seconds_per_unit, work.units, n, work.n_bytes, cluster)
+    start_cpu = {"warm": 0.0, "fork": FORK_START_SECONDS, "server": SERVER_FORK_SECONDS,
+                 "cold": WORKER_START_CPU_SECONDS}[workers] * n
+    overhead = CLUSTER_TASK_OVERHEAD_SECONDS if cluster else TASK_OVERHEAD_SECONDS
+    held = serial * (work.cpu_share or 0.0)  # one thread at a time
+    terms = [("compute", held + (serial - held) / n), ("start", start_cpu / n),
+             ("tasks", n_chunks * overhead / n)]
+    # Forked workers read their input from memory; results still travel.
+    if workers != "fork":
+        terms.append(("input", transfer.seconds(
+            work.n_bytes, _arrow_columns(work, n_chunks, work.n_bytes))))
+    returned = (work.n_bytes if results is None or results.bytes is None
+                else work.units * results.bytes)
+    sending_back = transfer.seconds(returned, _arrow_columns(work, n_chunks, returned))
+    if results is not None:  # encoded in the workers, decoded here, one by one
+        sending_back += work.units * (results.encode / n + results.decode)
+    terms.append(("results", sending_back))
+    if program is not None and workers != "fork":  # forked ones hold it already
+        terms.append(("program", program.seconds(n, transfer.bytes_per_second)))
+    return Estimate(serial, tuple(terms))
+
+
+def _arrow_columns(work: Work, n_chunks: int, n_bytes: float) -> float:
+    """Columns of chunks that travel by Arrow, each at :data:`COLUMN_SECONDS`
+    (short ones are pickled in blocks instead)."""
+    columns = work.n_columns if work.by_columns else work.n_columns * n_chunks
+    return columns if n_bytes / max(columns, 1) >= ARROW_MIN_COLUMN_BYTES else 0
+
+
+def forking_is_cheaper(n_bytes: int, n_workers: int, program: ProgramCost | None) -> bool:
+    """Whether sending ``n_bytes`` of input and the program to workers that
+    are running costs more than forking new ones, which hold both already
+    (what :func:`estimate` weighs when it prices a call, without its work)."""
+    seconds = n_bytes / TRANSFER_BYTES_PER_SECOND
+    if program is not None:
+        seconds += program.seconds(n_workers, TRANSFER_BYTES_PER_SECOND)
+    return seconds > FORK_START_SECONDS
 
 
 def chunk_count(seconds_per_unit: float | None, units: int, n_workers: int,
@@ -284,82 +342,14 @@ def cost_per_row(samples: list[tuple[int, float]], fixed: float = 0.0) -> float:
     return min(average, max(slope, average / 2))
 
 
-def learn_fixed_cost(kind: Hashable, samples: list[tuple[int, float]]) -> None:
-    """Note pandas' fixed cost per call of ``kind`` (the operation and the
-    input's shape, whatever the function), from samples of different sizes:
-    what the last one took beyond the slope between the last two. The
-    smallest seen is kept (a noisy sample can only make it look larger)."""
+def fixed_cost(samples: list[tuple[int, float]] | tuple[tuple[int, float], ...]
+               ) -> float | None:
+    """pandas' fixed cost per call, from samples of different sizes: what the
+    last one took beyond the slope between the last two (``None`` when the
+    samples cannot tell)."""
     if len(samples) < 2 or samples[-1][0] <= samples[-2][0]:
-        return
+        return None
     (before_rows, before_seconds), (rows, seconds) = samples[-2:]
     slope = (seconds - before_seconds) / (rows - before_rows)
     fixed = seconds - slope * rows
-    if slope > 0 and 0 < fixed <= samples[0][1]:
-        with _memory_lock:
-            _fixed[kind] = min(fixed, _fixed.get(kind, fixed))
-
-
-def fixed_cost(kind: Hashable) -> float:
-    """pandas' fixed cost per call of ``kind``, if learned (else 0)."""
-    return _fixed.get(kind, 0.0)
-
-
-# What was learned of each function, per kind of call (the operation and the
-# shape of a row): kept as long as the function object lives; nothing is kept
-# for objects that cannot be weakly referenced (mappings, some built-ins).
-_Memory = weakref.WeakKeyDictionary[Any, dict[Hashable, Any]]
-_costs: _Memory = weakref.WeakKeyDictionary()  # seconds per row
-_cheap: _Memory = weakref.WeakKeyDictionary()  # rows that were clearly serial
-_fixed: dict[Hashable, float] = {}  # pandas' fixed cost per call, by kind of call
-_memory_lock = threading.Lock()
-
-
-def _note(memory: _Memory, func: Any, kind: Hashable, value: Any) -> None:
-    try:
-        with _memory_lock:
-            known = memory.setdefault(func, {})
-            if value is None:
-                known.pop(kind, None)
-            else:
-                known[kind] = value
-    except TypeError:
-        pass
-
-
-def _known(memory: _Memory, func: Any, kind: Hashable) -> Any:
-    # No lock: a lookup is atomic, and this one is on the path of every call.
-    try:
-        return memory.get(func, {}).get(kind)
-    except TypeError:  # not weakly referenceable, or the kind not hashable
-        return None
-
-
-def remember(func: Any, kind: Hashable, seconds: float, rows: int) -> None:
-    """Note that ``func`` took ``seconds`` over ``rows`` rows, in a call of
-    ``kind``, for later calls (only from enough work to measure soundly)."""
-    if seconds >= MIN_SECONDS_TO_REMEMBER and rows > 0:
-        _note(_costs, func, kind, seconds / rows)
-
-
-def recall(func: Any, kind: Hashable) -> float | None:
-    """Seconds per row that ``func`` took in the last call of ``kind``
-    long enough to measure, or ``None``."""
-    return _known(_costs, func, kind)
-
-
-def remember_cheap(func: Any, kind: Hashable, rows: int, seconds: float) -> None:
-    """Note a whole call of ``kind`` over ``rows`` rows that took only
-    ``seconds``: calls no larger can go to pandas without sampling. One no
-    larger that took :data:`CLEARLY_SERIAL_SECONDS` or more unlearns it."""
-    known = cheap_up_to(func, kind)
-    if seconds >= CLEARLY_SERIAL_SECONDS:
-        if rows <= known:
-            _note(_cheap, func, kind, None)
-    elif rows > known:
-        _note(_cheap, func, kind, rows)
-
-
-def cheap_up_to(func: Any, kind: Hashable) -> int:
-    """Calls of ``kind`` with up to this many rows were clearly too cheap
-    for workers (0 when nothing is known)."""
-    return int(_known(_cheap, func, kind) or 0)
+    return fixed if slope > 0 and 0 < fixed <= samples[0][1] else None

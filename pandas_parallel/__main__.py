@@ -233,25 +233,17 @@ def _cluster(args: argparse.Namespace) -> Iterator[None]:
     if args.scheduler is None:
         yield
         return
-    if args.backend == "dask":
-        from distributed import Client
+    from pandas_parallel.backends.clusters import connected
 
+    with contextlib.ExitStack() as stack:
         try:
-            client = Client(args.scheduler, timeout=30)
+            stack.enter_context(connected(args.backend, args.scheduler))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
         except OSError as exc:
-            raise UsageError(f"--scheduler {args.scheduler!r}: cannot connect: {exc}") from exc
-        with client:
-            yield
-    elif args.backend == "ray":
-        import ray
-
-        ray.init(address=args.scheduler, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-    else:
-        raise UsageError("--scheduler goes with --backend dask or --backend ray")
+            raise UsageError(f"--scheduler {args.scheduler!r}: cannot connect: {exc}"
+                             ) from exc
+        yield
 
 
 def _run_command(args: argparse.Namespace, func: Callable[..., Any],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import warnings
 from typing import Any
 
@@ -187,11 +188,39 @@ def grouped_window_rows(window: Any) -> list[np.ndarray]:
     return [rows for rows in window._grouper.indices.values() if len(rows)]
 
 
-_option_defaults: dict[str, Any] = {}
-# Where each option's value lives: (the dict of pandas' option tree that
-# holds it, its name there, its key, its default). pandas sets options in
-# place, in those same dicts; the list is made again when options are added.
-_option_places: list[tuple[dict[str, Any], str, str, Any]] = []
+class _OptionPlaces:
+    """Where each of pandas' options lives: (the dict of pandas' option tree
+    that holds it, its name there, its key, its default). pandas sets
+    options in place, in those same dicts; the places are found again, under
+    the lock, when options are added."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.defaults: dict[str, Any] = {}
+        self.places: tuple[tuple[dict[str, Any], str, str, Any], ...] = ()
+
+    def now(self) -> tuple[dict[str, Any], tuple[tuple[dict[str, Any], str, str, Any], ...]]:
+        """The defaults, by key, and the places, as pandas has them now."""
+        from pandas._config import config
+
+        registered = config._registered_options
+        with self.lock:
+            if len(self.defaults) != len(registered):
+                self.defaults = {key: option.defval for key, option in registered.items()}
+                found = (self._find(config._global_config, key, default)
+                         for key, default in self.defaults.items())
+                self.places = tuple(place for place in found if place is not None)
+            return self.defaults, self.places
+
+    @staticmethod
+    def _find(tree: dict[str, Any], key: str, default: Any) -> Any:
+        *path, name = key.split(".")
+        for part in path:
+            tree = tree.get(part, {})
+        return (tree, name, key, default) if name in tree else None
+
+
+OPTION_PLACES = _OptionPlaces()
 
 
 def changed_pandas_options() -> dict[str, Any]:
@@ -201,21 +230,8 @@ def changed_pandas_options() -> dict[str, Any]:
     microseconds, where ``pd.get_option`` for each of its 75-odd options
     takes fifty times as long.
     """
-    from pandas._config import config
-
-    registered = config._registered_options
-    if len(_option_defaults) != len(registered):
-        _option_defaults.clear()
-        _option_defaults.update((key, option.defval) for key, option in registered.items())
-        _option_places.clear()
-        for key, default in _option_defaults.items():
-            *path, name = key.split(".")
-            level = config._global_config
-            for part in path:
-                level = level.get(part, {})
-            if name in level:
-                _option_places.append((level, name, key, default))
-    return {key: level[name] for level, name, key, default in _option_places
+    _, places = OPTION_PLACES.now()
+    return {key: level[name] for level, name, key, default in places
             if not _same(level[name], default)}
 
 
@@ -231,10 +247,11 @@ def set_pandas_options(wanted: dict[str, Any]) -> None:
     from their defaults, as :func:`changed_pandas_options` gives them);
     the others back at their defaults."""
     changed = changed_pandas_options()
+    defaults, _ = OPTION_PLACES.now()
     with warnings.catch_warnings():  # setting a deprecated option warns
         warnings.simplefilter("ignore")
         for key in changed.keys() - wanted.keys():
-            pd.set_option(key, _option_defaults[key])
+            pd.set_option(key, defaults[key])
         for key, value in wanted.items():
             if key not in changed or not _same(changed[key], value):
                 pd.set_option(key, value)

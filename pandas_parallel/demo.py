@@ -128,23 +128,13 @@ def explain_slow(speed_up: float, cpus: int, backend: str, serial_seconds: float
             "data sent to them outweighed the work; try more --rows")
 
 
-_STARTS = {
-    ("forked", "fork"): "forked for it",
-    ("forked", "warm"): "forked earlier and kept",
-    ("forkserver", "starting"): "the fork server started for it, this process working "
-                                "meanwhile",
-    ("forkserver", "server"): "forked from the fork server for it",
-    ("forkserver", "warm"): "forked from the fork server earlier and kept",
-    ("pool", "cold"): "the pool, started for it",
-    ("pool", "warm"): "the pool, started earlier",
-}
-
-
 def _how(ran: Any) -> str:
     """How a call ran, for a person: ``2 workers, forked for it``."""
+    from pandas_parallel import backends
+
     if ran.backend == "serial":
         return "serially"
-    return f"{ran.workers} workers, " + _STARTS.get((ran.backend, ran.start), ran.backend)
+    return f"{ran.workers} workers, " + backends.describe(ran.backend, ran.start)
 
 
 def path_of(fork: bool) -> str:
@@ -152,13 +142,7 @@ def path_of(fork: bool) -> str:
     from pandas_parallel import backends
     from pandas_parallel.options import get_options
 
-    chosen = backends.choose(dataclasses.replace(get_options(), fork=fork)).name
-    return {
-        "forked": "the fork path (workers forked from this process)",
-        "forkserver": "the no-fork path (workers forked from a fork server; this process "
-                      "is not forked)",
-        "pool": "the no-fork path (a pool of fresh interpreters)",
-    }.get(chosen, chosen)
+    return backends.path_of(dataclasses.replace(get_options(), fork=fork))
 
 
 def run(rows: int, n_jobs: int | None, fork: bool = True) -> int:

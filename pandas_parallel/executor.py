@@ -9,7 +9,6 @@ themselves are in :mod:`pandas_parallel.backends`.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import linecache
 import logging
 import re
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pandas_parallel import clusters, relay
+from pandas_parallel import relay
 from pandas_parallel.errors import InitializerError, RemoteTraceback, WorkerCrashedError
 from pandas_parallel.worker import Outcome, Task
 
@@ -229,21 +228,6 @@ def finished(in_flight: dict[Any, Task], timeout: float = POLL_SECONDS) -> list[
     for future in done:
         in_flight.pop(future)
     return list(done)
-
-
-@contextlib.contextmanager
-def worker_losses(label: str, backend: str) -> Iterator[None]:
-    """Turn a cluster's "worker died" exception into :class:`WorkerCrashedError`."""
-    try:
-        yield
-    except Exception as exc:
-        if not clusters.lost_worker(exc):
-            raise
-        raise WorkerCrashedError(
-            f"{label}: a {backend} worker died while running a chunk "
-            f"({type(exc).__name__}: {exc}). The function may have crashed the "
-            "process or used too much memory; smaller chunks (chunk_size=) use "
-            "less memory per task.") from exc
 
 
 def deliver(outcome: Outcome, progress: Progress, reporter: Reporter) -> Outcome:

@@ -23,7 +23,6 @@ die with it (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -42,7 +41,6 @@ logger = logging.getLogger("pandas_parallel")
 READY = b"READY\x00\x00\x00"
 _FRAME = struct.Struct("!cq")  # a request: its kind and a number
 _ANSWER = struct.Struct("!q")
-_PR_SET_PDEATHSIG = 1
 
 
 class ForkServer:
@@ -224,30 +222,17 @@ def main() -> None:
 
 
 def _fork(sock: socket.socket, fds: list[int]) -> int:
+    from pandas_parallel.backends.crew import serve, serve_forked  # (imported once)
+
+    def work() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock.close()
+        task_fd, result_fd = fds
+        serve(None, Connection(task_fd, writable=False), Connection(result_fd, readable=False),
+              kind="forkserver")
+
     server = os.getpid()
     pid = os.fork()
     if pid:
         return pid
-    code = 1
-    try:  # the worker: never returns
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        sock.close()
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == server:  # else the server died before the line above
-            from pandas_parallel.backends.crew import serve
-
-            task_fd, result_fd = fds
-            serve(None, Connection(task_fd, writable=False),
-                  Connection(result_fd, readable=False), kind="forkserver")
-        code = 0
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            import traceback
-
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+    serve_forked(server, work)  # the worker: never returns

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pandas_parallel import batches, reading, writing
+from pandas_parallel.backends.names import is_cluster
 from pandas_parallel.batches import Summary
 from pandas_parallel.options import validate
 from pandas_parallel.reading import DEFAULT_BATCH_ROWS, FORMATS, InputError, detect_format
@@ -108,7 +109,7 @@ def process_file(source: str, func: Callable[..., Any], destination: str, *,
     fmt_in = detect_format(source, input_format)
     fmt_out = detect_format(destination, output_format)
     show = sys.stderr.isatty() if progress is None else progress
-    if options.get("backend") in ("dask", "ray") and fmt_in == "parquet":
+    if is_cluster(options.get("backend")) and fmt_in == "parquet":
         return _on_cluster(source, func, destination, operation, column, into, fmt_out,
                            batch_rows, show, resume, options)
     run = batches.operation(operation, func, column, into, {**options, "progress": False},
@@ -183,7 +184,7 @@ def _on_cluster(source: str, func: Callable[..., Any], destination: str, operati
             "resume is not available when the cluster's workers read the input "
             f"(backend={options['backend']!r} on Parquet): each of them writes its "
             "part at once; run again to start over")
-    from pandas_parallel.cluster_io import process_on_cluster
+    from pandas_parallel.backends.cluster_io import process_on_cluster
 
     summary, failures = process_on_cluster(
         source, func, destination, operation=operation, column=column, into=into,

@@ -15,14 +15,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pandas_parallel import clusters
-
 __all__ = ["Options", "config", "get_options"]
 
 ProgressOption = bool | Literal["auto"]
 
 _TRANSPORTS = ("auto", "arrow", "pickle")
-_BUILTIN_BACKENDS = ("loky", "threading", "sequential")
 _PARTITIONS = ("rows", "index")
 _ERRORS = ("raise", "coerce")
 
@@ -134,8 +131,10 @@ class Options:
             return self
         from joblib.parallel import BACKENDS, get_active_backend
 
+        from pandas_parallel.backends.names import DEFAULT
+
         active, n_jobs = get_active_backend()
-        name = next((n for n, cls in BACKENDS.items() if type(active) is cls), "loky")
+        name = next((n for n, cls in BACKENDS.items() if type(active) is cls), DEFAULT)
         return _with_backend(self, name, self.n_jobs if self.n_jobs is not None else n_jobs)
 
     def replace(self, **changes: Any) -> Options:
@@ -159,12 +158,6 @@ def _with_backend_cached(options: Options, backend: str, n_jobs: int | None) -> 
     # Cached: options are resolved on every call, and a new dataclass costs
     # a noticeable share of a small call.
     return dataclasses.replace(options, backend=backend, n_jobs=n_jobs)
-
-
-def _joblib_backends() -> tuple[str, ...]:
-    from joblib.parallel import BACKENDS
-
-    return tuple(sorted(set(BACKENDS) | set(_BUILTIN_BACKENDS)))
 
 
 def validate(changes: dict[str, Any]) -> None:
@@ -191,19 +184,9 @@ def _check_n_jobs(value: Any) -> None:
 
 
 def _check_backend(value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise TypeError(f"backend must be a string, got {value!r}")
-    if clusters.is_cluster(value):
-        clusters.check_installed(value)
-        return
-    known = _joblib_backends()
-    if value not in known:
-        raise ValueError(
-            f"unknown backend {value!r}; available backends: "
-            f"{', '.join(sorted({*known, *clusters.CLUSTER_BACKENDS}))}"
-        )
+    from pandas_parallel.backends import names  # imports options: not at the top
+
+    names.check(value)
 
 
 def _check_chunk_size(value: Any) -> None:
@@ -324,52 +307,72 @@ _CHECKS = {
     "retry_delay": _check_retry_delay,
 }
 
-# Settings come in two layers. Plain ``config(...)`` calls change the
-# process-wide settings, seen by every thread. A ``with config(...)`` block
-# changes them only for the code it runs (its thread or asyncio task): the
-# scope lives in a ContextVar, so overlapping blocks in two threads never
-# see, or leave behind, each other's settings.
-_lock = threading.Lock()
-_base = Options()  # the process-wide settings, changes still pending aside
-# Changes made by config(...) and not yet known to be plain calls (whose
-# config object is gone) or blocks (entered): each in force process-wide.
-_pending: list[_Change] = []
-_process_wide = _base  # _base with every pending change applied
-_scoped: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
-    "pandas_parallel_options", default=None)
-
-
 @dataclasses.dataclass(eq=False)
 class _Change:
     changes: dict[str, Any]
     permanent: bool = False
 
 
+class _Settings:
+    """The settings in force, in two layers. Plain ``config(...)`` calls
+    change the process-wide settings, seen by every thread. A ``with
+    config(...)`` block changes them only for the code it runs (its thread
+    or asyncio task): the scope lives in a ContextVar, so overlapping blocks
+    in two threads never see, or leave behind, each other's settings.
+
+    ``base`` is the process-wide settings, changes still pending aside;
+    ``pending``, changes made by ``config(...)`` and not yet known to be
+    plain calls (whose config object is gone) or blocks (entered), each in
+    force process-wide; ``process_wide``, ``base`` with every pending change
+    applied. All three under ``lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.base = Options()
+        self.pending: list[_Change] = []
+        self.process_wide = self.base
+        self.scoped: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
+            "pandas_parallel_options", default=None)
+
+    def add(self, change: _Change) -> None:
+        """In force at once, process-wide (a plain call ends here); a block
+        takes it back when entered."""
+        with self.lock:
+            self.pending.append(change)
+            self._settle()
+
+    def take_back(self, change: _Change) -> None:
+        with self.lock:
+            if change in self.pending:
+                self.pending.remove(change)
+                self._settle()
+
+    def keep(self, change: _Change) -> None:
+        """A config object was dropped without entering a block: a plain
+        call, whose change stays for the rest of the session."""
+        with self.lock:
+            change.permanent = True
+            self._settle()
+
+    def _settle(self) -> None:
+        """Fold leading permanent changes into the base settings, and apply
+        the rest (the caller holds the lock)."""
+        while self.pending and self.pending[0].permanent:
+            self.base = dataclasses.replace(self.base, **self.pending.pop(0).changes)
+        options = self.base
+        for change in self.pending:
+            options = dataclasses.replace(options, **change.changes)
+        self.process_wide = options
+
+
+SETTINGS = _Settings()
+
+
 def get_options() -> Options:
     """Return the options in force now: the enclosing ``with config(...)``
     block's, else the process-wide settings."""
-    scoped = _scoped.get()
-    return _process_wide if scoped is None else scoped
-
-
-def _settle() -> None:
-    """Fold leading permanent changes into the base settings, and apply the
-    rest (the caller holds ``_lock``)."""
-    global _base, _process_wide
-    while _pending and _pending[0].permanent:
-        _base = dataclasses.replace(_base, **_pending.pop(0).changes)
-    options = _base
-    for change in _pending:
-        options = dataclasses.replace(options, **change.changes)
-    _process_wide = options
-
-
-def _keep(change: _Change) -> None:
-    """A config object was dropped without entering a block: a plain call,
-    whose change stays for the rest of the session."""
-    with _lock:
-        change.permanent = True
-        _settle()
+    scoped = SETTINGS.scoped.get()
+    return SETTINGS.process_wide if scoped is None else scoped
 
 
 class config:
@@ -396,45 +399,44 @@ class config:
             forkserver.start_early()
         self._change = _Change(options)
         self._token: contextvars.Token[Options | None] | None = None
-        with _lock:
-            # In force at once, process-wide (a plain call ends here); a
-            # block takes it back when entered.
-            _pending.append(self._change)
-            _settle()
-        self._finalizer = weakref.finalize(self, _keep, self._change)
+        SETTINGS.add(self._change)
+        self._finalizer = weakref.finalize(self, SETTINGS.keep, self._change)
 
     def __enter__(self) -> Options:
         self._finalizer.detach()
-        with _lock:
-            if self._change in _pending:
-                _pending.remove(self._change)
-                _settle()
+        SETTINGS.take_back(self._change)
         scoped = dataclasses.replace(get_options(), **self._change.changes)
-        self._token = _scoped.set(scoped)
+        self._token = SETTINGS.scoped.set(scoped)
         return scoped
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
-            _scoped.reset(self._token)
+            SETTINGS.scoped.reset(self._token)
             self._token = None
 
 
-_cpu_count: tuple[float, int] = (-1.0, 0)  # (when counted, count)
-_CPU_COUNT_SECONDS = 5.0
+class _UsableCpus:
+    """joblib's count of usable CPUs, counted at most every few seconds (it
+    reads cgroup files: 0.3 ms, a tenth of a small call); the pair ``(when
+    counted, count)`` is replaced whole, so threads need no lock."""
+
+    EVERY_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self.counted: tuple[float, int] = (-1.0, 0)
+
+    def __call__(self) -> int:
+        when, cpus = self.counted
+        now = time.monotonic()
+        if now - when > self.EVERY_SECONDS:
+            import joblib  # (on first use: importing it costs every import 20 ms)
+
+            cpus = joblib.cpu_count()
+            self.counted = (now, cpus)
+        return cpus
 
 
-def _usable_cpus() -> int:
-    """joblib's count of usable CPUs, counted at most every few seconds
-    (it reads cgroup files: 0.3 ms, a tenth of a small call)."""
-    global _cpu_count
-    counted, cpus = _cpu_count
-    now = time.monotonic()
-    if now - counted > _CPU_COUNT_SECONDS:
-        import joblib  # (on first use: importing it costs every import 20 ms)
-
-        cpus = joblib.cpu_count()
-        _cpu_count = (now, cpus)
-    return cpus
+_usable_cpus = _UsableCpus()
 
 
 def resolve_n_jobs(n_jobs: int | None) -> int:

@@ -82,8 +82,8 @@ def hand_over(label: str, why: str, call: Callable[[], Any]) -> Any:
 
 
 def run_known(plan: Plan, label: str, call: Callable[[], Any]) -> Any:
-    """``call``, pandas' own, for a call :func:`planning.plan_known` found
-    too cheap for workers; what it then costs is learned."""
+    """``call``, pandas' own, for a call whose plan found it too cheap for
+    workers before it was even bound; what it then costs is learned."""
     logger.debug("%s: serial (%s)", label, plan.why)
     began = time.perf_counter()
     try:
@@ -207,8 +207,7 @@ class _Tally:
     result_units: int = 0
     sized: bool = True
 
-    def add_result(self, result: Any, units: int) -> None:
-        size = transport.data_bytes(result)
+    def add_result(self, size: int | None, units: int) -> None:
         self.sized = self.sized and size is not None
         self.result_bytes += size or 0
         self.result_units += units
@@ -240,14 +239,13 @@ def _run_on_backend(op: Operation, plan: Plan) -> tuple[list[Piece], Spent]:
                 for outcome in backend.run(tasks, job):
                     assert outcome.payload is not None
                     began = time.perf_counter()
-                    results[outcome.chunk] = transport.fetch_result(
-                        outcome.payload, borrow=_borrows_results(op))
-                    transport.release_input(handed_out.pop(outcome.chunk))
+                    results[outcome.chunk], size = transport.receive(
+                        outcome.payload, handed_out.pop(outcome.chunk), _borrows_results(op))
                     tally.transfer += time.perf_counter() - began + outcome.load_seconds
                     tally.compute += outcome.seconds
                     row_errors[outcome.chunk] = outcome.row_errors
                     a, b = ranges[outcome.chunk]
-                    tally.add_result(results[outcome.chunk], b - a)
+                    tally.add_result(size, b - a)
             ok = True
             if isinstance(op.func, policies.Coercing):
                 for i in range(len(ranges)):

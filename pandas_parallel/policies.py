@@ -80,10 +80,18 @@ class Setup:
         return f"the initializer {name}(*initargs)"
 
 
-# What ran last here: in this process (a worker's), and in each thread.
-_last_in_process: list[tuple[str, int]] = []
-_process_lock = threading.Lock()
-_last_in_thread = threading.local()
+class _SetupsRun:
+    """Which setup ran last here: in this process (a worker's: ``in_process``,
+    under the lock, as a dask or Ray worker runs tasks on several threads),
+    and in each thread (``in_thread.key``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_process: tuple[str, int] | None = None
+        self.in_thread = threading.local()
+
+
+SETUPS_RUN = _SetupsRun()
 
 
 def ensure_setup(setup: Setup, per_thread: bool, where: str, program: Any = None) -> None:
@@ -98,22 +106,23 @@ def ensure_setup(setup: Setup, per_thread: bool, where: str, program: Any = None
         Naming the initializer and ``where`` it ran, from its exception.
     """
     if per_thread:
-        if getattr(_last_in_thread, "key", None) != setup.key:
-            _last_in_thread.key = None
+        in_thread = SETUPS_RUN.in_thread
+        if getattr(in_thread, "key", None) != setup.key:
+            in_thread.key = None
             _run_setup(setup, where)
-            _last_in_thread.key = setup.key
+            in_thread.key = setup.key
         return
     ran = (setup.key, id(program) if setup.by_value() else 0)
-    with _process_lock:  # a dask or Ray worker runs tasks on several threads
-        if _last_in_process != [ran]:
-            _last_in_process.clear()
+    with SETUPS_RUN.lock:
+        if SETUPS_RUN.in_process != ran:
+            SETUPS_RUN.in_process = None
             _run_setup(setup, where)
-            _last_in_process.append(ran)
+            SETUPS_RUN.in_process = ran
 
 
 def forget_setups() -> None:
     """In a new worker process: what its parent ran is not its own."""
-    _last_in_process.clear()
+    SETUPS_RUN.in_process = None
 
 
 def _run_setup(setup: Setup, where: str) -> None:

@@ -84,7 +84,25 @@ def _installed_roots() -> tuple[str, ...]:
 
 _INSTALLED = _installed_roots()
 _OURS = "pandas_parallel"
-_kinds: dict[str, bool] = {}  # module name -> whether it is the caller's own code
+
+
+class _CallerModules:
+    """What this process knows of the caller's modules, under one lock:
+    ``kinds``, by module name, whether it is the caller's own code;
+    ``scan``, the modules found so last time and what ``sys.modules`` looked
+    like then; ``refused``, modules whose objects could not be pickled by
+    value (a global holding a lock or a connection), by name, with the id
+    of the module object then. The lock also covers cloudpickle's
+    by-value registry while a program is pickled."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.kinds: dict[str, bool] = {}
+        self.scan: tuple[Any, list[str]] = (None, [])
+        self.refused: dict[str, int] = {}
+
+
+CALLER_MODULES = _CallerModules()
 
 
 def user_module(module: Any) -> bool:
@@ -96,42 +114,34 @@ def user_module(module: Any) -> bool:
         return False
     if name == "__main__":
         return True
-    if name not in _kinds:
+    kinds = CALLER_MODULES.kinds
+    if name not in kinds:
         path = getattr(module, "__file__", None)
-        _kinds[name] = (
+        kinds[name] = (
             isinstance(path, str) and path.endswith(".py")
             and name.partition(".")[0] != _OURS
             and not os.path.realpath(path).startswith(_INSTALLED))
-    return _kinds[name]
-
-
-_user_modules: tuple[Any, list[str]] = (None, [])
+    return kinds[name]
 
 
 def _modules_by_value() -> list[Any]:
     """The loaded modules of the caller's own (looked for again once a
     module was imported or removed: the count, or the last one, changed)."""
-    global _user_modules
-    known, names = _user_modules
-    last = next(reversed(sys.modules), None)
-    seen = (len(sys.modules), last, id(sys.modules.get(last or "")))
-    if seen != known:
-        names = [name for name, m in list(sys.modules.items()) if user_module(m)]
-        _user_modules = (seen, names)
+    with CALLER_MODULES.lock:
+        known, names = CALLER_MODULES.scan
+        last = next(reversed(sys.modules), None)
+        seen = (len(sys.modules), last, id(sys.modules.get(last or "")))
+        if seen != known:
+            names = [name for name, m in list(sys.modules.items()) if user_module(m)]
+            CALLER_MODULES.scan = (seen, names)
     return [m for m in map(sys.modules.get, names) if m is not None]
-
-
-_by_value_lock = threading.Lock()
-# Modules whose objects could not be pickled by value (a global holding a
-# lock or a connection), by name, with the id of the module object then.
-_refused: dict[str, int] = {}
 
 
 @contextlib.contextmanager
 def _registered(modules: list[Any]) -> Iterator[None]:
     """While pickling: ``modules`` travel by value (registered with
     cloudpickle for the block; those registered already stay so)."""
-    with _by_value_lock:
+    with CALLER_MODULES.lock:
         registered = set(cloudpickle.list_registry_pickle_by_value())
         added = []
         for module in modules:
@@ -169,13 +179,14 @@ def dumps_by_value(obj: Any, out_of_band: bool = False
     travel by value (a global holding a lock) travels by reference, and is
     remembered so; where even that fails, everything travels by reference
     (and what cannot is the caller's error)."""
-    modules = [m for m in _modules_by_value() if _refused.get(m.__name__) != id(m)]
+    refused_before = CALLER_MODULES.refused
+    modules = [m for m in _modules_by_value() if refused_before.get(m.__name__) != id(m)]
     try:
         return _dumps(obj, modules, out_of_band)
     except Exception as exc:
         refused = [m for m in modules if not _pickles_with(obj, m)]
-        for module in refused:
-            _refused[module.__name__] = id(module)
+        with CALLER_MODULES.lock:
+            refused_before.update((m.__name__, id(m)) for m in refused)
         logger.debug("program: %s cannot travel by value (%s: %s); by reference",
                      ", ".join(m.__name__ for m in refused) or "the caller's code",
                      type(exc).__name__, exc)
@@ -428,8 +439,17 @@ os.register_at_fork(after_in_child=STORE.forget_in_child)
 
 
 # -- in a worker -------------------------------------------------------------------------
-_decoded: collections.OrderedDict[str, tuple[Program, int]] = collections.OrderedDict()
-_decode_lock = threading.Lock()
+class _Decoded:
+    """The programs this worker decoded, by digest, with the bytes of their
+    buffers, oldest first; one lock (chunks of a call may run on threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.programs: collections.OrderedDict[str, tuple[Program, int]] = (
+            collections.OrderedDict())
+
+
+DECODED = _Decoded()
 _PROGRAMS_KEPT = 4
 
 
@@ -439,10 +459,11 @@ def decode(sent: Program | Encoded) -> Program:
     larger than twice the newest's)."""
     if isinstance(sent, Program):
         return sent
-    with _decode_lock:
-        kept = _decoded.get(sent.digest)
+    decoded = DECODED.programs
+    with DECODED.lock:
+        kept = decoded.get(sent.digest)
         if kept is not None:
-            _decoded.move_to_end(sent.digest)
+            decoded.move_to_end(sent.digest)
             return kept[0]
         if sent.blob is not None:
             blob: Any = sent.blob
@@ -452,8 +473,8 @@ def decode(sent: Program | Encoded) -> Program:
             raise RuntimeError(f"program {sent.digest}: this worker was not sent it")
         program = pickle.loads(blob, buffers=[_mapped(ref.path) for ref in sent.buffers])
         size = sum(ref.nbytes for ref in sent.buffers)
-        _decoded[sent.digest] = (program, size)
-        _forget_old(newest=size)
+        decoded[sent.digest] = (program, size)
+        _forget_old(decoded, newest=size)
         return program
 
 
@@ -467,9 +488,10 @@ def _mapped(path: str) -> memoryview:
         return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY))
 
 
-def _forget_old(newest: int) -> None:
-    while len(_decoded) > 1 and (
-            len(_decoded) > _PROGRAMS_KEPT
-            or sum(size for _, size in _decoded.values()) > 2 * newest + LARGE_BUFFER_BYTES):
-        _decoded.popitem(last=False)
+def _forget_old(decoded: collections.OrderedDict[str, tuple[Program, int]], newest: int
+                ) -> None:
+    while len(decoded) > 1 and (
+            len(decoded) > _PROGRAMS_KEPT
+            or sum(size for _, size in decoded.values()) > 2 * newest + LARGE_BUFFER_BYTES):
+        decoded.popitem(last=False)
 

@@ -87,28 +87,45 @@ def _warnings_kept(record: bool) -> Iterator[list[warnings.WarningMessage]]:
     else:
         _install_thread_collector()
         issued = []
-        _collected.messages = issued
+        HOOKS.collected.messages = issued
         try:
             yield issued
         finally:
-            _collected.messages = None
+            HOOKS.collected.messages = None
 
 
-_collected = threading.local()
-_installed = threading.Lock()
+class _Hooks:
+    """What this process installed to catch what its worker threads report,
+    and their state, declared in one place: ``lock``, held while a hook is
+    installed (once per process); ``collected.messages``, the warnings of
+    the chunk a thread runs; ``capturing.levels`` and ``.records``, the
+    caller's log levels and the records kept while a thread runs a chunk;
+    ``modules_by_file``, module names by file (what a warnings filter's
+    ``module`` matches); ``worker``, this process's name in the records it
+    sends back."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.collected = threading.local()
+        self.capturing = threading.local()
+        self.modules_by_file: dict[str, str] = {}
+        self.worker = f"worker process {os.getpid()}"
+
+
+HOOKS = _Hooks()
 
 
 def _install_thread_collector() -> None:
     """Route warnings shown in a collecting worker thread to its list.
     (``catch_warnings`` saves and restores what it replaces; it does not
     replace ``warnings._showwarnmsg``, which the C ``warn`` looks up.)"""
-    with _installed:
+    with HOOKS.lock:
         shown = warnings._showwarnmsg  # type: ignore[attr-defined]
         if getattr(shown, "pandas_parallel", False):
             return
 
         def show_or_collect(message: warnings.WarningMessage) -> None:
-            messages = getattr(_collected, "messages", None)
+            messages = getattr(HOOKS.collected, "messages", None)
             if messages is None:
                 shown(message)
             else:
@@ -128,19 +145,16 @@ def _distinct(issued: list[warnings.WarningMessage]) -> list[Warned]:
     return list(seen)
 
 
-_modules_by_file: dict[str, str] = {}
-
-
 def _module_of(filename: str) -> str:
     """The name of the module whose file is ``filename`` (what a warnings
     filter's ``module`` matches), else one made from the path."""
-    if filename not in _modules_by_file:
+    if filename not in HOOKS.modules_by_file:
         for name, module in list(sys.modules.items()):
             path = getattr(module, "__file__", None)
             if isinstance(path, str):
-                _modules_by_file.setdefault(path, name)
-    if filename in _modules_by_file:
-        return _modules_by_file[filename]
+                HOOKS.modules_by_file.setdefault(path, name)
+    if filename in HOOKS.modules_by_file:
+        return HOOKS.modules_by_file[filename]
     stem = filename[:-3] if filename.endswith(".py") else filename
     for entry in sorted((p for p in sys.path if p), key=len, reverse=True):
         if stem.startswith(entry.rstrip(os.sep) + os.sep):
@@ -151,15 +165,9 @@ def _module_of(filename: str) -> str:
 # Log records: while a worker thread runs a chunk, its loggers decide at the
 # caller's levels and keep their records (installed once per process; other
 # threads, and this one between chunks, log as they did).
-_capturing = threading.local()  # .levels (LogLevels) and .records while a chunk runs
-_logging_hooked = threading.Lock()
-_WORKER = f"worker process {os.getpid()}"
-
-
 def name_worker(kind: str) -> None:
     """Name this process in the records it sends back (``"pool"``...)."""
-    global _WORKER
-    _WORKER = f"{kind} worker process {os.getpid()}"
+    HOOKS.worker = f"{kind} worker process {os.getpid()}"
 
 
 @contextlib.contextmanager
@@ -168,28 +176,28 @@ def _logs_kept(levels: LogLevels | None, records: list[dict[str, Any]]) -> Itera
         yield
         return
     _hook_logging()
-    outer = getattr(_capturing, "levels", None), getattr(_capturing, "records", None)
-    _capturing.levels, _capturing.records = levels, records
+    outer = getattr(HOOKS.capturing, "levels", None), getattr(HOOKS.capturing, "records", None)
+    HOOKS.capturing.levels, HOOKS.capturing.records = levels, records
     try:
         yield
     finally:
-        _capturing.levels, _capturing.records = outer
+        HOOKS.capturing.levels, HOOKS.capturing.records = outer
 
 
 def _hook_logging() -> None:
-    with _logging_hooked:
+    with HOOKS.lock:
         if getattr(logging.Logger.isEnabledFor, "pandas_parallel", False):
             return
         enabled, handle = logging.Logger.isEnabledFor, logging.Logger.handle
 
         def is_enabled_for(self: logging.Logger, level: int) -> bool:
-            levels = getattr(_capturing, "levels", None)
+            levels = getattr(HOOKS.capturing, "levels", None)
             if levels is None:
                 return enabled(self, level)
             return levels.enabled(_name(self), level)
 
         def keep_or_handle(self: logging.Logger, record: logging.LogRecord) -> None:
-            records = getattr(_capturing, "records", None)
+            records = getattr(HOOKS.capturing, "records", None)
             if records is None:
                 handle(self, record)
             else:
@@ -224,7 +232,7 @@ def _portable(record: logging.LogRecord) -> dict[str, Any]:
             pickle.dumps(state[key])
         except Exception:
             state[key] = repr(state[key])
-    state["pandas_parallel_worker"] = _WORKER
+    state["pandas_parallel_worker"] = HOOKS.worker
     return state
 
 

@@ -47,11 +47,6 @@ from pandas_parallel import _compat
 
 __all__ = ["LogLevels", "Snapshot", "apply", "capture"]
 
-# The environment when this package was imported: a cluster's workers get
-# the caller's changes since then (their own environment is their machine's).
-_ENVIRON_AT_IMPORT: dict[Any, Any] = {}
-
-
 def _environ() -> dict[Any, Any]:
     """This process's environment as a plain dict (bytes on POSIX: reading
     ``os.environ`` key by key decodes each, a hundred times slower)."""
@@ -59,7 +54,19 @@ def _environ() -> dict[Any, Any]:
     return dict(data) if isinstance(data, dict) else dict(os.environ)
 
 
-_ENVIRON_AT_IMPORT.update(_environ())
+class _Captured:
+    """What capturing keeps between calls: the environment when this package
+    was imported (a cluster's workers get the caller's changes since then:
+    their own environment is their machine's), and the last snapshot
+    pickled, with its bytes (a run of calls that see the same state pickles
+    it once; the pair is replaced whole, so threads need no lock)."""
+
+    def __init__(self) -> None:
+        self.environ_at_import = _environ()
+        self.last_pickled: tuple[Any, bytes] = (None, b"")
+
+
+CAPTURED = _Captured()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,17 +144,15 @@ class Snapshot:
         # Pickled with the C pickler (cloudpickle's Python one takes 80
         # microseconds over its filters and classes), once for a run of
         # calls that see the same state.
-        if _last_pickled[0] != self:
+        last, blob = CAPTURED.last_pickled
+        if last != self:
             fields = (self.process, self.thread, self.logs, self.scope)
             try:
                 blob = pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:  # a warning category of the caller's own code
                 blob = cloudpickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
-            _last_pickled[:] = [self, blob]
-        return _unpickled, (_last_pickled[1],)
-
-
-_last_pickled: list[Any] = [None, b""]
+            CAPTURED.last_pickled = (self, blob)
+        return _unpickled, (blob,)
 
 
 def _unpickled(blob: bytes) -> Snapshot:
@@ -160,8 +165,9 @@ def capture(scope: str = "process") -> Snapshot:
     environ = _environ()
     removed: tuple[Any, ...] = ()
     if scope == "cluster":
-        changed = {k: v for k, v in environ.items() if _ENVIRON_AT_IMPORT.get(k) != v}
-        removed = tuple(k for k in _ENVIRON_AT_IMPORT if k not in environ)
+        at_import = CAPTURED.environ_at_import
+        changed = {k: v for k, v in environ.items() if at_import.get(k) != v}
+        removed = tuple(k for k in at_import if k not in environ)
         environ = changed
     process = ProcessState(
         environ=tuple(environ.items()), removed=removed, cwd=_cwd(),
@@ -188,12 +194,28 @@ def _cwd() -> str:
 
 
 # -- in a worker ------------------------------------------------------------------
-_applied_process: list[ProcessState] = []  # the part this process applied last
-# The per-thread part applied last, kept where that part lives: a context
-# variable (a cluster worker may run each task in a copy of its context).
-_applied_thread: contextvars.ContextVar[ThreadState | None] = contextvars.ContextVar(
-    "pandas_parallel_applied_thread_state", default=None)
-_lock = threading.Lock()
+class _Applied:
+    """What this worker applied last: ``process``, the part applied to the
+    whole process, under ``lock`` (a cluster worker runs tasks on several
+    threads); ``thread``, the per-thread part, kept where that part lives, a
+    context variable (a cluster worker may run each task in a copy of its
+    context); ``set_on_cluster``, on a cluster's worker, the variables
+    calls set, with the worker's own value before the first of them
+    (``None``: it had none)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.process: ProcessState | None = None
+        self.thread: contextvars.ContextVar[ThreadState | None] = contextvars.ContextVar(
+            "pandas_parallel_applied_thread_state", default=None)
+        self.set_on_cluster: dict[Any, Any] = {}
+
+    def forget(self) -> None:
+        self.process = None
+        self.thread.set(None)
+
+
+APPLIED = _Applied()
 
 
 def apply(snapshot: Snapshot, scope: str) -> None:
@@ -202,13 +224,13 @@ def apply(snapshot: Snapshot, scope: str) -> None:
     the caller's process: the per-thread part; the rest is the caller's
     already), or ``"cluster"`` (a cluster's worker process)."""
     if scope != "thread":
-        with _lock:  # a cluster worker runs tasks on several threads
-            if not _applied_process or _applied_process[0] != snapshot.process:
+        with APPLIED.lock:
+            if APPLIED.process != snapshot.process:
                 _apply_process(snapshot.process, cluster=scope == "cluster")
-                _applied_process[:] = [snapshot.process]
-    if _applied_thread.get() != snapshot.thread:
+                APPLIED.process = snapshot.process
+    if APPLIED.thread.get() != snapshot.thread:
         _apply_thread(snapshot.thread)
-        _applied_thread.set(snapshot.thread)
+        APPLIED.thread.set(snapshot.thread)
 
 
 def _apply_process(state: ProcessState, cluster: bool) -> None:
@@ -233,14 +255,15 @@ def _apply_environ(state: ProcessState, cluster: bool) -> None:
     target = dict(state.environ)
     current = _environ()
     if cluster:
-        for key in [k for k in _set_on_cluster if k not in target]:
-            original = _set_on_cluster.pop(key)
+        set_on_cluster = APPLIED.set_on_cluster
+        for key in [k for k in set_on_cluster if k not in target]:
+            original = set_on_cluster.pop(key)
             target[key] = original
             if original is None:
                 target.pop(key)
                 state = dataclasses.replace(state, removed=(*state.removed, key))
         for key in target:
-            _set_on_cluster.setdefault(key, current.get(key))
+            set_on_cluster.setdefault(key, current.get(key))
     environ = os.environb if isinstance(next(iter(target), ""), bytes) else os.environ
     for key, value in target.items():
         if current.get(key) != value:
@@ -248,11 +271,6 @@ def _apply_environ(state: ProcessState, cluster: bool) -> None:
     gone = state.removed if cluster else [k for k in current if k not in target]
     for key in gone:
         environ.pop(key, None)  # type: ignore[call-overload]
-
-
-# On a cluster's worker: the variables calls set, with the worker's own
-# value before the first of them (None: it had none).
-_set_on_cluster: dict[Any, Any] = {}
 
 
 def _apply_path(path: tuple[str, ...], cluster: bool) -> None:
@@ -275,5 +293,4 @@ def _apply_thread(state: ThreadState) -> None:
 
 def forget() -> None:
     """In a newly forked worker: its state is its parent's, applied by no one."""
-    _applied_process.clear()
-    _applied_thread.set(None)
+    APPLIED.forget()

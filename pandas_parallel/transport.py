@@ -23,6 +23,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -125,10 +126,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-# This process's scratch directories that a call could not remove (a worker
-# was still writing into them): the next sweep removes them. A directory in
-# use is never here, so concurrent calls cannot remove each other's.
-_left_behind: set[str] = set()
+class _Scratch:
+    """This process's scratch directories, under one lock: ``in_use``, those
+    of calls under way (as the interpreter exits, a call in a daemon thread
+    is stopped before its own cleanup runs: they are removed then);
+    ``left_behind``, those a call could not remove (a worker was still
+    writing into them), which the next sweep removes. A directory in use is
+    never left behind, so concurrent calls cannot remove each other's."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_use: set[str] = set()
+        self.left_behind: set[str] = set()
+
+    def take_left_behind(self) -> list[str]:
+        with self.lock:
+            paths, self.left_behind = list(self.left_behind), set()
+        return paths
+
+    def using(self) -> list[str]:
+        with self.lock:
+            return list(self.in_use)
+
+    def begin(self, path: str) -> None:
+        with self.lock:
+            self.in_use.add(path)
+
+    def end(self, path: str) -> None:
+        with self.lock:
+            self.in_use.discard(path)
+
+    def leave(self, path: str) -> None:
+        with self.lock:
+            self.left_behind.add(path)
+
+
+SCRATCH = _Scratch()
 
 
 def sweep_stale_scratch() -> None:
@@ -140,8 +173,7 @@ def sweep_stale_scratch() -> None:
     A parent killed with SIGKILL cannot clean up after itself; the next
     process to use the library does it.
     """
-    for path in list(_left_behind):
-        _left_behind.discard(path)
+    for path in SCRATCH.take_left_behind():
         shutil.rmtree(path, ignore_errors=True)
     for base in {_SHM_DIR, tempfile.gettempdir()}:
         try:
@@ -199,21 +231,16 @@ def scratch_directory(nbytes: int) -> Iterator[str | None]:
         return
     path = os.path.join(base, f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     os.mkdir(path, 0o700)
-    _in_use.add(path)
+    SCRATCH.begin(path)
     try:
         yield path
     finally:
-        _in_use.discard(path)
+        SCRATCH.end(path)
         _remove(path)
 
 
-# Scratch directories of calls under way: as the interpreter exits, a call
-# in a daemon thread is stopped before its own cleanup runs.
-_in_use: set[str] = set()
-
-
 def _remove_at_exit() -> None:
-    for path in list(_in_use):
+    for path in SCRATCH.using():
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -228,7 +255,7 @@ def _remove(path: str) -> None:
         if not os.path.exists(path):
             return
         time.sleep(0.01)
-    _left_behind.add(path)
+    SCRATCH.leave(path)
     logger.debug("scratch: %s still in use; the next call removes it", path)
 
 
@@ -628,6 +655,16 @@ def fetch_result(payload: Payload, borrow: bool = True) -> Any:
         with contextlib.suppress(OSError):
             os.unlink(inner.path)
     return value
+
+
+def receive(result: Payload, sent: Payload, borrow: bool) -> tuple[Any, int | None]:
+    """Called in the parent as a chunk's result arrives: the result loaded
+    (:func:`fetch_result`), the chunk's input released
+    (:func:`release_input`), and the result's bytes of column data
+    (:func:`data_bytes`)."""
+    value = fetch_result(result, borrow=borrow)
+    release_input(sent)
+    return value, data_bytes(value)
 
 
 def detach(result: Any) -> Any:

@@ -38,17 +38,27 @@ from pandas_parallel.transport import (
     ship_result,
 )
 
-_local = threading.local()
-_in_worker_process = False
+
+class _Here:
+    """Whether code here runs as a worker: ``process``, set once in a worker
+    process of this library's; ``thread.active``, while a thread runs a
+    worker's task (a caller's worker threads, a cluster's)."""
+
+    def __init__(self) -> None:
+        self.process = False
+        self.thread = threading.local()
+
+
+HERE = _Here()
 _PROGRESS_EVERY = 16  # calls between writes to the shared progress counter
 
 
 def in_worker() -> bool:
     """True inside a pandas_parallel worker: nested calls then run serially."""
-    return _in_worker_process or getattr(_local, "active", False)
+    return HERE.process or getattr(HERE.thread, "active", False)
 
 
-def initialize_worker(parent: int | None = None, kind: str = "pool") -> None:
+def initialize_worker(parent: int | None = None, kind: str = "worker") -> None:
     """Mark the process as a worker (of ``kind``, named so in the log
     records it sends back); with ``parent``, end it within a second of that
     process's death (SIGKILL included).
@@ -56,8 +66,7 @@ def initialize_worker(parent: int | None = None, kind: str = "pool") -> None:
     Importing this module has already imported pandas and pyarrow, so the
     first chunk does not pay for them.
     """
-    global _in_worker_process
-    _in_worker_process = True
+    HERE.process = True
     policies.forget_setups()
     snapshot.forget()
     relay.name_worker(kind)
@@ -341,12 +350,12 @@ _FUNCTION_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 def working() -> Iterator[None]:
     """While this thread runs a worker's task: a call made inside (the
     user's function calling ``.parallel``) runs serially."""
-    outer = getattr(_local, "active", False)
-    _local.active = True
+    outer = getattr(HERE.thread, "active", False)
+    HERE.thread.active = True
     try:
         yield
     finally:
-        _local.active = outer
+        HERE.thread.active = outer
 
 
 def run_chunk(task: Task) -> Outcome:

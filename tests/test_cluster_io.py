@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pandas_parallel import cluster_io, io, reading
+from pandas_parallel import io, reading
+from pandas_parallel.backends import cluster_io
 from pandas_parallel.errors import RowErrorsWarning
 from tests.test_cli import FUNCTIONS, _frame, _load, _run, check_shouted
 

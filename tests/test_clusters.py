@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import pandas_parallel
-from pandas_parallel import clusters, transport
+from pandas_parallel import transport
+from pandas_parallel.backends import clusters, names
 from pandas_parallel.planning import costs
 from tests.conftest import recording_runs
 from tests.helpers import assert_same, check_like_pandas
@@ -187,7 +188,7 @@ def test_errors_coerce_on_dask(on_dask):
 
 
 def test_the_transfer_rate_to_the_workers_is_measured_once(on_dask):
-    clusters._rates.clear()
+    clusters.MEASURED.forget()
     rate = clusters.dask_bytes_per_second()
     assert rate is not None and rate > 1e6  # bytes a second, loopback
     began = time.perf_counter()
@@ -208,7 +209,7 @@ def test_chunks_go_straight_to_the_workers_unless_the_client_says_otherwise(on_d
 
     df = pd.DataFrame({"a": np.arange(30.0), "b": list("xyz") * 10})
     scheduler.handlers["scatter"] = counted
-    clusters._direct.clear()
+    clusters.MEASURED.forget()
     try:
         with recording_runs() as runs:
             assert_same(df.apply(row_sum, axis=1), df.parallel.apply(row_sum, axis=1))
@@ -238,7 +239,7 @@ def test_cluster_chunks_are_fewer_and_larger():
     local = costs.chunk_count(1e-5, 1_000_000, 4, 0)
     remote = costs.chunk_count(1e-5, 1_000_000, 4, 0, cluster=True)
     assert remote < local
-    assert not clusters.is_cluster("loky") and clusters.is_cluster("dask")
+    assert not names.is_cluster("loky") and names.is_cluster("dask")
 
 
 @pytest.mark.parametrize("n_jobs, expected", [(None, 2), (-1, 2), (1, 1), (-2, 1)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import joblib
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 import pandas_parallel
-from pandas_parallel import clusters
+from pandas_parallel.backends import names
 from pandas_parallel.options import resolve_n_jobs
 
 
@@ -40,7 +41,8 @@ def test_bad_options_fail_before_any_work(options, error, match):
 
 
 def test_cluster_backend_without_its_package_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(clusters._EXTRAS, "ray", "a_module_that_is_not_installed")
+    missing = dataclasses.replace(names.REGISTRY["ray"], package="a_module_that_is_not_installed")
+    monkeypatch.setitem(names.REGISTRY, "ray", missing)
     with pytest.raises(ImportError, match=r'pip install ray \(or, in the source checkout, '
                                           r'pip install "\.\[ray\]"\)'):
         pandas_parallel.config(backend="ray")

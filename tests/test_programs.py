@@ -73,7 +73,7 @@ def test_a_module_that_cannot_travel_by_value_travels_by_reference(project, forc
     s = pd.Series(np.arange(40))
     assert_same(s.map(helper.guarded), s.parallel.map(helper.guarded))
     assert_same(s.map(helper.guarded), s.parallel.map(helper.guarded))  # kept / warm
-    assert programs._refused.get("pp_locked") == id(helper)
+    assert programs.CALLER_MODULES.refused.get("pp_locked") == id(helper)
 
 
 def test_a_large_buffer_is_stored_once_per_content_and_removed_when_unused():

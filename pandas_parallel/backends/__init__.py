@@ -30,6 +30,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from pandas_parallel.backends.names import DEFAULT, Traits, traits_of
 from pandas_parallel.executor import EXITING, Progress, Reporter
 from pandas_parallel.options import Options, resolve_n_jobs
 from pandas_parallel.programs import Program
@@ -82,6 +83,10 @@ class Backend:
     #: Where chunks run, which says what of the caller's state a worker
     #: applies and what it sends back (see :data:`.worker.PLACES`).
     place = "process"
+    #: For a person: which path calls take on it, and how its workers
+    #: started, by the planner's word for it (see :func:`describe`).
+    path = ""
+    started: dict[str, str] = {}
 
     def capacity(self, n_jobs: int | None) -> int:
         """The workers ``n_jobs`` means here."""
@@ -181,37 +186,18 @@ def _stop_at_exit() -> None:
     forkserver.CREW.retire(wait=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class Traits:
-    """What a call needs to know of its backend before one is chosen (the
-    choice waits for the sample, which may start threads): whether its
-    workers are threads of this process (nothing is pickled), a cluster's,
-    and whether a program's large buffers travel apart from its pickle
-    (workers on this machine map them from shared memory)."""
-
-    in_process: bool = False
-    cluster: bool = False
-    apart: bool = True
-
-
 def traits(options: Options) -> Traits:
-    """The :class:`Traits` of the backend a call with ``options`` gets."""
-    name = options.backend or "loky"
-    if name == "threading":
-        return Traits(in_process=True)
-    if name in ("dask", "ray"):
-        return Traits(cluster=True, apart=False)
-    return Traits(apart=name in ("loky", "multiprocessing"))
+    """The :class:`~.names.Traits` of the backend a call with ``options`` gets."""
+    return traits_of(options.backend)
 
 
 def capacity(options: Options) -> int:
     """The workers a call with ``options`` gets (a cluster's, or this
     machine's), before its backend is chosen."""
-    from pandas_parallel import clusters
+    if options.backend is not None and traits(options).cluster:
+        from pandas_parallel.backends import clusters
 
-    name = options.backend or "loky"
-    if name in ("dask", "ray"):
-        return clusters.capacity(name, options.n_jobs)
+        return clusters.capacity(options.backend, options.n_jobs)
     return resolve_n_jobs(options.n_jobs)
 
 
@@ -221,7 +207,7 @@ def prepare(options: Options, n_workers: int) -> None:
     the call will likely want it."""
     from pandas_parallel.backends import forked, forkserver
 
-    if (options.backend or "loky") != "loky" or _start_method() == "spawn":
+    if (options.backend or DEFAULT) != "loky" or _start_method() == "spawn":
         return
     if _may_fork(options) and (forked.CREW.ready(n_workers) or forked.available(False)):
         return
@@ -234,7 +220,7 @@ def choose(options: Options) -> Backend:
     call, after its sample: the function may have started a thread)."""
     from pandas_parallel.backends import dask, forked, forkserver, joblib, pool, ray, threads
 
-    name = options.backend or "loky"
+    name = options.backend or DEFAULT
     if name == "loky":
         # Python's start method, where the program set one, says how
         # processes may start: "spawn" never forks, "forkserver" never
@@ -253,6 +239,26 @@ def choose(options: Options) -> Backend:
     if name == "ray":
         return ray.Ray()
     return joblib.Joblib(name)
+
+
+def describe(backend: str, start: str = "") -> str:
+    """How a call ran on ``backend`` (a :class:`Run`'s name), its workers
+    started as ``start``, for a person (``"forked earlier and kept"``); the
+    name where there is nothing more to say."""
+    return _by_name().get(backend, Backend).started.get(start, backend)
+
+
+def path_of(options: Options) -> str:
+    """Which path a call with ``options`` takes now, for a person."""
+    chosen = choose(options)
+    return chosen.path or chosen.name
+
+
+@functools.cache
+def _by_name() -> dict[str, type[Backend]]:
+    from pandas_parallel.backends import forked, forkserver, pool
+
+    return {cls.name: cls for cls in (forked.Forked, forkserver.ForkServerWorkers, pool.Pool)}
 
 
 def _start_method() -> str | None:

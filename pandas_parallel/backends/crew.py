@@ -26,6 +26,7 @@ The crew has no thread of its own: a process whose crew is idle can fork.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import logging
@@ -34,10 +35,13 @@ import pickle
 import selectors
 import signal
 import stat
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Container, Iterable, Iterator
 from multiprocessing.connection import Connection
+from typing import NoReturn
 
 from pandas_parallel import worker
 from pandas_parallel.backends import Job
@@ -506,4 +510,29 @@ def _crashed(dead: Worker, reporter: Reporter) -> BaseException:
                        reporter.describe)
 
 
-__all__ = ["CALL_OVER", "EXIT", "IDLE_SECONDS", "Crew", "Starter", "Worker", "serve"]
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def serve_forked(parent: int, serving: Callable[[], object]) -> NoReturn:
+    """In a worker just forked from ``parent`` (this process, or the fork
+    server): die with it (SIGKILL included), run ``serving``, and never
+    return to the code that forked it; nothing may escape."""
+    code = 1
+    try:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == parent:  # else the parent died before the line above
+            serving()
+        code = 0
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+__all__ = ["CALL_OVER", "EXIT", "IDLE_SECONDS", "Crew", "Starter", "Worker", "serve",
+           "serve_forked"]

@@ -17,10 +17,11 @@ of failing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-from pandas_parallel import clusters
-from pandas_parallel.backends import Backend, Job, bare
-from pandas_parallel.executor import deliver, worker_losses
+from pandas_parallel.backends import Backend, Job, bare, clusters
+from pandas_parallel.backends.clusters import worker_losses
+from pandas_parallel.executor import deliver
 from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_sent_apart
 
 
@@ -42,21 +43,18 @@ class Dask(Backend):
         client = get_client()
         tasks = list(tasks)
         label = job.reporter.label
-        futures = []
         direct = clusters.dask_scatters_direct(client)
-        with worker_losses(label, "dask"):
-            [program] = client.scatter([tasks[0].program], broadcast=True, hash=False,
-                                       direct=direct)
-            # A chunk for each worker first, so they start while the rest travel.
-            for batch in (tasks[:job.n_workers], tasks[job.n_workers:]):
-                if not batch:
-                    continue
-                chunks = client.scatter([task.payload for task in batch], hash=False,
-                                        direct=direct)
-                futures += [
-                    client.submit(run_chunk_sent_apart, bare(task), chunk, program,
-                                  pure=False, key=f"pandas_parallel-{task.call_id}-{task.chunk}")
-                    for task, chunk in zip(batch, chunks)]
+        try:
+            futures = _send(client, tasks, job.n_workers, direct)
+        except Exception as exc:
+            if not clusters.lost_worker(exc):
+                raise
+            # A worker that died in an earlier call may still be listed for
+            # a moment (its nanny restarts it): once more, through the
+            # scheduler, which knows which workers are alive.
+            client.wait_for_workers(1, timeout=30)
+            with worker_losses(label, "dask"):
+                futures = _send(client, tasks, job.n_workers, direct=False)
         try:
             for future in as_completed(futures):
                 with worker_losses(label, "dask"):
@@ -64,3 +62,19 @@ class Dask(Backend):
                 yield deliver(outcome, job.progress, job.reporter)
         finally:
             client.cancel([future for future in futures if not future.done()])
+
+
+def _send(client: Any, tasks: list[Task], n_workers: int, direct: bool) -> list[Any]:
+    """Scatter the program and the chunks and submit a task for each: a
+    chunk for each worker first, so they start while the rest travel."""
+    [program] = client.scatter([tasks[0].program], broadcast=True, hash=False, direct=direct)
+    futures: list[Any] = []
+    for batch in (tasks[:n_workers], tasks[n_workers:]):
+        if not batch:
+            continue
+        chunks = client.scatter([task.payload for task in batch], hash=False, direct=direct)
+        futures += [
+            client.submit(run_chunk_sent_apart, bare(task), chunk, program,
+                          pure=False, key=f"pandas_parallel-{task.call_id}-{task.chunk}")
+            for task, chunk in zip(batch, chunks, strict=True)]
+    return futures

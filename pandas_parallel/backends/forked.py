@@ -16,27 +16,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import re
-import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, Pipe
 from typing import NoReturn
 
 from pandas_parallel.backends import Backend, Job, cut_in_worker
-from pandas_parallel.backends.crew import Crew, Starter, Worker, serve
+from pandas_parallel.backends.crew import Crew, Starter, Worker, serve, serve_forked
 from pandas_parallel.splitting import Units
 from pandas_parallel.transport import Payload
 from pandas_parallel.worker import Outcome, Task
 
 logger = logging.getLogger("pandas_parallel")
 
-_PR_SET_PDEATHSIG = 1
 # Workers forked from a process holding more than this are not kept: they
 # pin every page it had (its frames included) for as long as they live.
 KEEP_RSS_BYTES = 2 * 2**30
@@ -47,6 +43,11 @@ class Forked(Backend):
     so the program and the input are not shipped; results travel back."""
 
     name = "forked"
+    path = ("the fork path (workers forked from this process)")
+    started = {
+        "fork": "forked for it",
+        "warm": "forked earlier and kept",
+    }
     pickles_program = False
 
     def start(self, n_workers: int) -> str:
@@ -96,20 +97,26 @@ def available(thorough: bool = True) -> bool:
 
 
 _OPENMP_LIBRARY = re.compile(r"/lib(?:gomp|iomp5|omp)\b[^/\n]*\.so")
-_openmp_seen = False
 
 
-def _openmp_loaded() -> bool:
+class _OpenMP:
     """Whether an OpenMP runtime is mapped into this process (read from
     ``/proc/self/maps``: about a millisecond; once seen, it stays)."""
-    global _openmp_seen
-    if not _openmp_seen:
-        try:
-            with open("/proc/self/maps") as maps:
-                _openmp_seen = _OPENMP_LIBRARY.search(maps.read()) is not None
-        except OSError:
-            _openmp_seen = True  # cannot tell: do not fork
-    return _openmp_seen
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self) -> bool:
+        if not self.seen:
+            try:
+                with open("/proc/self/maps") as maps:
+                    self.seen = _OPENMP_LIBRARY.search(maps.read()) is not None
+            except OSError:
+                self.seen = True  # cannot tell: do not fork
+        return self.seen
+
+
+_openmp_loaded = _OpenMP()
 
 
 # Threads named otherwise than the process are some library's own pool.
@@ -159,9 +166,10 @@ class CallerForks(Starter):
         task_reader, task_writer = Pipe(duplex=False)
         result_reader, result_writer = Pipe(duplex=False)
         resident = _resident_bytes()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: never returns
-            _child(made, task_writer, result_reader, task_reader, result_writer)
+            _child(parent, made, task_writer, result_reader, task_reader, result_writer)
         task_reader.close()
         result_writer.close()
         return Worker(pid, task_writer, result_reader, call_id, frozenset(made), resident)
@@ -180,27 +188,12 @@ class CallerForks(Starter):
         return "forked workers"
 
 
-def _child(made: dict[int, Task], *pipes: Connection) -> NoReturn:
+def _child(parent: int, made: dict[int, Task], *pipes: Connection) -> NoReturn:
     """A forked worker: serve, and never return to the caller's code."""
     task_writer, result_reader, task_reader, result_writer = pipes
-    code = 1
-    try:
-        task_writer.close()
-        result_reader.close()
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != 1:  # else the parent died before the line above
-            serve(made, task_reader, result_writer, kind="forked")
-        code = 0
-    except BaseException:  # nothing may escape a forked child
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+    task_writer.close()
+    result_reader.close()
+    serve_forked(parent, lambda: serve(made, task_reader, result_writer, kind="forked"))
 
 
 CREW = Crew(CallerForks())

@@ -56,6 +56,12 @@ def usable() -> bool:
 
 class ForkServerWorkers(Backend):
     name = "forkserver"
+    path = ("the no-fork path (workers forked from a fork server; this process is not forked)")
+    started = {
+        "starting": "the fork server started for it, this process working meanwhile",
+        "server": "forked from the fork server for it",
+        "warm": "forked from the fork server earlier and kept",
+    }
 
     def start(self, n_workers: int) -> str:
         if CREW.ready(n_workers):

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator
 import joblib
 
 from pandas_parallel.backends import Backend, Job
-from pandas_parallel.executor import deliver, worker_losses
+from pandas_parallel.backends.clusters import worker_losses
+from pandas_parallel.executor import deliver
 from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_pickled
 
 

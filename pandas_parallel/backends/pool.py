@@ -51,6 +51,11 @@ class Pool(Backend):
     size, whether its workers are up, when it last ran."""
 
     name = "pool"
+    path = ("the no-fork path (a pool of fresh interpreters)")
+    started = {
+        "cold": "the pool, started for it",
+        "warm": "the pool, started earlier",
+    }
 
     def __init__(self) -> None:
         self._executor: Any = None

@@ -13,9 +13,9 @@ import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pandas_parallel import clusters
-from pandas_parallel.backends import Backend, Job, bare
-from pandas_parallel.executor import POLL_SECONDS, deliver, worker_losses
+from pandas_parallel.backends import Backend, Job, bare, clusters
+from pandas_parallel.backends.clusters import worker_losses
+from pandas_parallel.executor import POLL_SECONDS, deliver
 from pandas_parallel.worker import Outcome, Task, load_outcome, run_chunk_sent_apart
 
 

@@ -173,8 +173,8 @@ def _why_serial(op: Operation) -> str | None:
         return "the input is empty"
     if in_worker():
         return "already inside a pandas_parallel worker (nested call)"
-    if op.options.backend == "sequential":
-        return "backend='sequential'"
+    if backends.traits(op.options).sequential:
+        return f"backend={op.options.backend!r}"
     return None
 
 

@@ -9,33 +9,16 @@ bytes, or pickle), never as paths to this machine's shared memory.
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from pandas_parallel.errors import WorkerCrashedError
+
 logger = logging.getLogger("pandas_parallel")
-
-CLUSTER_BACKENDS = ("dask", "ray")
-_EXTRAS = {"dask": "distributed", "ray": "ray"}
-# What to install from the package index (this package is not published
-# there yet: from its source checkout, pip install ".[dask]" does it too).
-_INSTALL = {"dask": '"dask[distributed]"', "ray": "ray"}
-
-
-def is_cluster(backend: str | None) -> bool:
-    return backend in CLUSTER_BACKENDS
-
-
-def check_installed(backend: str) -> None:
-    """Raise ``ImportError`` with the install command when ``backend``'s
-    package is missing (called when the option is set, before any work)."""
-    module = _EXTRAS[backend]
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(
-            f"backend={backend!r} needs the {module!r} package: pip install "
-            f'{_INSTALL[backend]} (or, in the source checkout, pip install ".[{backend}]")')
-
 
 def capacity(backend: str, n_jobs: int | None) -> int:
     """Workers ``n_jobs`` means on the cluster: all of its threads (dask) or
@@ -63,11 +46,32 @@ def capacity(backend: str, n_jobs: int | None) -> int:
     return n_jobs if n_jobs > 0 else max(1, total + 1 + n_jobs)
 
 
-# Bytes a second a chunk and its result travel at, measured once per dask
-# scheduler (a LocalCluster on loopback moves hundreds of MB/s, a real
-# network a tenth of that: no one constant prices both).
-_rates: dict[str, float] = {}
+class _Measured:
+    """What was measured of each cluster, by scheduler address, once:
+
+    ``rates``, bytes a second a chunk and its result travel at (a
+    LocalCluster on loopback moves hundreds of MB/s, a real network a tenth
+    of that: no one constant prices both); ``direct``, whether chunks go
+    from this process straight to the dask workers. dask's default routes
+    scattered data through the scheduler: every byte travels twice and the
+    scheduler's one event loop, which also hands out the tasks, handles it
+    (a 1M-row groupby took 0.79 s that way against 0.70 s straight, medians
+    of 11 on a LocalCluster)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()  # one measurement per scheduler
+        self.rates: dict[str, float] = {}
+        self.direct: dict[str, bool] = {}
+
+    def forget(self) -> None:
+        with self.lock:
+            self.rates.clear()
+            self.direct.clear()
+
+
+MEASURED = _Measured()
 _PROBE_BYTES = 8 * 2**20
+_DIRECT_CONNECT_TIMEOUT = "5s"
 
 
 def dask_bytes_per_second() -> float | None:
@@ -82,11 +86,12 @@ def dask_bytes_per_second() -> float | None:
     except ValueError:
         return None
     address = str(getattr(client.scheduler, "address", id(client)))
-    if address not in _rates:
-        _rates[address] = _measure_round_trip(client)
-        logger.debug("dask: %.0f MB/s between this process and the workers of %s",
-                     _rates[address] / 1e6, address)
-    return _rates[address]
+    with MEASURED.lock:
+        if address not in MEASURED.rates:
+            MEASURED.rates[address] = _measure_round_trip(client)
+            logger.debug("dask: %.0f MB/s between this process and the workers of %s",
+                         MEASURED.rates[address] / 1e6, address)
+        return MEASURED.rates[address]
 
 
 def ray_bytes_per_second() -> float | None:
@@ -97,21 +102,14 @@ def ray_bytes_per_second() -> float | None:
     if not ray.is_initialized():
         return None
     address = f"ray:{ray.get_runtime_context().gcs_address}"
-    if address not in _rates:
-        echo = ray.remote(max_retries=0)(_echo)
-        _rates[address] = _measure(lambda probe: ray.get(echo.remote(ray.put(probe))))
-        logger.debug("ray: %.0f MB/s between this process and the workers of %s",
-                     _rates[address] / 1e6, address)
-    return _rates[address]
-
-
-# Whether chunks go from this process straight to the dask workers, per
-# scheduler. dask's default routes scattered data through the scheduler:
-# every byte travels twice and the scheduler's one event loop, which also
-# hands out the tasks, handles it (a 1M-row groupby took 0.79 s that way
-# against 0.70 s straight, medians of 11 on a LocalCluster).
-_direct: dict[str, bool] = {}
-_DIRECT_CONNECT_TIMEOUT = "5s"
+    with MEASURED.lock:
+        if address not in MEASURED.rates:
+            echo = ray.remote(max_retries=0)(_echo)
+            MEASURED.rates[address] = _measure(
+                lambda probe: ray.get(echo.remote(ray.put(probe))))
+            logger.debug("ray: %.0f MB/s between this process and the workers of %s",
+                         MEASURED.rates[address] / 1e6, address)
+        return MEASURED.rates[address]
 
 
 def dask_scatters_direct(client: Any) -> bool:
@@ -122,9 +120,10 @@ def dask_scatters_direct(client: Any) -> bool:
     if client.direct_to_workers is not None:
         return bool(client.direct_to_workers)
     address = str(getattr(client.scheduler, "address", id(client)))
-    if address not in _direct:
-        _direct[address] = _can_reach_workers(client)
-    return _direct[address]
+    with MEASURED.lock:
+        if address not in MEASURED.direct:
+            MEASURED.direct[address] = _can_reach_workers(client)
+        return MEASURED.direct[address]
 
 
 def _can_reach_workers(client: Any) -> bool:
@@ -194,8 +193,47 @@ def lost_worker(exc: BaseException) -> bool:
     if module == "distributed":
         # A chunk scattered to a worker that died is lost with it: the task
         # that needed it is cancelled rather than retried.
-        return bool(names & {"KilledWorker", "FutureCancelledError"})
+        # A worker gone between the scheduler's word and a scatter to it
+        # closes the connection.
+        return bool(names & {"KilledWorker", "FutureCancelledError", "CommClosedError"})
     if module == "ray":
         return bool(names & {"WorkerCrashedError", "RayActorError", "ActorDiedError",
                              "NodeDiedError", "OutOfMemoryError"})
     return False
+
+
+@contextlib.contextmanager
+def worker_losses(label: str, backend: str) -> Iterator[None]:
+    """Turn a cluster's "worker died" exception into :class:`WorkerCrashedError`."""
+    try:
+        yield
+    except Exception as exc:
+        if not lost_worker(exc):
+            raise
+        raise WorkerCrashedError(
+            f"{label}: a {backend} worker died while running a chunk "
+            f"({type(exc).__name__}: {exc}). The function may have crashed the "
+            "process or used too much memory; smaller chunks (chunk_size=) use "
+            "less memory per task.") from exc
+
+
+@contextlib.contextmanager
+def connected(backend: str, scheduler: str) -> Iterator[None]:
+    """Connected to the cluster at ``scheduler`` for the block (the command
+    line's ``--scheduler``); ``ValueError`` for a backend with none,
+    ``OSError`` when it cannot be reached."""
+    if backend == "dask":
+        from distributed import Client
+
+        with Client(scheduler, timeout=30):
+            yield
+    elif backend == "ray":
+        import ray
+
+        ray.init(address=scheduler, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    else:
+        raise ValueError("--scheduler goes with --backend dask or --backend ray")

@@ -30,8 +30,10 @@ import pyarrow as pa
 import pyarrow.dataset as pa_ds
 import pyarrow.parquet as pq
 
-from pandas_parallel import batches, clusters, programs, reading, worker, writing
-from pandas_parallel.executor import POLL_SECONDS, worker_losses
+from pandas_parallel import batches, programs, reading, worker, writing
+from pandas_parallel.backends import clusters
+from pandas_parallel.backends.clusters import worker_losses
+from pandas_parallel.executor import POLL_SECONDS
 
 logger = logging.getLogger("pandas_parallel")
 

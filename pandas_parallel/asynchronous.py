@@ -113,7 +113,8 @@ def _compute(func: Callable[..., Any], calls: list[_Call], label: str, concurren
              timeout: float | None, progress: bool | str,
              policy: policies.CallPolicy | None = None) -> list[Any]:
     """Await every call, ``concurrency`` at a time, on a loop in its own thread."""
-    from pandas_parallel.executor import interactive, progress_bar
+    from pandas_parallel.executor import interactive
+    from pandas_parallel.progress import progress_bar
 
     results: list[Any] = [None] * len(calls)
     loop = asyncio.new_event_loop()

@@ -14,7 +14,7 @@ import pandas as pd
 
 import pandas_parallel  # noqa: F401  (registers .parallel)
 from pandas_parallel.errors import RowErrorsWarning
-from pandas_parallel.executor import progress_bar
+from pandas_parallel.progress import progress_bar
 from pandas_parallel.reading import InputError
 
 OPERATIONS = ("apply", "map", "partitions")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pandas_parallel import relay
+from pandas_parallel import progress, relay
 from pandas_parallel.errors import InitializerError, RemoteTraceback, WorkerCrashedError
 from pandas_parallel.worker import Outcome, Task
 
@@ -42,20 +42,6 @@ def quiet_at_exit() -> None:
         threading.Event().wait()
 
 
-def progress_bar(**kwargs: Any) -> Any:
-    """A ``tqdm.auto`` bar that starts no monitor thread.
-
-    tqdm's monitor thread outlives the bar, and a process with another thread
-    must not fork (see :func:`pandas_parallel.backends.forked.available`):
-    every later call would lose its forked workers. Our bars are refreshed
-    by the calls themselves.
-    """
-    from tqdm.auto import tqdm
-
-    quiet = type("ProgressBar", (tqdm,), {"monitor_interval": 0})
-    return quiet(**kwargs)
-
-
 class Progress:
     """One bar per call, advanced by completed work (not by dispatch).
 
@@ -73,9 +59,9 @@ class Progress:
         self.finished = np.zeros(len(sizes), dtype=bool)
         self.shown = 0
         self.retries = 0  # calls tried again (the retries option), so far
-        if show:
-            self.bar = progress_bar(total=total, initial=initial, desc=desc, unit=unit,
-                                    dynamic_ncols=True, mininterval=0.2)
+        if show or progress.running_bar() is not None:
+            self.bar = progress.call_bar(total=total, initial=initial, desc=desc, unit=unit,
+                                         dynamic_ncols=True, mininterval=0.2)
 
     def done(self, chunk: int, retries: int = 0) -> None:
         """Chunk ``chunk`` finished, after ``retries`` retries of calls."""
@@ -242,6 +228,8 @@ def show_progress(setting: bool | str, expected_seconds: float | None) -> bool:
     """Whether a call shows a progress bar: as the ``progress`` option says;
     for ``"auto"``, when a person is likely watching and the call is long
     (or of unknown length)."""
+    if progress.running_bar() is not None:  # a run's bar, moved by its calls
+        return True
     if setting == "auto":
         long = expected_seconds is None or expected_seconds > 2.0
         return long and interactive()

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pandas_parallel import batches, reading, writing
+from pandas_parallel import batches, progress, reading, writing
 from pandas_parallel.backends.names import is_cluster
 from pandas_parallel.batches import Summary
 from pandas_parallel.options import validate
@@ -150,10 +150,13 @@ def _stream(read: Iterator[reading.Batch], run: Callable[[Any], Any], operation:
     rows_in = rows_out = 0
     failures: list[tuple[Any, BaseException]] = []
     for number, batch in enumerate(read):
-        rows = len(batch.frame)
+        rows, moved = len(batch.frame), 0
         if kept is None or number >= kept.finished:
-            with batches.collecting_failures(failures):
+            # The bar moves per chunk of the batch, and a failure in this
+            # process names its row, as in a worker.
+            with batches.collecting_failures(failures), progress.share_of(bar, rows) as share:
                 result = run(batch.frame)
+            moved = share.moved
             out = writing.to_arrow(
                 result, batch.table if operation in ("map", "partitions") else None)
             del result
@@ -167,7 +170,7 @@ def _stream(read: Iterator[reading.Batch], run: Callable[[Any], Any], operation:
         del batch
         rows_in += rows
         if bar is not None:
-            bar.update(rows)
+            bar.update(rows - moved)
     if kept is not None:
         for out in kept.tables():
             writer.write(out)

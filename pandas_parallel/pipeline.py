@@ -145,7 +145,9 @@ def _run_here_with_progress(op: Operation, plan: Plan) -> list[Piece]:
     n_units, start, expected = plan.units, plan.done, plan.expected or 0.0
     if not executor.show_progress(op.options.progress, expected):
         return [op.run_here(start, n_units)]
-    ranges = op.units.cut(start, max(1, min(100, int(expected / 0.25))), None)
+    # About one piece a quarter second; ten when the length is not known.
+    count = int(expected / 0.25) if plan.expected is not None else 10
+    ranges = op.units.cut(start, max(1, min(100, count)), None)
     done_here = op.progress_size(0, start)
     progress = executor.Progress(True, done_here + op.progress_size(start, n_units),
                                  op.label, op.unit,

@@ -46,11 +46,46 @@ def test_notebook_with_real_kernel(tmp_path):
     assert "RESULTS EQUAL" in text
     widgets = [o for o in outputs
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(widgets) >= 2, "the progress bar should be a notebook widget, one per call"
+    assert len(widgets) == 2, "the progress bar should be a notebook widget, one per call"
+    # Saved as they ended (a widget's own text is what it was when drawn: 0%).
+    assert all("100%" in o["data"]["text/plain"] for o in widgets), widgets
+    assert not [o for o in outputs if o.get("name") == "stderr"]
     # The kernel and its workers are gone (this process's own pool may remain).
     started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     _, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, f"processes left by the notebook run: {alive}"
+
+
+def _run_notebook(cells, tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    env_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    client = nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                                     resources={"metadata": {"path": str(env_path)}})
+    client.execute()
+    saved = tmp_path / "saved.ipynb"
+    nbformat.write(notebook, saved)  # what the user's file holds
+    return nbformat.read(saved, as_version=4)
+
+
+def test_without_ipywidgets_each_call_is_one_line_saved_at_100_percent(tmp_path):
+    """tqdm without ipywidgets warns `IProgress not found` and writes its text
+    bar to stderr, saved as one output per refresh: here, one output per
+    call, updated in place, saved as it ended, and a hint (once) how to get
+    the widget bar."""
+    cells = ["import sys\nsys.modules['ipywidgets'] = None  # as if not installed",
+             *CELLS]
+    notebook = _run_notebook(cells, tmp_path)
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], outputs
+    assert not [o for o in outputs if o.get("name") == "stderr"], "nothing to stderr"
+    bars = [o for o in outputs if o.get("output_type") in ("display_data", "update_display_data")
+            and "text/plain" in o.get("data", {})]
+    assert len(bars) == 2, bars  # one per call
+    texts = [o["data"]["text/plain"] for o in bars]
+    assert all("100%" in text for text in texts), texts
+    assert "pip install ipywidgets" in texts[0] and "pip install ipywidgets" not in texts[1]
+    assert "apply" in texts[0] and "groupby" in texts[1]
 
 
 AUTORELOAD_CELLS = [

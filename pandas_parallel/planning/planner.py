@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import backends, policies, programs, snapshot, transport
+from pandas_parallel import backends, policies, programs, progress, snapshot, transport
 from pandas_parallel.backends import Backend
 from pandas_parallel.errors import UnpicklableFunctionError
 from pandas_parallel.executor import show_progress
@@ -109,8 +109,8 @@ def plan_known(func: Any, key: Hashable, rows: int) -> Plan | None:
     """The plan of a call known to be clearly too cheap for workers (a
     call of ``func`` in shape ``key`` over as many rows or more was), made
     before the call is even bound; ``None`` when nothing says so."""
-    if not 0 < rows <= MEMORY.cheap_up_to(func, key):
-        return None
+    if not 0 < rows <= MEMORY.cheap_up_to(func, key) or progress.running_bar() is not None:
+        return None  # (under a run's bar, the call runs in pieces that move it)
     # No work rows: what the call then costs says whether it was cheap,
     # not a cost per row (its units, rows or columns, are not known here).
     return Plan("calls this small were clearly too cheap for workers", func, key, None,

@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,16 +48,37 @@ def load_function(spec: str) -> Callable[..., Any]:
 
             cloudpickle.register_pickle_by_value(module)
         else:
+            _working_directory_importable()
             module = importlib.import_module(where)
     except UsageError:
         raise
     except Exception as exc:
         raise UsageError(f"-f {spec!r}: cannot import {where!r}: "
-                         f"{type(exc).__name__}: {exc}") from exc
+                         f"{type(exc).__name__}: {exc}{_file_form(where, name, exc)}") from exc
     func = getattr(module, name, None)
     if not callable(func):
         raise UsageError(f"-f {spec!r}: {where!r} has no function {name!r}")
     return func
+
+
+def _working_directory_importable() -> None:
+    """Modules in the working directory import, as under ``python -m``
+    (the ``pandas-parallel`` script's own directory is first on its path
+    instead)."""
+    here = os.getcwd()
+    if not any(entry in ("", here) or os.path.abspath(entry) == here for entry in sys.path):
+        sys.path.insert(0, here)
+
+
+def _file_form(where: str, name: str, exc: Exception) -> str:
+    """For a module that was not found: the ``path/to/file.py:function``
+    form, which needs no import path, as a suggestion."""
+    missing = getattr(exc, "name", None) or ""
+    if not isinstance(exc, ModuleNotFoundError) or not (
+            where == missing or where.startswith(missing + ".")):
+        return ""  # the module was found; something it imports was not
+    path = os.path.join("path", "to", where.replace(".", os.sep) + ".py")
+    return f"; to load a file by its path, use -f {path}:{name}"
 
 
 def _common(parser: argparse.ArgumentParser, streaming: bool) -> None:
@@ -85,6 +107,9 @@ def _common(parser: argparse.ArgumentParser, streaming: bool) -> None:
                              "output's parts themselves")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar over the rows (default: on a terminal)")
+    parser.add_argument("--traceback", action="store_true",
+                        help="when the function fails, print its whole traceback (your "
+                             "source lines, in the worker that ran it)")
     parser.add_argument("--errors", choices=["raise", "coerce"], default=None,
                         help="raise (default): the first failing call stops the run; "
                              "coerce: its value becomes missing, and the failures are "
@@ -287,11 +312,16 @@ def _report_failure(args: argparse.Namespace, func: Callable[..., Any],
         what, code = "the function failed", EXIT_FUNCTION_FAILED
     else:
         what, code = "the run failed", EXIT_RUN_FAILED
-    print(f"pandas-parallel {args.command}: {what}: {type(exc).__name__}: {exc}",
-          file=sys.stderr)
-    for note in getattr(exc, "__notes__", []):
-        print(note, file=sys.stderr)
-    print(f"the output {args.output!r} was not written", file=sys.stderr)
+    if args.traceback:
+        traceback.print_exception(exc, file=sys.stderr)
+    else:
+        print(f"pandas-parallel {args.command}: {what}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):
+            print(note, file=sys.stderr)
+    print(f"the output {args.output!r} was not written"
+          + ("" if args.traceback or code != EXIT_FUNCTION_FAILED
+             else "; --traceback shows where the function failed"), file=sys.stderr)
     return code
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -179,7 +180,33 @@ def _open_writer(path: str, fmt: str, schema: pa.Schema) -> Any:
         return pq.ParquetWriter(path, schema)
     if fmt == "arrow":
         return pa.ipc.new_file(path, schema)
-    return pa_csv.CSVWriter(path, schema)
+    return _CsvWriter(path, schema)
+
+
+class _CsvWriter:
+    """pyarrow's CSV writer, with floats written as pandas writes them: a
+    whole number keeps its ``.0`` (pyarrow writes 2.0 as ``2``, which
+    ``pd.read_csv`` reads back as an integer)."""
+
+    def __init__(self, path: str, schema: pa.Schema) -> None:
+        self.floats = [i for i, field in enumerate(schema) if pa.types.is_floating(field.type)]
+        for i in self.floats:
+            schema = schema.set(i, pa.field(schema[i].name, pa.string()))
+        self.writer = pa_csv.CSVWriter(path, schema)
+
+    def write_table(self, table: pa.Table) -> None:
+        for i in self.floats:
+            table = table.set_column(i, table.schema[i].name, _float_text(table.column(i)))
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _float_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    text = pc.cast(column, pa.string())
+    whole = pc.invert(pc.match_substring_regex(text, r"[.eEnN]"))  # not 2.5, 1e+20, nan, inf
+    return pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
 
 
 def write_whole(table: pa.Table, path: str, fmt: str) -> None:

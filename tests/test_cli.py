@@ -589,3 +589,115 @@ def test_errors_coerce_and_timeout_on_the_command_line(tmp_path, funcs, capsys):
                 "--chunk-size", "4", "--no-progress") == 1
     assert "TimeoutError" in capsys.readouterr().err
     assert _run("apply", source, "-f", f"{funcs}:slow", "-o", out, "--timeout", "-1") == 2
+
+
+# -- a newcomer's first hour: the console script, the bar, the failing row ----------
+def _script() -> str:
+    """The ``pandas-parallel`` console script the install made, beside this
+    interpreter."""
+    script = os.path.join(os.path.dirname(sys.executable), "pandas-parallel")
+    if not os.path.exists(script):
+        pytest.skip("the pandas-parallel script is not installed (pip install -e .)")
+    return script
+
+
+def test_the_console_script_imports_modules_from_the_working_directory(tmp_path, funcs):
+    """`pandas-parallel apply small.parquet -f fns:row_fn` works where
+    `python -m pandas_parallel` does: the working directory is importable."""
+    os.rename(funcs, tmp_path / "fns.py")
+    _frame(50).to_parquet(tmp_path / "small.parquet", index=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for command in ([_script()], [sys.executable, "-m", "pandas_parallel"]):
+        done = subprocess.run([*command, "apply", "small.parquet", "-f", "fns:score",
+                               "--axis", "1", "-o", "out.parquet", "--no-progress"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        expected = pd.read_parquet(tmp_path / "small.parquet").apply(
+            _load(str(tmp_path / "fns.py"), "score"), axis=1)
+        assert pd.read_parquet(tmp_path / "out.parquet").iloc[:, 0].tolist() == \
+            expected.tolist()
+
+
+def test_a_module_that_does_not_import_suggests_the_file_form(tmp_path, funcs, capsys,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _frame(5).to_parquet(tmp_path / "in.parquet", index=False)
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "steps.py").write_text("def f(row):\n    return 1\n")
+    (tmp_path / "needs.py").write_text("import a_missing_dependency_xyz\n")
+    assert _run("apply", "in.parquet", "-f", "steps:f", "-o", "out.parquet") == 2
+    err = capsys.readouterr().err
+    assert "ModuleNotFoundError" in err
+    assert f"use -f {os.path.join('path', 'to', 'steps.py')}:f" in err
+    # Found, but what it imports is not: the file form would not help.
+    assert _run("apply", "in.parquet", "-f", "needs:f", "-o", "out.parquet") == 2
+    err = capsys.readouterr().err
+    assert "a_missing_dependency_xyz" in err and "use -f" not in err
+    # A package in the working directory imports, as under python -m.
+    assert _run("apply", "in.parquet", "-f", "pipeline.steps:f", "-o", "out.parquet",
+                "--no-progress") == 0
+
+
+class _CountingBar:
+    """A bar that records each move (what the command line's tqdm is told)."""
+
+    def __init__(self, **kwargs):
+        self.total, self.moves = kwargs.get("total"), []
+
+    def update(self, n=1):
+        self.moves.append(n)
+
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("jobs", [1, 2], ids=["in this process", "on workers"])
+def test_the_bar_moves_per_chunk_on_a_file_of_one_batch(tmp_path, funcs, monkeypatch, jobs):
+    """A file under one batch (250,000 rows) used to move the bar once, at
+    the end; it moves as the call's chunks (or pieces run here) finish."""
+    from pandas_parallel import batches
+
+    bars: list[_CountingBar] = []
+    monkeypatch.setattr(batches, "progress_bar", lambda **kw: bars.append(
+        _CountingBar(**kw)) or bars[-1])
+    _frame(2_000).to_parquet(tmp_path / "in.parquet", index=False)
+    code = _run("apply", tmp_path / "in.parquet", "-f", f"{funcs}:score", "-o",
+                tmp_path / "out.parquet", "--progress", "--jobs", jobs, "--chunk-size", 200)
+    assert code == 0
+    [bar] = bars
+    assert bar.total == 2_000 and sum(bar.moves) == 2_000
+    assert len([m for m in bar.moves if m > 0]) >= 5, bar.moves
+
+
+def test_a_row_failing_in_this_process_is_named_and_traceback_offered(tmp_path, funcs,
+                                                                       capsys):
+    """A small file runs in this process (too little work for workers): the
+    failing row is named as on a worker, and --traceback prints where."""
+    _frame(100).to_parquet(tmp_path / "in.parquet", index=False)
+    argv = ["apply", tmp_path / "in.parquet", "-f", f"{funcs}:fails_on_7", "-o",
+            tmp_path / "out.parquet", "--no-progress"]
+    assert _run(*argv) == 1
+    err = capsys.readouterr().err
+    assert "customer 7 is missing" in err and "labelled 7" in err, err
+    assert "(run in this process)" in err and "--traceback shows where" in err
+    assert _run(*argv, "--traceback") == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'raise KeyError' in err
+
+
+def test_float_results_written_to_csv_read_back_as_floats(tmp_path, funcs):
+    """pyarrow writes 2.0 as "2", which pd.read_csv reads as an integer: a
+    float result must read back as the floats pandas computed."""
+    df = _frame(300).assign(amount=lambda d: d["amount"].round(0))  # whole numbers
+    source = tmp_path / "in.parquet"
+    df.to_parquet(source, index=False)
+    out = tmp_path / "out.csv"
+    assert _run("apply", source, "-f", f"{funcs}:score", "-o", out, "--no-progress",
+                "--batch-rows", 100) == 0
+    expected = df.apply(_load(funcs, "score"), axis=1)
+    assert expected.dtype == "float64" and (expected % 1 == 0).all()
+    pd.testing.assert_series_equal(pd.read_csv(out).iloc[:, 0], expected, check_names=False)

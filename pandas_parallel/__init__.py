@@ -1,7 +1,8 @@
 """pandas_parallel: ``df.parallel.apply(fn)`` on all cores, pandas-identical.
 
 Importing the package registers the ``.parallel`` accessor on DataFrame,
-Series and GroupBy objects.
+Series, GroupBy and window objects, and the same under a name no other
+library uses, ``.pandas_parallel``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pandas_parallel.backends.forked import CREW as _CREW
 from pandas_parallel.backends.pool import POOL as _POOL
 from pandas_parallel.engine import Engine, engine
 from pandas_parallel.errors import (
+    AccessorClashWarning,
     InitializerError,
     RowErrorsWarning,
     UnpicklableFunctionError,
@@ -51,6 +53,7 @@ def __getattr__(name: str) -> str:
         return "0.0.0+unknown"
 
 __all__ = [
+    "AccessorClashWarning",
     "Engine",
     "InitializerError",
     "Options",

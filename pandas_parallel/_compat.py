@@ -45,28 +45,31 @@ class _AccessorProperty:
         return self.accessor(obj)
 
 
-def register_groupby_accessor(name: str, accessor: type) -> None:
-    """Attach ``accessor`` as ``.<name>`` on DataFrameGroupBy and SeriesGroupBy.
+def register_groupby_accessor(names: tuple[str, ...], accessor: type) -> None:
+    """Attach ``accessor`` as ``.<name>`` for each of ``names`` on
+    DataFrameGroupBy and SeriesGroupBy.
 
-    Adds one class attribute and changes nothing else. A column named like
+    Adds class attributes and changes nothing else. A column named like
     the accessor stays reachable with ``gb["<name>"]``.
     """
-    _register(GROUPBY_CLASSES, name, accessor)
+    _register(GROUPBY_CLASSES, names, accessor)
 
 
-def register_window_accessor(name: str, accessor: type) -> None:
-    """Attach ``accessor`` as ``.<name>`` on Rolling and Expanding objects,
-    plain and grouped (``r["<name>"]`` still selects a column)."""
-    _register(WINDOW_CLASSES, name, accessor)
+def register_window_accessor(names: tuple[str, ...], accessor: type) -> None:
+    """Attach ``accessor`` as ``.<name>`` for each of ``names`` on Rolling
+    and Expanding objects, plain and grouped (``r["<name>"]`` still selects
+    a column)."""
+    _register(WINDOW_CLASSES, names, accessor)
 
 
-def _register(classes: tuple[type, ...], name: str, accessor: type) -> None:
+def _register(classes: tuple[type, ...], names: tuple[str, ...], accessor: type) -> None:
     for cls in classes:
-        existing = cls.__dict__.get(name)
-        if existing is not None and not isinstance(existing, _AccessorProperty):
-            logger.warning("%s.%s already exists; pandas_parallel replaces it",
-                           cls.__name__, name)
-        setattr(cls, name, _AccessorProperty(name, accessor))
+        for name in names:
+            existing = cls.__dict__.get(name)
+            if existing is not None and not isinstance(existing, _AccessorProperty):
+                logger.warning("%s.%s already exists; pandas_parallel replaces it",
+                               cls.__name__, name)
+            setattr(cls, name, _AccessorProperty(name, accessor))
 
 
 @dataclasses.dataclass(frozen=True)

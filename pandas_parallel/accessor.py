@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import combine, pipeline
+from pandas_parallel import combine, pipeline, registration
 from pandas_parallel.operation import Piece
 from pandas_parallel.routing import (
     ONE_CALL,
@@ -151,7 +151,6 @@ _MAP_PARTITIONS_DOC = """Call ``func(chunk, *args, **kwargs)`` on chunks of rows
         """
 
 
-@pd.api.extensions.register_dataframe_accessor("parallel")
 class DataFrameParallelAccessor(Configurable):
     """``df.parallel``: DataFrame methods run on all cores.
 
@@ -212,7 +211,6 @@ class DataFrameParallelAccessor(Configurable):
     map_partitions.__doc__ = _MAP_PARTITIONS_DOC
 
 
-@pd.api.extensions.register_series_accessor("parallel")
 class SeriesParallelAccessor(Configurable):
     """``s.parallel``: Series methods run on all cores.
 
@@ -264,3 +262,6 @@ class SeriesParallelAccessor(Configurable):
 
 
 __all__ = ["DataFrameParallelAccessor", "SeriesParallelAccessor"]
+
+
+registration.register_frame_accessors(DataFrameParallelAccessor, SeriesParallelAccessor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AccessorClashWarning",
     "InitializerError",
     "RemoteTraceback",
     "RowErrorsWarning",
@@ -10,6 +11,12 @@ __all__ = [
     "UnpicklableResultError",
     "WorkerCrashedError",
 ]
+
+
+class AccessorClashWarning(UserWarning):
+    """Another library took ``.parallel`` from pandas_parallel, or gave it up
+    to it (parallel-pandas registers its own at import). ``.pandas_parallel``
+    always reaches pandas_parallel."""
 
 
 class WorkerCrashedError(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import _compat, combine
+from pandas_parallel import _compat, combine, registration
 from pandas_parallel.operation import Operation, Piece
 from pandas_parallel.routing import (
     EMPTY,
@@ -493,4 +493,4 @@ _TRUST_CONCAT = combine.Inference(combine.trust_concat, combine.trust_concat)
 _APPLY_SCALARS = combine.Inference(combine.reinfer_like_constructor, combine.trust_concat)
 _NUMERIC = combine.Inference(combine.numeric_concat, combine.numeric_concat)
 
-_compat.register_groupby_accessor("parallel", GroupByParallelAccessor)
+_compat.register_groupby_accessor(registration.NAMES, GroupByParallelAccessor)

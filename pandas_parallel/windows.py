@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pandas_parallel import _compat, combine
+from pandas_parallel import _compat, combine, registration
 from pandas_parallel.operation import Operation, Piece
 from pandas_parallel.routing import (
     EMPTY,
@@ -331,4 +331,4 @@ class WindowParallelAccessor(Configurable):
 
 _TRUST_CONCAT = combine.Inference(combine.trust_concat, combine.trust_concat)
 
-_compat.register_window_accessor("parallel", WindowParallelAccessor)
+_compat.register_window_accessor(registration.NAMES, WindowParallelAccessor)

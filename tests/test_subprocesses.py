@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import psutil
@@ -347,3 +348,26 @@ def test_a_daemon_thread_mid_call_lets_the_program_exit_promptly_and_quietly(tmp
                                   if psutil.pid_exists(pid)], timeout=10)
     assert not alive
     assert not glob.glob(f"/dev/shm/pandas_parallel-{lines['pid']}-*")
+
+
+def test_the_intentional_segfault_prints_no_crash_report():
+    """pytest enables faulthandler, which forked workers inherit: the crash
+    test's segfault must not print a fatal error and every thread's stack
+    over a passing run."""
+    script = textwrap.dedent("""
+        import faulthandler, sys
+        import pandas as pd, pandas_parallel
+        from pandas_parallel import WorkerCrashedError
+        from tests.test_reliability import _crash_segfault
+        faulthandler.enable(sys.stderr)  # as pytest does
+        s = pd.Series(range(6))
+        try:
+            s.parallel(n_jobs=2, chunk_size=3, serial_fallback=False).map(_crash_segfault)
+        except WorkerCrashedError:
+            print("CRASHED ON", pandas_parallel.last_run().backend)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))))
+    assert "CRASHED ON forked" in done.stdout, done.stdout + done.stderr
+    assert "Fatal Python error" not in done.stderr, done.stderr

@@ -145,8 +145,12 @@ def _registered(modules: list[Any]) -> Iterator[None]:
         registered = set(cloudpickle.list_registry_pickle_by_value())
         added = []
         for module in modules:
+            # Once per name: __main__ is listed under "__mp_main__" too, where
+            # multiprocessing ran, and a second unregister would fail (and
+            # format the module, which warns for `python -c`'s).
             if module.__name__ not in registered and sys.modules.get(module.__name__) is module:
                 cloudpickle.register_pickle_by_value(module)
+                registered.add(module.__name__)
                 added.append(module)
         try:
             yield

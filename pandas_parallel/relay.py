@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.machinery
 import logging
 import os
 import pickle
@@ -261,7 +262,7 @@ class Relay:
             # module that issued it.
             warnings.warn_explicit(warned.message, warned.category, frame.f_code.co_filename,
                                    frame.f_lineno, module=warned.module, registry=registry,
-                                   module_globals=frame.f_globals)
+                                   module_globals=_with_source(frame.f_globals))
 
     def _located(self, state: dict[str, Any]) -> dict[str, Any]:
         """A record made by code that travelled by value, whose file
@@ -307,3 +308,15 @@ def source_files(func: Any) -> dict[str, str]:
             stack.extend(v for v in map(namespace.get, inner.co_names)
                          if isinstance(v, types.FunctionType))
     return found
+
+
+def _with_source(module_globals: dict[str, Any]) -> dict[str, Any] | None:
+    """The calling module's globals, for ``warn_explicit`` to read the line
+    from; ``None`` where its loader has no source to give (``python -c``
+    and the interactive prompt: their ``__loader__`` is BuiltinImporter,
+    whose ``get_source`` raises ImportError)."""
+    loader = module_globals.get("__loader__")
+    if isinstance(loader, type) and issubclass(
+            loader, (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter)):
+        return None
+    return module_globals

@@ -371,3 +371,29 @@ def test_the_intentional_segfault_prints_no_crash_report():
                               os.path.abspath(__file__))))
     assert "CRASHED ON forked" in done.stdout, done.stdout + done.stderr
     assert "Fatal Python error" not in done.stderr, done.stderr
+
+
+def test_a_worker_warning_reaches_a_python_c_caller():
+    """A warning from a worker is issued again at the caller's line; under
+    ``python -c`` (and at the interactive prompt) the caller's module has no
+    source to read, and the relay raised ImportError instead of warning."""
+    script = textwrap.dedent("""
+        import warnings
+        import pandas as pd, pandas_parallel
+        warnings.simplefilter("always")
+
+        def old(x):
+            warnings.warn("old API", DeprecationWarning)
+            return x + 1
+
+        s = pd.Series(range(8))
+        with warnings.catch_warnings(record=True) as caught:
+            got = s.parallel(n_jobs=2, chunk_size=4, serial_fallback=False).map(old)
+        pd.testing.assert_series_equal(got, s.map(old))
+        print("RAN ON", pandas_parallel.last_run().backend)
+        print("WARNED", sorted({str(w.message) for w in caught}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "RAN ON forked" in done.stdout and "WARNED ['old API']" in done.stdout, done.stdout

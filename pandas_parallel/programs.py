@@ -148,9 +148,10 @@ def _registered(modules: list[Any]) -> Iterator[None]:
             # Once per name: __main__ is listed under "__mp_main__" too, where
             # multiprocessing ran, and a second unregister would fail (and
             # format the module, which warns for `python -c`'s).
-            if module.__name__ not in registered and sys.modules.get(module.__name__) is module:
+            name = module.__name__
+            if name not in registered and sys.modules.get(name) is module:
                 cloudpickle.register_pickle_by_value(module)
-                registered.add(module.__name__)
+                registered.add(name)
                 added.append(module)
         try:
             yield

@@ -136,6 +136,37 @@ def _common(parser: argparse.ArgumentParser, streaming: bool) -> None:
                                  "complete")
 
 
+_STREAMS = "Works on files larger than memory."
+# The subcommands that run a function over a file: (help, description,
+# whether it streams in batches, its own arguments).
+_FILE_COMMANDS: dict[str, tuple[str, str, bool, list[tuple[tuple[str, ...], dict[str, Any]]]]] = {
+    "apply": (
+        "fn(row) for every row, like df.apply(fn, axis=1)",
+        "Stream the input in batches through df.parallel.apply(fn, axis=1) and write "
+        f"the results in row order. {_STREAMS}", True,
+        [(("--axis",), {"type": int, "choices": [1], "default": 1,
+                        "help": "1: the function gets each row (the only axis that streams)"})]),
+    "map": (
+        "fn(value) for every value of one column",
+        "Stream the input in batches, map one column with fn, and write all columns "
+        f"(the mapped one replaced, or added with --into). {_STREAMS}", True,
+        [(("--column",), {"required": True, "help": "the column to map"}),
+         (("--into",), {"default": None,
+                        "help": "write the result to this column (default: replace --column)"})]),
+    "groupby": (
+        "fn(group) for every group, like df.groupby(by).apply(fn)",
+        "Read the whole input, run df.groupby(by).parallel.apply(fn) and write the result "
+        "with the keys as columns. Groups must be whole, so the input must fit in memory; "
+        "for larger files, partition it by key first and run each part.", False,
+        [(("--by",), {"required": True, "help": "key column(s), comma-separated"})]),
+    "partitions": (
+        "fn(DataFrame) -> DataFrame for batches of rows",
+        "Stream the input in batches; each chunk of rows is passed to fn(DataFrame) -> "
+        "DataFrame and the results are written in order. For vectorized steps whose rows "
+        f"depend only on themselves. {_STREAMS}", True, []),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     import pandas_parallel
 
@@ -148,42 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                         version=f"%(prog)s {pandas_parallel.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    apply = commands.add_parser(
-        "apply", help="fn(row) for every row, like df.apply(fn, axis=1)",
-        description="Stream the input in batches through df.parallel.apply(fn, axis=1) "
-                    "and write the results in row order. Works on files larger than "
-                    "memory.")
-    _common(apply, streaming=True)
-    apply.add_argument("--axis", type=int, choices=[1], default=1,
-                       help="1: the function gets each row (the only axis that streams)")
-
-    map_ = commands.add_parser(
-        "map", help="fn(value) for every value of one column",
-        description="Stream the input in batches, map one column with fn, and write "
-                    "all columns (the mapped one replaced, or added with --into). "
-                    "Works on files larger than memory.")
-    _common(map_, streaming=True)
-    map_.add_argument("--column", required=True, help="the column to map")
-    map_.add_argument("--into", default=None,
-                      help="write the result to this column (default: replace --column)")
-
-    groupby = commands.add_parser(
-        "groupby", help="fn(group) for every group, like df.groupby(by).apply(fn)",
-        description="Read the whole input, run df.groupby(by).parallel.apply(fn) and "
-                    "write the result with the keys as columns. Groups must be whole, "
-                    "so the input must fit in memory; for larger files, partition it "
-                    "by key first and run each part.")
-    _common(groupby, streaming=False)
-    groupby.add_argument("--by", required=True,
-                         help="key column(s), comma-separated")
-
-    partitions = commands.add_parser(
-        "partitions", help="fn(DataFrame) -> DataFrame for batches of rows",
-        description="Stream the input in batches; each chunk of rows is passed to "
-                    "fn(DataFrame) -> DataFrame and the results are written in order. "
-                    "For vectorized steps whose rows depend only on themselves. Works "
-                    "on files larger than memory.")
-    _common(partitions, streaming=True)
+    for name, (help_text, description, streaming, own) in _FILE_COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, description=description)
+        _common(command, streaming=streaming)
+        for flags, settings in own:
+            command.add_argument(*flags, **settings)
 
     demo = commands.add_parser(
         "demo", help="time a CPU-heavy apply serially and in parallel",

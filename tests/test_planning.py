@@ -617,3 +617,53 @@ def test_a_wide_frame_prices_arrows_cost_per_column():
     assert wide.term("input") > narrow.term("input")
     few_rows = Work(1e-5, 5, 2, 8 * 5 * 10_000, n_columns=10_000)
     assert costs.estimate(few_rows, "warm").term("input") < 0.01  # pickled: no Arrow
+
+
+def test_an_overrun_is_measured_against_the_compute_workers_reported(planned):
+    """A call priced from a cost per row that was half the truth takes twice
+    its compute estimate: the memory corrects the cost per row from what
+    the workers report; the overrun (moving data, starts, load) stays near
+    1, so the next call is not priced twice for one mistake."""
+    def work(v):
+        return v
+
+    learn(_plan_of(work, key="learned", rows=4000), Spent(0.5, 0.5))  # half the truth
+    op = _operation(work)
+    first = planning.plan(op)
+    assert first.parallel
+    others = first.estimate.parallel - first.estimate.term("compute")
+    learn(first, Spent(seconds=1.0 / 2 + others, compute=1.0))  # as priced, had 1.0 been known
+    after = planning.plan(op)
+    assert after.parallel
+    assert after.estimate.term("overrun") < 0.05 * after.estimate.parallel
+    assert after.estimate.serial > first.estimate.serial  # the cost per row corrected
+
+
+def test_input_holding_objects_is_priced_by_what_sending_it_costs():
+    """Object strings (pandas 2.2's) weigh 8 bytes a pointer but cost far
+    more to convert and send: measured on the sample, they price kept
+    workers above workers forked for the call, which hold the input."""
+    work = Work(2e-6, 1_000_000, 2, 8_000_000, inputs=ResultCost(4e-7, 6e-7))
+    kept, forked = costs.estimate(work, "warm"), costs.estimate(work, "fork")
+    assert kept.term("input") >= 1_000_000 * (4e-7 + 6e-7 / 2)
+    assert forked.term("input") == 0.0 and forked.parallel < kept.parallel
+
+
+def _mapped(chunk, func, args, kwargs):
+    return chunk.map(func)
+
+
+@pytest.mark.parametrize("values, objects", [
+    (pd.Series([f"line {i}, x={i * 7}" for i in range(20_000)], dtype=object), True),
+    (pd.Series(np.arange(20_000.0)), False),
+])
+def test_the_sample_measures_what_object_input_costs_to_send(planned, values, objects):
+    def slow_enough(value):
+        return len(str(value)) + sum(range(3000))
+
+    op = dataclasses.replace(_operation(slow_enough), units=Units.rows(values),
+                             runner=_mapped, serial=lambda: values.map(slow_enough))
+    plan = planning.plan(op)
+    assert (plan.inputs is not None) is objects
+    if objects:
+        assert plan.inputs.encode > 0 and plan.inputs.decode > 0

@@ -163,7 +163,10 @@ class Work:
     (split by columns when ``by_columns``), on ``n_workers``. For workers
     that are threads of this process, ``cpu_share`` is the share of the
     work spent computing (not waiting), which holds the GIL: that part runs
-    one thread at a time."""
+    one thread at a time. ``inputs``: for input holding Python objects,
+    the seconds per unit to encode it here and decode it in a worker
+    (measured on a sample: object strings cost far more than their
+    pointers' bytes say)."""
 
     seconds_per_unit: float
     units: int
@@ -172,6 +175,7 @@ class Work:
     n_columns: int = 1
     by_columns: bool = False
     cpu_share: float | None = None
+    inputs: ResultCost | None = None
 
     @property
     def serial(self) -> float:
@@ -231,8 +235,10 @@ def estimate(work: Work, workers: str = "warm", cluster: bool = False,
              ("tasks", n_chunks * overhead / n)]
     # Forked workers read their input from memory; results still travel.
     if workers != "fork":
-        terms.append(("input", transfer.seconds(
-            work.n_bytes, _arrow_columns(work, n_chunks, work.n_bytes))))
+        sending = transfer.seconds(work.n_bytes, _arrow_columns(work, n_chunks, work.n_bytes))
+        if work.inputs is not None:  # encoded here, one chunk after another; decoded there
+            sending += work.units * (work.inputs.encode + work.inputs.decode / n)
+        terms.append(("input", sending))
     returned = (work.n_bytes if results is None or results.bytes is None
                 else work.units * results.bytes)
     sending_back = transfer.seconds(returned, _arrow_columns(work, n_chunks, returned))

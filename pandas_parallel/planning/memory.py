@@ -51,6 +51,7 @@ class Known:
     results: ResultCost | None = None  # sending a unit's result back
     cheap_up_to: int = 0  # calls this small were clearly too cheap for workers
     paused_up_to: int = 0  # calls this small run serially for now (a loss)
+    inputs: ResultCost | None = None  # sending a unit of input to a worker (objects)
 
 
 NOTHING = Known()
@@ -65,6 +66,7 @@ class Record:
         self.cpu_share: collections.deque[float] = collections.deque(maxlen=RECENT)
         self.overrun: collections.deque[float] = collections.deque(maxlen=RECENT)
         self.results: ResultCost | None = None
+        self.inputs: ResultCost | None = None
         self.cheap_up_to = 0
         self.paused_up_to = 0
         self.paused_calls = 0  # serial calls left before parallel is tried again
@@ -75,7 +77,7 @@ class Record:
             statistics.median(self.per_row) if self.per_row else None,
             statistics.median(self.cpu_share) if self.cpu_share else None,
             statistics.median(self.overrun) if self.overrun else 1.0,
-            self.results, self.cheap_up_to, self.paused_up_to)
+            self.results, self.cheap_up_to, self.paused_up_to, self.inputs)
 
     def note_per_row(self, seconds: float, cpu_share: float | None) -> None:
         self.per_row.append(seconds)
@@ -89,6 +91,12 @@ class Record:
         if result_bytes is not None:
             cost = dataclasses.replace(cost, bytes=result_bytes)
         self.results = cost
+
+    def note_inputs(self, cost: ResultCost | None) -> None:
+        """What sending a unit of input to a worker cost, as last measured
+        (on a sample; only for inputs holding Python objects)."""
+        if cost is not None:
+            self.inputs = cost
 
     def note_cheap(self, rows: int, cheap: bool) -> None:
         """A whole call over ``rows`` was (or was not) clearly too cheap:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pandas_parallel import backends, policies, programs, progress, snapshot, transport
 from pandas_parallel.backends import Backend
@@ -72,6 +73,7 @@ class Plan:
     measured: str = ""  # how per_unit was known, for the log
     estimate: Estimate | None = None
     results: ResultCost | None = None  # sending a unit's result back
+    inputs: ResultCost | None = None  # sending a unit of input (objects) to a worker
     samples: tuple[tuple[int, float], ...] = ()  # (rows, seconds) of each sample
     sampled_seconds: float = 0.0
     cpu_share: float | None = None  # of the sampled time spent computing
@@ -191,7 +193,7 @@ def _measure(op: Operation, plan: Plan, known: Known) -> Plan:
     if known.per_row is not None:
         per_unit = known.per_row * plan.work_rows / plan.units
         return dataclasses.replace(plan, per_unit=per_unit, results=known.results,
-                                   cpu_share=known.cpu_share,
+                                   inputs=known.inputs, cpu_share=known.cpu_share,
                                    measured="cost remembered from the last calls")
     began, cpu_began = time.perf_counter(), time.thread_time()
     pieces: list[Piece] = []
@@ -226,7 +228,8 @@ def _measure(op: Operation, plan: Plan, known: Known) -> Plan:
         return dataclasses.replace(plan, estimate=costs.NEVER,
                                    why="parallel would not be faster: the rest is clearly "
                                    "too little work for workers")
-    return dataclasses.replace(plan, results=_result_cost(plan.pieces, known))
+    return dataclasses.replace(plan, results=_result_cost(plan.pieces, known),
+                               inputs=_input_cost(op, done, known))
 
 
 def _price(op: Operation, plan: Plan, known: Known) -> Plan:
@@ -265,7 +268,8 @@ def _estimate(op: Operation, plan: Plan, backend: Backend, start: str, known: Kn
     obj = op.units.obj
     work = Work(plan.per_unit, units_left, plan.n_workers, plan.n_bytes * units_left
                 // plan.units, 1 if isinstance(obj, pd.Series) else obj.shape[1],
-                op.units.columns, plan.cpu_share if backend.in_process else None)
+                op.units.columns, plan.cpu_share if backend.in_process else None,
+                plan.inputs)
     place = "cluster" if backend.cluster else "local"
     transfer = Transfer(backend.bytes_per_second() or (
         costs.CLUSTER_BYTES_PER_SECOND if backend.cluster else costs.TRANSFER_BYTES_PER_SECOND),
@@ -332,6 +336,34 @@ def _result_cost(pieces: tuple[Piece, ...], known: Known) -> ResultCost | None:
     return ResultCost(encode / units, decode / units, size)
 
 
+def _input_cost(op: Operation, done: int, known: Known) -> ResultCost | None:
+    """What sending a unit of input to a worker costs, for input holding
+    Python objects (strings on pandas 2.2, lists, ...), measured on the
+    sampled units as the transport would send them: converted to Arrow here
+    and back to objects there, or pickled. Numbers travel as buffers, priced
+    by their bytes."""
+    if not done:
+        return known.inputs
+    local = op.units.local(0, done)
+    chunk = getattr(local, "value", local)  # a Tagged chunk carries the frame
+    if not isinstance(chunk, pd.DataFrame | pd.Series) or not _holds_objects(chunk):
+        return None
+    frame = chunk.to_frame() if isinstance(chunk, pd.Series) else chunk
+    began = time.perf_counter()
+    try:
+        if not transport.use_arrow(chunk, "auto"):
+            raise pa.ArrowInvalid("pickled")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        encoded = time.perf_counter()
+        table.to_pandas()
+    except (pa.ArrowException, TypeError, ValueError):
+        began = time.perf_counter()
+        blob = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+        encoded = time.perf_counter()
+        pickle.loads(blob)
+    return ResultCost((encoded - began) / done, (time.perf_counter() - encoded) / done)
+
+
 def _holds_objects(result: Any) -> bool:
     result = getattr(result, "value", result)  # a Tagged result
     if isinstance(result, pd.Series):
@@ -361,15 +393,29 @@ def learn(plan: Plan, spent: Spent) -> None:
             record.note_per_row(compute / plan.work_rows, plan.cpu_share)
         if plan.results is not None or spent.result_bytes is not None:
             record.note_results(plan.results, spent.result_bytes)
+        record.note_inputs(plan.inputs)
         record.note_cheap(plan.rows, whole < costs.CLEARLY_SERIAL_SECONDS)
         if plan.parallel and plan.priced and plan.estimate is not None:
-            base = plan.estimate.parallel - plan.estimate.term("overrun")
-            lost = spent.seconds > min(plan.estimate.serial, compute)
-            record.note_parallel(plan.rows, spent.seconds / max(base, 1e-6), lost)
+            # Slower than pandas: than the work itself, as the workers timed it
+            # (the estimate's serial time came from a sample, which may be off).
+            lost = spent.seconds > compute
+            record.note_parallel(plan.rows, spent.seconds / max(_repriced(plan, compute), 1e-6),
+                                 lost)
         elif plan.paused:
             record.note_paused_call()
 
     MEMORY.change(plan.func, plan.key, note)
+
+
+def _repriced(plan: Plan, compute: float) -> float:
+    """The plan's parallel price had its compute been priced right: what a
+    call runs over beyond it is the overrun (moving data, starts, a busy
+    machine), not a sample that misjudged the cost per row, which the memory
+    corrects on its own."""
+    assert plan.estimate is not None
+    estimate = plan.estimate
+    return (estimate.parallel - estimate.term("overrun") - estimate.term("compute")
+            + compute / max(plan.n_workers, 1))
 
 
 def _learn_transfer(plan: Plan, spent: Spent) -> None:

@@ -100,6 +100,13 @@ class Configurable:
         """One option, without resolving them all (on every call's path)."""
         return self._overrides.get(name, getattr(get_options(), name))
 
+    def _options_at_default(self, defaults: dict[str, Any]) -> bool:
+        """Whether every option of ``defaults`` has its default value (the
+        options in force read once: this runs on every call's path)."""
+        base, overrides = get_options(), self._overrides
+        return all(overrides.get(name, getattr(base, name)) == default
+                   for name, default in defaults.items())
+
     def _input(self) -> tuple[int, Hashable]:
         """Rows of the input, and what besides them a call's cost depends on."""
         return len(self._obj), (type(self._obj), self._obj.shape[1:])
@@ -295,7 +302,7 @@ def _policy(call: Call) -> policies.CallPolicy | None:
     when they ask for none, or the function is pandas' own); checked, and
     the initializer run in this process, before any work."""
     accessor = call.accessor
-    if all(accessor._option(name) == default for name, default in _POLICY_DEFAULTS.items()):
+    if accessor._options_at_default(_POLICY_DEFAULTS):
         return None
     func = call.func
     if not plain_callable(func) or _compat.cython_alias(func):

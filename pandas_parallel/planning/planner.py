@@ -376,6 +376,8 @@ def _holds_objects(result: Any) -> bool:
 def learn(plan: Plan, spent: Spent) -> None:
     """Note what a call planned as ``plan`` cost (``spent``), for the calls
     after it: the only writer of the memory."""
+    if plan.work_rows == 0 and spent.seconds < costs.CLEARLY_SERIAL_SECONDS:
+        return  # known too cheap for workers, and it was: nothing new (and no lock taken)
     fixed = costs.fixed_cost(plan.samples)
     if fixed is not None:
         MEMORY.note_fixed_cost(plan.family, fixed)

@@ -8,7 +8,8 @@ Usage::
     python benchmarks/run.py --workloads string_map --peers pandarallel dask
     python benchmarks/run.py --scale 0.1 --repeat 1         # a quick look
 
-Contenders: serial pandas (the baseline), pandas_parallel, pandarallel,
+Contenders: serial pandas (the baseline), pandas_parallel (on its fork path,
+and on its no-fork path: ``pandas_parallel_no_fork``), pandarallel,
 mapply, swifter, parallel-pandas, dask (``dask.dataframe`` on its process
 scheduler) and a hand-written ``multiprocessing.Pool`` over row chunks.
 
@@ -54,8 +55,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 N_WORKERS = os.cpu_count() or 2
-CONTENDERS = ["pandas_parallel", "pandarallel", "mapply", "swifter", "parallel_pandas",
-              "dask", "mp_pool"]
+CONTENDERS = ["pandas_parallel", "pandas_parallel_no_fork", "pandarallel", "mapply",
+              "swifter", "parallel_pandas", "dask", "mp_pool"]
 WORKLOAD_ORDER = ["rowwise_heavy", "string_map", "groupby_apply", "groupby_transform",
                   "cheap_map", "rolling_apply", "wide_columns"]
 
@@ -83,10 +84,12 @@ def _setup(name: str) -> dict[str, Callable[[Any], Any] | None]:
     import workloads as w
 
     G = ["price", "qty"]
-    if name == "pandas_parallel":
+    if name in ("pandas_parallel", "pandas_parallel_no_fork"):
         import pandas_parallel
 
-        pandas_parallel.config(progress=False)
+        # The no-fork path, as in a notebook, a threaded service, or after
+        # a tqdm bar: workers forked from the fork server, not this process.
+        pandas_parallel.config(progress=False, fork=name == "pandas_parallel")
         return {k: v.parallel for k, v in w.WORKLOADS.items()}
     if name == "pandarallel":
         from pandarallel import pandarallel
@@ -569,8 +572,10 @@ def render(state: dict[str, Any], output: str) -> None:
 
 
 def _short(text: str) -> str:
-    """``text`` without this machine's paths: modules from site-packages,
-    interpreters from the suite's environments."""
+    """``text`` without this machine's paths (modules from site-packages,
+    interpreters from the suite's environments), terminal colours, or the
+    lines of a remote traceback after the first."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()[0] if text else text
     text = re.sub(r"[^\s(`]*/site-packages/", "", text)
     return re.sub(r"[^\s(`]*/(benchmarks/\.venvs/)", r"\1", text)
 

@@ -198,7 +198,34 @@ def main() -> None:
     print("\n" + table)
     if args.output:
         with open(args.output, "w") as file:
-            file.write(table)
+            file.write(_PAGE.format(date=time.strftime("%Y-%m-%d"), runs=args.runs,
+                                    calls=args.calls) + table + _READING)
+
+
+_PAGE = """\
+# The no-fork path beside the fork path
+
+`python benchmarks/no_fork.py --runs {runs} --calls {calls}`, measured {date} on the
+project's machine (see the README). Speed-ups are serial pandas' time over
+`.parallel`'s; medians, with the range of the runs in brackets. **First call**: serial
+pandas and `.parallel` each as the first call of a fresh Python process, {runs} times,
+alternating. **Consecutive calls**: in one fresh process, {calls} pairs of serial
+pandas then `.parallel`. **Jupyter**: a fresh kernel driven by jupyter_client (its
+threads rule out forking it). The last column names how the calls' workers started
+(`forked/fork`: forked from this process for the call; `forkserver/server`: forked
+from the fork server; `/warm`: kept from an earlier call). The no-fork path in a
+script is `pandas_parallel.config(fork=False)`. Every result equals pandas'.
+
+"""
+
+_READING = """
+The first call in a fresh process on the no-fork path pays for the fork server's
+start: a fresh interpreter importing pandas, numpy, pyarrow and this library, about
+half a CPU-second on the second core, while the call runs its chunks itself. On a
+one-second `groupby.apply` that start is most of what two cores could save. In a
+notebook the server starts when the library is imported, so the kernel's first call
+finds it up.
+"""
 
 
 if __name__ == "__main__":

@@ -333,6 +333,9 @@ class _Settings:
         self.process_wide = self.base
         self.scoped: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
             "pandas_parallel_options", default=None)
+        # Told of each config(...) as it is made (the backends start what a
+        # setting will want: the fork server, for fork=False).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def add(self, change: _Change) -> None:
         """In force at once, process-wide (a plain call ends here); a block
@@ -393,10 +396,8 @@ class config:
 
     def __init__(self, **options: Any) -> None:
         validate(options)
-        if options.get("fork") is False:  # the no-fork path: its fork server, early
-            from pandas_parallel.backends import forkserver
-
-            forkserver.start_early()
+        for listener in SETTINGS.listeners:
+            listener(options)
         self._change = _Change(options)
         self._token: contextvars.Token[Options | None] | None = None
         SETTINGS.add(self._change)

@@ -21,7 +21,7 @@ from pandas_parallel import forkserver
 from pandas_parallel.backends import Backend, Job
 from pandas_parallel.backends.crew import Crew, Starter, Worker
 from pandas_parallel.forkserver import SERVER
-from pandas_parallel.options import resolve_n_jobs
+from pandas_parallel.options import SETTINGS, resolve_n_jobs
 from pandas_parallel.planning.costs import SERVER_START_SECONDS
 from pandas_parallel.worker import Outcome, Task, in_worker
 
@@ -88,6 +88,14 @@ def start_early() -> None:
     second: on a single core, never."""
     if usable() and resolve_n_jobs(None) > 1 and not in_worker():
         SERVER.start()
+
+
+def _start_for_no_fork(changes: dict[str, object]) -> None:
+    if changes.get("fork") is False:  # the no-fork path: its fork server, early
+        start_early()
+
+
+SETTINGS.listeners.append(_start_for_no_fork)
 
 
 def stop() -> None:

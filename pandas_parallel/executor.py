@@ -59,7 +59,7 @@ class Progress:
         self.finished = np.zeros(len(sizes), dtype=bool)
         self.shown = 0
         self.retries = 0  # calls tried again (the retries option), so far
-        if show or progress.running_bar() is not None:
+        if show:  # (under a run's bar, show_progress says so: the call moves it)
             self.bar = progress.call_bar(total=total, initial=initial, desc=desc, unit=unit,
                                          dynamic_ncols=True, mininterval=0.2)
 

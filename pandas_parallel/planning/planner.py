@@ -344,6 +344,8 @@ def _input_cost(op: Operation, done: int, known: Known) -> ResultCost | None:
     by their bytes."""
     if not done:
         return known.inputs
+    if backends.traits(op.options).in_process:
+        return None  # threads read the input where it is
     local = op.units.local(0, done)
     chunk = getattr(local, "value", local)  # a Tagged chunk carries the frame
     if not isinstance(chunk, pd.DataFrame | pd.Series) or not _holds_objects(chunk):
